@@ -1,0 +1,239 @@
+"""Frames in, readings out: decode -> detect -> align -> classify, with ONE model call per batch.
+
+`get_pipeline()` gives each process one Pipeline (one ONNX Runtime session, one detector per thread).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from inference import EMOTIONS
+from inference.align import crop_faces
+from inference.detect import Detection, FaceDetector, create_detector
+from inference.model import EmotionModel
+from inference.resources import default_detector_path, default_model_path
+
+HAAR = "haar"  # pass as detector_path to force OpenCV's Haar cascade
+
+
+@dataclass(frozen=True)
+class FaceReading:
+    """One face: box (x, y, w, h) in frame pixels, detector score, probabilities in `EMOTIONS` order."""
+
+    box: tuple[int, int, int, int]
+    score: float
+    probabilities: np.ndarray
+    landmarks: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def emotions(self) -> dict[str, float]:
+        return {label: float(p) for label, p in zip(EMOTIONS, self.probabilities, strict=True)}
+
+    @property
+    def dominant(self) -> str:
+        return EMOTIONS[int(np.argmax(self.probabilities))]
+
+    @property
+    def area(self) -> int:
+        return self.box[2] * self.box[3]
+
+    def to_dict(self) -> dict[str, object]:
+        """The CLI's JSON shape: box, score, emotions, dominant."""
+        return {
+            "box": list(self.box),
+            "score": round(self.score, 4),
+            "emotions": {label: round(p, 6) for label, p in self.emotions.items()},
+            "dominant": self.dominant,
+        }
+
+
+@dataclass(frozen=True)
+class FrameReading:
+    """All faces found in one frame (largest first), or `error` when the frame could not be read."""
+
+    faces: list[FaceReading]
+    error: str | None = None
+
+    @property
+    def primary_face(self) -> FaceReading | None:
+        """The largest face: the participant in front of the webcam."""
+        return self.faces[0] if self.faces else None
+
+
+@dataclass
+class StageTimings:
+    """Seconds spent per stage, accumulated over calls (for `python -m inference bench`)."""
+
+    decode: float = 0.0
+    detect: float = 0.0
+    align: float = 0.0
+    classify: float = 0.0
+    frames: int = 0
+    faces: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"decode": self.decode, "detect": self.detect, "align": self.align, "classify": self.classify}
+
+
+def decode_jpeg(blob: bytes) -> np.ndarray | None:
+    """BGR image from encoded bytes (JPEG, or anything OpenCV decodes), None if undecodable."""
+    if not blob:
+        return None
+    return cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+
+
+def _as_bgr(image: np.ndarray | None) -> np.ndarray | str:
+    """The image as uint8 BGR, or an error string for what cannot be analysed."""
+    if image is None:
+        return "no image"
+    image = np.asarray(image)
+    if image.size == 0 or image.ndim not in (2, 3):
+        return f"not an image (shape {image.shape})"
+    if image.dtype != np.uint8:
+        return f"expected uint8 pixels, got {image.dtype}"
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.shape[2] == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] != 3:
+        return f"unsupported channel count {image.shape[2]}"
+    return image
+
+
+class Pipeline:
+    """Face detection, alignment and emotion classification for batches of frames.
+
+    `model_path` / `detector_path` default to `default_model_path()` / `default_detector_path()`;
+    `detector_path="haar"` forces the Haar cascade. Thread-safe: share one instance per process.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        detector_path: str | Path | None = None,
+        *,
+        intra_op_threads: int = 1,
+        max_faces: int = 5,
+        min_face_px: int = 24,
+        margin: float = 0.0,
+        detection_max_side: int | None = 320,
+    ) -> None:
+        self.model = EmotionModel(model_path or default_model_path(), intra_op_threads=intra_op_threads)
+        if detector_path is None:
+            detector_path = default_detector_path()
+        elif str(detector_path).lower() == HAAR:
+            detector_path = None
+        options = {"max_side": detection_max_side} if detector_path is not None else {}
+        self.detector: FaceDetector = create_detector(detector_path, **options)
+        self.max_faces = max_faces
+        self.min_face_px = min_face_px
+        self.margin = margin
+
+    @property
+    def model_version(self) -> str:
+        """Recorded with every stored reading, so results stay attributable after a model update."""
+        return self.model.version
+
+    @property
+    def detector_name(self) -> str:
+        return self.detector.name
+
+    def detect_faces(self, image: np.ndarray) -> list[Detection]:
+        """Faces worth classifying, largest first: at most `max_faces`, none smaller than `min_face_px`."""
+        detections = [d for d in self.detector.detect(image) if min(d.box[2], d.box[3]) >= self.min_face_px]
+        detections.sort(key=lambda d: d.box[2] * d.box[3], reverse=True)
+        return detections[: self.max_faces]
+
+    def analyze_images(
+        self, images: Sequence[np.ndarray | None], timings: StageTimings | None = None
+    ) -> list[FrameReading]:
+        """Readings for BGR (or grey/BGRA) uint8 frames, one per input, in order."""
+        clock = time.perf_counter
+        size, channels = self.model.input_size, self.model.input_channels
+        per_frame: list[list[Detection] | str] = []
+        crops: list[np.ndarray] = []
+        detect_s = align_s = 0.0
+        for image in images:
+            frame = _as_bgr(image)
+            if isinstance(frame, str):
+                per_frame.append(frame)
+                continue
+            started = clock()
+            detections = self.detect_faces(frame)
+            detected = clock()
+            crops.append(crop_faces(frame, detections, self.detector, size, channels, self.margin))
+            detect_s += detected - started
+            align_s += clock() - detected
+            per_frame.append(detections)
+        started = clock()
+        # All faces of the batch in ONE model call: per-call overhead dominates at webcam batch sizes.
+        probabilities = self.model.predict(np.concatenate(crops)) if crops else None
+        classify_s = clock() - started
+        readings: list[FrameReading] = []
+        offset = 0
+        for item in per_frame:
+            if isinstance(item, str):
+                readings.append(FrameReading(faces=[], error=item))
+                continue
+            faces = [
+                FaceReading(d.box, d.score, probabilities[offset + index], landmarks=d.landmarks)
+                for index, d in enumerate(item)
+            ]
+            offset += len(item)
+            readings.append(FrameReading(faces=faces))
+        if timings is not None:
+            timings.detect += detect_s
+            timings.align += align_s
+            timings.classify += classify_s
+            timings.frames += len(images)
+            timings.faces += offset
+        return readings
+
+    def analyze_jpegs(
+        self, blobs: Sequence[bytes], timings: StageTimings | None = None
+    ) -> list[FrameReading]:
+        """Readings for encoded frames; one that does not decode gets `error`, the rest are analysed."""
+        started = time.perf_counter()
+        images = [decode_jpeg(blob) for blob in blobs]
+        if timings is not None:
+            timings.decode += time.perf_counter() - started
+        readings = self.analyze_images(images, timings)
+        return [
+            FrameReading(faces=[], error="could not decode image") if image is None else reading
+            for image, reading in zip(images, readings, strict=True)
+        ]
+
+
+_pipelines: dict[int, Pipeline] = {}
+_pipelines_lock = threading.Lock()
+
+
+def get_pipeline() -> Pipeline:
+    """This process's Pipeline, built on first use from the env defaults (thread-safe).
+
+    Keyed by pid: a Celery prefork child must not reuse an ONNX Runtime session created before the fork.
+    """
+    pid = os.getpid()
+    pipeline = _pipelines.get(pid)
+    if pipeline is None:
+        with _pipelines_lock:
+            pipeline = _pipelines.get(pid)
+            if pipeline is None:
+                pipeline = _pipelines[pid] = Pipeline()
+    return pipeline
+
+
+def reset_pipeline() -> None:
+    """Forget the cached Pipeline (tests, or after changing PORTAL_MODEL_PATH / PORTAL_FACE_DETECTOR)."""
+    with _pipelines_lock:
+        _pipelines.clear()
