@@ -14,9 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 YUNET_FILENAME = "face_detection_yunet_2023mar.onnx"
 # sha256 of the official opencv_zoo file (the same bytes as the copy in the shared material).
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
-YUNET_URL = (
-    "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/" + YUNET_FILENAME
-)
+YUNET_URL = "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/" + YUNET_FILENAME
 
 
 def _from_repo_root(value: str) -> Path:
