@@ -1,0 +1,68 @@
+# The two commands a newcomer needs: `make run` and `make test`. Everything else supports them.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# Tests use the machine's real services; override to point elsewhere.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: setup run worker test lint bench train fetch-detector services browser
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Optional: fetch the YuNet detector (sha256-checked); offline it says so and Haar is used.
+fetch-detector: setup
+	$(PY) -m inference fetch-detector
+
+# Embedded mode by default (SQLite, in-process analysis). Set DATABASE_URL and REDIS_URL for the
+# production path; then a Celery worker is started beside the web server.
+run: setup fetch-detector
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput -v 0
+	$(PY) manage.py seed_demo --base-url http://$(HOST):$(PORT)
+	@if [ -n "$$REDIS_URL" ]; then \
+		$(VENV)/bin/celery -A research_portal worker --loglevel=info --concurrency=$${WORKER_CONCURRENCY:-1} & \
+		worker=$$!; trap 'kill $$worker' EXIT INT TERM; \
+		$(VENV)/bin/daphne -b $(HOST) -p $(PORT) research_portal.asgi:application; \
+	else \
+		exec $(VENV)/bin/daphne -b $(HOST) -p $(PORT) research_portal.asgi:application; \
+	fi
+
+worker: setup
+	$(VENV)/bin/celery -A research_portal worker --loglevel=info
+
+# Start the local Postgres/Redis if they are installed but down (no-op when they run).
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || (command -v pg_ctlcluster >/dev/null && \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start) || true
+	@(command -v redis-cli >/dev/null && redis-cli -h 127.0.0.1 ping >/dev/null 2>&1) || \
+		(command -v redis-server >/dev/null && redis-server --daemonize yes --bind 127.0.0.1 --port 6379 \
+		--save "" --appendonly no) || true
+
+# Debian's chromium for the browser tests (never `playwright install`).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium chromium-driver) \
+		|| echo "chromium could not be installed; browser tests will fail under CI"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup services browser lint
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+		$(PY) -m pytest
+
+bench: setup
+	$(PY) -m inference bench
+
+train: setup
+	$(PY) -m pip install -q -e ".[train]"
+	$(PY) -m inference.training

@@ -1,0 +1,135 @@
+import asyncio
+import json
+import logging
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from research_portal.capture.services import (
+    CaptureContext,
+    CaptureRefused,
+    Frame,
+    FrameRateLimiter,
+    FrameRejected,
+    check_frame,
+    enqueue_batch,
+    open_capture,
+)
+
+logger = logging.getLogger(__name__)
+
+# A minute of frames at 5 fps: what a browser resends after a typical network drop.
+RESEND_BURST_FRAMES = 300
+# Rejections tolerated per connection before we treat the client as broken or hostile.
+MAX_REJECTIONS = 50
+# Frames held while the broker is unreachable; past this new frames are refused (not acked, so resent).
+MAX_BUFFERED_FRAMES = 600
+CLOSE_FLOOD = 4008
+CLOSE_BAD_MESSAGE = 4400
+
+
+class CaptureConsumer(AsyncWebsocketConsumer):
+    """Receives a participant's webcam frames, validates them, batches them and acks once queued."""
+
+    context: CaptureContext | None = None
+
+    async def connect(self) -> None:
+        # Accept first: a close code only reaches the browser on an open socket.
+        await self.accept()
+        token = self.scope["url_route"]["kwargs"]["token"]
+        try:
+            self.context = await database_sync_to_async(open_capture)(token)
+        except CaptureRefused as refused:
+            logger.info("capture refused: %s", refused.code)
+            await self.send_json({"type": "error", "code": refused.code, "seq": None, "detail": refused.detail})
+            await self.close(code=refused.close_code)
+            return
+        self.buffer: list[Frame] = []
+        self.rejections = 0
+        self.limiter = FrameRateLimiter(self.context.fps, RESEND_BURST_FRAMES)
+        self.flush_lock = asyncio.Lock()
+        self.flusher = asyncio.create_task(self.flush_periodically())
+        await self.send_json(
+            {
+                "type": "hello",
+                "session": self.context.session_state,
+                "fps": self.context.fps,
+                "max_frame_bytes": self.context.max_frame_bytes,
+            }
+        )
+
+    async def disconnect(self, code: int) -> None:
+        if self.context is None:
+            return
+        self.flusher.cancel()
+        # Frames still buffered are queued anyway; their acks cannot be sent, so the client resends and
+        # the unique (session, seq) constraint drops the duplicates.
+        await self.flush(send_acks=False)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.context is None:
+            return
+        if bytes_data is not None:
+            await self.receive_frame(bytes_data)
+        else:
+            await self.receive_command(text_data or "")
+
+    async def receive_frame(self, message: bytes) -> None:
+        if len(self.buffer) >= MAX_BUFFERED_FRAMES:
+            await self.send_json({"type": "error", "code": "server_busy", "seq": None, "detail": "Retry later."})
+            return
+        try:
+            if not self.limiter.allow():
+                raise FrameRejected("rate_limited", "Too many frames; slow down.")
+            frame = check_frame(message, self.context)
+        except FrameRejected as rejected:
+            await self.reject(rejected)
+            return
+        self.buffer.append(frame)
+        if len(self.buffer) >= settings.CAPTURE_FLUSH_MAX_FRAMES:
+            await self.flush()
+
+    async def receive_command(self, text: str) -> None:
+        try:
+            command = json.loads(text)
+        except ValueError:
+            command = None
+        if isinstance(command, dict) and command.get("type") == "finish":
+            await self.flush()
+            await self.close(code=1000)
+            return
+        await self.reject(FrameRejected("bad_message", "Text messages must be JSON like {\"type\": \"finish\"}."))
+
+    async def reject(self, rejected: FrameRejected) -> None:
+        self.rejections += 1
+        logger.warning(
+            "frame rejected: session=%s code=%s seq=%s", self.context.session_id, rejected.code, rejected.seq
+        )
+        await self.send_json({"type": "error", "code": rejected.code, "seq": rejected.seq, "detail": rejected.detail})
+        if self.rejections > MAX_REJECTIONS:
+            await self.close(code=CLOSE_FLOOD)
+
+    async def flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(settings.CAPTURE_FLUSH_INTERVAL_S)
+            await self.flush()
+
+    async def flush(self, send_acks: bool = True) -> None:
+        async with self.flush_lock:
+            if not self.buffer:
+                return
+            batch, self.buffer = self.buffer, []
+            try:
+                await sync_to_async(enqueue_batch, thread_sensitive=False)(self.context.session_id, batch)
+            except Exception:
+                # Broker unreachable: keep the frames and try again on the next tick; nothing is acked.
+                logger.exception("could not queue a batch of session %s", self.context.session_id)
+                self.buffer = batch + self.buffer
+                return
+        if send_acks:
+            await self.send_json({"type": "ack", "seqs": [frame.seq for frame in batch]})
+
+    async def send_json(self, content: dict) -> None:
+        await self.send(text_data=json.dumps(content))

@@ -1,0 +1,218 @@
+"""The path of a webcam frame from the socket to a stored FrameResult (see docs/architecture.md).
+
+check_frame() validates one binary message; enqueue_batch() hands a batch to the analysis backend
+(Celery worker or in-process thread pool); analyze_and_store_batch() runs the model and stores readings.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from inference.pipeline import FaceReading, get_pipeline
+from research_portal.capture.models import FrameResult, ParticipantSession
+
+logger = logging.getLogger(__name__)
+
+# seq, ad_id, media_time_ms (uint32 each), capture_time_ms (float64 epoch ms), network byte order.
+FRAME_HEADER = struct.Struct("!IIId")
+JPEG_MAGIC = b"\xff\xd8\xff"
+# A frame may carry a media time a little past the ad's probed duration (rounding, last frame).
+MEDIA_TIME_SLACK_MS = 2_000
+# Resent frames after a long network drop are old but real; a day is beyond any viewing session.
+MAX_CAPTURE_AGE_MS = 24 * 3600 * 1000
+MAX_CAPTURE_CLOCK_SKEW_MS = 10 * 60 * 1000
+
+
+class FrameRejected(Exception):
+    """A binary message the socket will not accept; `code` goes to the client verbatim."""
+
+    def __init__(self, code: str, detail: str, seq: int | None = None) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.seq = seq
+
+
+class CaptureRefused(Exception):
+    """The socket cannot capture for this token; the consumer closes with `close_code`."""
+
+    def __init__(self, close_code: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.close_code = close_code
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Frame:
+    seq: int
+    ad_id: int
+    media_time_ms: int
+    capture_time_ms: float
+    jpeg: bytes
+
+    def to_payload(self) -> dict[str, Any]:
+        """Plain types only, so the batch survives the msgpack trip through the broker."""
+        return {
+            "seq": self.seq,
+            "ad_id": self.ad_id,
+            "media_time_ms": self.media_time_ms,
+            "capture_time_ms": self.capture_time_ms,
+            "jpeg": self.jpeg,
+        }
+
+
+@dataclass(frozen=True)
+class CaptureContext:
+    """What the socket needs to know about its session, loaded once when it connects."""
+
+    session_id: int
+    session_state: str
+    ad_durations_ms: dict[int, int]
+    fps: int
+    max_frame_bytes: int
+
+
+def open_capture(token: str) -> CaptureContext:
+    """Look up the session behind a socket token and mark it as viewing; refuse unknown or ended ones."""
+    session = ParticipantSession.objects.select_related("study").filter(token=token).first()
+    if session is None:
+        raise CaptureRefused(4001, "unknown_session", "No participant session has this token.")
+    if not session.is_capturing:
+        raise CaptureRefused(4003, "session_closed", f"This session is {session.state}; it takes no frames.")
+    if session.state == ParticipantSession.State.CONSENTED:
+        ParticipantSession.objects.filter(pk=session.pk, state=session.state).update(
+            state=ParticipantSession.State.VIEWING
+        )
+        session.state = ParticipantSession.State.VIEWING
+    durations = dict(session.study.ads.values_list("id", "duration_ms"))
+    return CaptureContext(
+        session_id=session.pk,
+        session_state=session.state,
+        ad_durations_ms=durations,
+        fps=session.study.capture_fps,
+        max_frame_bytes=settings.CAPTURE_MAX_FRAME_BYTES,
+    )
+
+
+def check_frame(message: bytes, context: CaptureContext, now_ms: float | None = None) -> Frame:
+    """Parse and validate one binary socket message; raise FrameRejected with a client-facing code."""
+    if len(message) < FRAME_HEADER.size:
+        raise FrameRejected("bad_header", f"A frame needs a {FRAME_HEADER.size}-byte header.")
+    seq, ad_id, media_time_ms, capture_time_ms = FRAME_HEADER.unpack_from(message)
+    jpeg = message[FRAME_HEADER.size :]
+    if len(jpeg) > context.max_frame_bytes:
+        raise FrameRejected(
+            "too_large", f"Frame is {len(jpeg)} bytes; the limit is {context.max_frame_bytes}.", seq
+        )
+    if not jpeg.startswith(JPEG_MAGIC):
+        raise FrameRejected("not_jpeg", "The frame body is not a JPEG image.", seq)
+    if ad_id not in context.ad_durations_ms:
+        raise FrameRejected("unknown_ad", f"Ad {ad_id} is not part of this study.", seq)
+    duration_ms = context.ad_durations_ms[ad_id]
+    if duration_ms and media_time_ms > duration_ms + MEDIA_TIME_SLACK_MS:
+        raise FrameRejected(
+            "bad_time", f"Media time {media_time_ms} ms is past the ad's end ({duration_ms} ms).", seq
+        )
+    now_ms = time.time() * 1000 if now_ms is None else now_ms
+    if not math.isfinite(capture_time_ms) or not (
+        now_ms - MAX_CAPTURE_AGE_MS <= capture_time_ms <= now_ms + MAX_CAPTURE_CLOCK_SKEW_MS
+    ):
+        raise FrameRejected("bad_time", f"Capture time {capture_time_ms!r} is not a plausible time.", seq)
+    return Frame(seq, ad_id, media_time_ms, capture_time_ms, jpeg)
+
+
+class FrameRateLimiter:
+    """Token bucket per socket: steady capture passes, a resend burst after a reconnect passes,
+    a flood does not."""
+
+    def __init__(self, fps: int, burst: int, clock=time.monotonic) -> None:
+        # Three times the capture rate leaves room for resends while new frames keep arriving.
+        self.rate = 3.0 * fps
+        self.capacity = float(burst)
+        self.tokens = float(burst)
+        self.clock = clock
+        self.updated = clock()
+
+    def allow(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@cache
+def analysis_thread_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(
+        max_workers=settings.CAPTURE_THREAD_WORKERS, thread_name_prefix="frame-analysis"
+    )
+
+
+def enqueue_batch(session_id: int, frames: list[Frame]) -> None:
+    """Hand a batch to the analysis backend. Returns once the batch is safely queued (then it may be acked)."""
+    payload = [frame.to_payload() for frame in frames]
+    if settings.CAPTURE_ANALYSIS_BACKEND == "celery":
+        from research_portal.capture.tasks import analyze_batch_task
+
+        analyze_batch_task.apply_async(args=(session_id, payload), serializer="msgpack")
+    else:
+        analysis_thread_pool().submit(analyze_batch_in_thread, session_id, payload)
+
+
+def analyze_batch_in_thread(session_id: int, frames: list[dict[str, Any]]) -> None:
+    try:
+        analyze_and_store_batch(session_id, frames)
+    except Exception:
+        logger.exception("frame batch of session %s failed in the embedded analyser", session_id)
+    finally:
+        close_old_connections()
+
+
+def analyze_and_store_batch(session_id: int, frames: list[dict[str, Any]]) -> int:
+    """Run the model on a batch of frames and store one FrameResult per frame. Returns rows written."""
+    pipeline = get_pipeline()
+    readings = pipeline.analyze_jpegs([frame["jpeg"] for frame in frames])
+    rows = []
+    for frame, reading in zip(frames, readings, strict=True):
+        row = FrameResult(
+            session_id=session_id,
+            ad_id=frame["ad_id"],
+            seq=frame["seq"],
+            media_time_ms=frame["media_time_ms"],
+            captured_at=datetime.fromtimestamp(frame["capture_time_ms"] / 1000, tz=UTC),
+            face_found=reading.primary_face is not None,
+            error=(reading.error or "")[:200],
+            model_version=pipeline.model_version,
+        )
+        face = reading.primary_face
+        if face is not None:
+            fill_face_columns(row, face)
+        rows.append(row)
+    return store_results(rows)
+
+
+def fill_face_columns(row: FrameResult, face: FaceReading) -> None:
+    row.face_x, row.face_y, row.face_w, row.face_h = (int(v) for v in face.box)
+    row.face_score = float(face.score)
+    for label, probability in face.emotions.items():
+        setattr(row, label, float(probability))
+
+
+def store_results(rows: list[FrameResult]) -> int:
+    """Bulk insert; a frame stored before (a resend, a redelivered task) is skipped, never duplicated."""
+    created = FrameResult.objects.bulk_create(rows, ignore_conflicts=True)
+    return len(created)

@@ -1,0 +1,27 @@
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from research_portal.studies.demo import do_seed_demo
+
+
+class Command(BaseCommand):
+    help = "Create (or refresh) the demo admin, organisation, study and ad, and print how to use them."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--base-url", default=settings.SITE_URL)
+
+    def handle(self, *args, base_url: str, **options):
+        seed = do_seed_demo()
+        self.stdout.write(
+            "\n".join(
+                [
+                    "",
+                    "Demo ready.",
+                    f"  Admin:            {base_url}/admin/",
+                    f"  Username:         {seed.admin_username}",
+                    f"  Password:         {seed.admin_password}",
+                    f"  Participant link: {base_url}/s/{seed.study.public_id}/?pid=demo-1&c=DE",
+                    "",
+                ]
+            )
+        )

@@ -1,0 +1,185 @@
+"""The capture socket against a real database, with the embedded (thread) analysis backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+
+from research_portal.capture.models import FrameResult, ParticipantSession
+from research_portal.capture.routing import capture_socket_path, websocket_urlpatterns
+from research_portal.capture.services import FRAME_HEADER
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+application = URLRouter(websocket_urlpatterns)
+
+
+@pytest.fixture(autouse=True)
+def embedded_backend(settings):
+    settings.CAPTURE_ANALYSIS_BACKEND = "thread"
+    settings.CAPTURE_FLUSH_INTERVAL_S = 0.2
+
+
+@pytest.fixture
+def viewing_session(acme) -> ParticipantSession:
+    return ParticipantSession.objects.create(
+        study=acme.study, country="DE", external_participant_id="p-1", state=ParticipantSession.State.CONSENTED
+    )
+
+
+def frame(seq: int, ad_id: int, jpeg: bytes, media_ms: int | None = None) -> bytes:
+    media_ms = seq * 200 if media_ms is None else media_ms
+    return FRAME_HEADER.pack(seq, ad_id, media_ms, time.time() * 1000) + jpeg
+
+
+async def connect(token: str) -> tuple[WebsocketCommunicator, dict]:
+    communicator = WebsocketCommunicator(application, capture_socket_path(token))
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator, json.loads(await communicator.receive_from(timeout=5))
+
+
+async def receive_until_closed(communicator: WebsocketCommunicator, timeout: float = 5) -> tuple[list[dict], int]:
+    messages = []
+    while True:
+        output = await communicator.receive_output(timeout=timeout)
+        if output["type"] == "websocket.close":
+            return messages, output.get("code")
+        messages.append(json.loads(output["text"]))
+
+
+async def collect_acks(communicator: WebsocketCommunicator, expected: int) -> set[int]:
+    acked: set[int] = set()
+    while len(acked) < expected:
+        message = json.loads(await communicator.receive_from(timeout=10))
+        assert message["type"] == "ack", message
+        acked.update(message["seqs"])
+    return acked
+
+
+async def wait_for_rows(session: ParticipantSession, expected: int, timeout: float = 30) -> list[FrameResult]:
+    query = database_sync_to_async(lambda: list(FrameResult.objects.filter(session=session).order_by("seq")))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = await query()
+        if len(rows) >= expected:
+            return rows
+        await asyncio.sleep(0.2)
+    return await query()
+
+
+async def test_frames_are_acked_analysed_and_stored(acme, viewing_session, face_jpegs):
+    communicator, hello = await connect(viewing_session.token)
+    assert hello == {"type": "hello", "session": "viewing", "fps": 5, "max_frame_bytes": 256 * 1024}
+    for seq, jpeg in enumerate(face_jpegs[:6]):
+        await communicator.send_to(bytes_data=frame(seq, acme.ad.pk, jpeg))
+    assert await collect_acks(communicator, 6) == set(range(6))
+    rows = await wait_for_rows(viewing_session, 6)
+    await communicator.disconnect()
+
+    assert [row.seq for row in rows] == list(range(6))
+    assert all(row.face_found for row in rows)
+    for row in rows:
+        total = sum(getattr(row, label) for label in ("angry", "disgust", "fear", "happy", "sad", "surprise",
+                                                      "neutral"))
+        assert total == pytest.approx(1.0, abs=1e-3)
+        assert row.model_version and row.face_w > 40 and row.media_time_ms == row.seq * 200
+    state = await database_sync_to_async(lambda: ParticipantSession.objects.get(pk=viewing_session.pk).state)()
+    assert state == "viewing"
+
+
+async def test_resent_frames_are_stored_once(acme, viewing_session, face_jpegs):
+    for _ in range(2):  # a reconnect resends everything not yet acked
+        communicator, _ = await connect(viewing_session.token)
+        for seq in range(3):
+            await communicator.send_to(bytes_data=frame(seq, acme.ad.pk, face_jpegs[seq]))
+        await collect_acks(communicator, 3)
+        await communicator.disconnect()
+    await wait_for_rows(viewing_session, 3)
+    await asyncio.sleep(1.0)  # give a wrongly duplicated insert the time to land
+    assert await database_sync_to_async(FrameResult.objects.filter(session=viewing_session).count)() == 3
+
+
+async def test_bad_frames_get_error_messages_and_good_ones_still_land(acme, viewing_session, face_jpegs):
+    communicator, _ = await connect(viewing_session.token)
+    await communicator.send_to(bytes_data=b"\x01\x02")
+    await communicator.send_to(bytes_data=frame(1, acme.ad.pk, b"GIF89a" + b"\x00" * 50))
+    await communicator.send_to(bytes_data=frame(2, acme.other_ad.pk, face_jpegs[0]))
+    await communicator.send_to(bytes_data=frame(3, acme.ad.pk, face_jpegs[0], media_ms=4_000_000))
+    await communicator.send_to(bytes_data=frame(4, acme.ad.pk, face_jpegs[0] + b"\x00" * 300_000))
+    await communicator.send_to(text_data="hello?")
+    await communicator.send_to(bytes_data=frame(5, acme.ad.pk, face_jpegs[1]))
+    errors = [json.loads(await communicator.receive_from(timeout=5)) for _ in range(6)]
+    assert [(e["code"], e["seq"]) for e in errors] == [
+        ("bad_header", None), ("not_jpeg", 1), ("unknown_ad", 2), ("bad_time", 3), ("too_large", 4),
+        ("bad_message", None),
+    ]
+    assert await collect_acks(communicator, 1) == {5}
+    rows = await wait_for_rows(viewing_session, 1)
+    await communicator.disconnect()
+    assert [row.seq for row in rows] == [5]
+
+
+async def test_unknown_token_is_closed_with_4001():
+    communicator, error = await connect("not-a-real-token")
+    assert error["code"] == "unknown_session"
+    assert (await receive_until_closed(communicator))[1] == 4001
+
+
+@pytest.mark.parametrize("state", ["completed", "declined", "started"])
+async def test_session_not_capturing_is_closed_with_4003(acme, state):
+    session = await database_sync_to_async(ParticipantSession.objects.create)(study=acme.study, state=state)
+    communicator, error = await connect(session.token)
+    assert error["code"] == "session_closed"
+    assert (await receive_until_closed(communicator))[1] == 4003
+
+
+async def test_flood_of_garbage_closes_with_4008_without_disturbing_another_session(
+    acme, viewing_session, face_jpegs
+):
+    other = await database_sync_to_async(ParticipantSession.objects.create)(
+        study=acme.study, state=ParticipantSession.State.VIEWING
+    )
+    honest, _ = await connect(other.token)
+    flooder, _ = await connect(viewing_session.token)
+    for seq in range(60):
+        await flooder.send_to(bytes_data=frame(seq, acme.ad.pk, b"not a jpeg"))
+    messages, code = await receive_until_closed(flooder)
+    assert code == 4008
+    assert {m["code"] for m in messages} == {"not_jpeg"}
+
+    await honest.send_to(bytes_data=frame(0, acme.ad.pk, face_jpegs[0]))
+    assert await collect_acks(honest, 1) == {0}
+    assert len(await wait_for_rows(other, 1)) == 1
+    await honest.disconnect()
+
+
+async def test_rate_limit_rejects_frames_beyond_the_burst(acme, viewing_session, face_jpegs, monkeypatch):
+    monkeypatch.setattr("research_portal.capture.consumers.RESEND_BURST_FRAMES", 5)
+    communicator, _ = await connect(viewing_session.token)
+    for seq in range(8):
+        await communicator.send_to(bytes_data=frame(seq, acme.ad.pk, face_jpegs[seq % 4]))
+    codes = []
+    acked: set[int] = set()
+    while len(acked) < 5 or len(codes) < 3:
+        message = json.loads(await communicator.receive_from(timeout=10))
+        if message["type"] == "ack":
+            acked.update(message["seqs"])
+        else:
+            codes.append(message["code"])
+    await communicator.disconnect()
+    assert acked == set(range(5)) and codes == ["rate_limited"] * 3
+
+
+async def test_finish_flushes_acks_and_closes_normally(acme, viewing_session, face_jpegs):
+    communicator, _ = await connect(viewing_session.token)
+    await communicator.send_to(bytes_data=frame(0, acme.ad.pk, face_jpegs[0]))
+    await communicator.send_to(text_data=json.dumps({"type": "finish"}))
+    messages, code = await receive_until_closed(communicator)
+    assert messages == [{"type": "ack", "seqs": [0]}] and code == 1000

@@ -1,0 +1,235 @@
+"""Shared fixtures: named test data, real face frames, and the real services (Postgres, Redis, a Celery
+worker process, an ASGI server) that integration tests talk to.
+
+Outside CI a missing service skips the tests that need it; under CI=true it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import redis
+from django.conf import settings
+from django.core.files import File
+from django.db import connection
+
+from inference.resources import REPO_ROOT, shared_dir
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def skip_or_fail(message: str) -> None:
+    """A missing service or file is a failure under CI, never a skip."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_file(path: Path, what: str) -> Path:
+    if not path.exists():
+        skip_or_fail(f"{what} not found at {path} (set PORTAL_SHARED_DIR / PORTAL_MODEL_PATH)")
+    return path
+
+
+# ---- test data -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_media_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Uploaded ad videos go to a throwaway folder, shared with the server and worker processes."""
+    media_root = tmp_path_factory.mktemp("media")
+    previous = settings.MEDIA_ROOT
+    settings.MEDIA_ROOT = media_root
+    yield media_root
+    settings.MEDIA_ROOT = previous
+
+
+@pytest.fixture(scope="session")
+def ad_video_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from research_portal.studies.demo import render_demo_ad
+
+    path = tmp_path_factory.mktemp("videos") / "spring-ad.webm"
+    render_demo_ad(path, seconds=4, fps=10, size=(320, 180))
+    return path
+
+
+@dataclass
+class StudyFixture:
+    """Named objects a test can use: Acme Research runs a live 'Spring campaign' with one ad."""
+
+    organization: object
+    study: object
+    ad: object
+    other_study: object
+    other_ad: object
+
+
+@pytest.fixture
+def acme(db, ad_video_file: Path) -> StudyFixture:
+    from research_portal.accounts.models import Organization
+    from research_portal.studies.models import Ad, Study
+    from research_portal.studies.services import probe_video_duration_ms
+
+    duration_ms = probe_video_duration_ms(ad_video_file)
+    organization = Organization.objects.create(name="Acme Research")
+    study = Study.objects.create(
+        organization=organization, name="Spring campaign", status=Study.Status.LIVE,
+        allowed_countries=["DE", "US", "JP"],
+    )
+    other_study = Study.objects.create(organization=organization, name="Autumn campaign", status=Study.Status.LIVE)
+    ads = []
+    for target, title in ((study, "Spring ad"), (other_study, "Autumn ad")):
+        ad = Ad(study=target, title=title, duration_ms=duration_ms)
+        with ad_video_file.open("rb") as video:
+            ad.video.save(ad_video_file.name, File(video), save=False)
+        ad.save()
+        ads.append(ad)
+    return StudyFixture(organization, study, ads[0], other_study, ads[1])
+
+
+@pytest.fixture(scope="session")
+def face_jpegs() -> list[bytes]:
+    """Twelve 320x240 JPEG webcam-like frames of a real face (what the browser sends)."""
+    video = require_file(shared_dir() / "media" / "liveportrait_d3.mp4", "face video")
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    for index in np.linspace(0, 300, 12).astype(int):
+        capture.set(cv2.CAP_PROP_POS_FRAMES, int(index))
+        ok, frame = capture.read()
+        assert ok, f"could not read frame {index} of {video}"
+        canvas = cv2.resize(frame, (240, 240))
+        canvas = cv2.copyMakeBorder(canvas, 0, 0, 40, 40, cv2.BORDER_CONSTANT, value=(40, 40, 40))
+        ok, jpeg = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 80])
+        frames.append(jpeg.tobytes())
+    capture.release()
+    return frames
+
+
+# ---- real services ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def postgres(transactional_db) -> dict:
+    """The test database, committed for real so that other processes see the rows."""
+    if connection.vendor != "postgresql":
+        skip_or_fail("Postgres is required: run via `make test` or set DATABASE_URL=postgres://...")
+    return connection.settings_dict
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("REDIS_URL", "")
+    if not url:
+        skip_or_fail("Redis is required: run via `make test` or set REDIS_URL=redis://...")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as error:
+        skip_or_fail(f"Redis at {url} is not reachable: {error}")
+    return url
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def service_env(database: dict, redis_url: str) -> dict[str, str]:
+    """Environment for a server or worker process that must see this test's database and media."""
+    user = database["USER"] or "postgres"
+    password = f":{database['PASSWORD']}" if database["PASSWORD"] else ""
+    host = database["HOST"] or "127.0.0.1"
+    port = database["PORT"] or "5432"
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=f"postgres://{user}{password}@{host}:{port}/{database['NAME']}",
+        REDIS_URL=redis_url,
+        PORTAL_MEDIA_ROOT=str(settings.MEDIA_ROOT),
+        PYTHONUNBUFFERED="1",
+        DATABASE_CONN_MAX_AGE="0",
+    )
+    return env
+
+
+@dataclass
+class ServiceProcess:
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_process(command: list[str], env: dict[str, str], ready, what: str, timeout_s: float = 60) -> ServiceProcess:
+    log_file = tempfile.NamedTemporaryFile(prefix=f"{what}-", suffix=".log", delete=False)
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    service = ServiceProcess(process, Path(log_file.name))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"{what} exited with {process.returncode}:\n{service.log()[-3000:]}")
+        if ready(service):
+            return service
+        time.sleep(0.2)
+    service.stop()
+    pytest.fail(f"{what} did not become ready in {timeout_s} s:\n{service.log()[-3000:]}")
+
+
+@pytest.fixture
+def celery_worker(postgres: dict, redis_url: str) -> Iterator[ServiceProcess]:
+    """A real `celery -A research_portal worker` process on the test database and Redis."""
+    redis.Redis.from_url(redis_url).flushdb()
+    command = [
+        str(Path(sys.executable).parent / "celery"), "-A", "research_portal", "worker",
+        "--loglevel=info", "--concurrency=1", "--pool=solo", "--without-gossip", "--without-mingle",
+    ]
+    worker = start_process(
+        command, service_env(postgres, redis_url), lambda s: " ready." in s.log(), "celery-worker", timeout_s=90
+    )
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def asgi_server(postgres: dict, redis_url: str) -> Iterator[str]:
+    """A real daphne ASGI server (production settings path); yields its base URL."""
+    port = free_port()
+
+    def accepting(_service: ServiceProcess) -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    command = [str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port),
+               "research_portal.asgi:application"]
+    server = start_process(command, service_env(postgres, redis_url), accepting, "daphne")
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    path = shutil.which("chromium")
+    if not path:
+        skip_or_fail("Debian's chromium is not installed (`make test` installs it with apt-get)")
+    return path
