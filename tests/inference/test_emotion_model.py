@@ -1,0 +1,100 @@
+"""The ONNX emotion model: metadata-driven, EMOTIONS-ordered, batch-invariant probabilities."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from inference import EMOTIONS
+from inference.model import EmotionModel, ModelContractError
+
+from .conftest import SHUFFLED_LABELS, build_contract_model
+
+
+def test_labels_come_from_metadata_and_are_reordered_to_emotions(contract_model_path: Path) -> None:
+    model = EmotionModel(contract_model_path)
+    assert model.metadata.labels == tuple(SHUFFLED_LABELS)
+    assert model.version == "contract-test-1"
+    dark, bright = np.zeros((1, 48, 48), np.uint8), np.full((1, 48, 48), 255, np.uint8)
+    dark_p, bright_p = model.predict(dark)[0], model.predict(bright)[0]
+    # The synthetic model makes "happy" rise and "sad" fall with brightness, whatever its output order.
+    happy, sad = EMOTIONS.index("happy"), EMOTIONS.index("sad")
+    assert bright_p[happy] > dark_p[happy] and bright_p[sad] < dark_p[sad]
+    assert EMOTIONS[int(np.argmax(bright_p))] == "happy"
+
+
+def test_input_size_and_normalisation_come_from_metadata(tmp_path: Path) -> None:
+    path = build_contract_model(tmp_path / "m64.onnx", list(EMOTIONS), [0.0] * 7, [0.0] * 7, input_size=64)
+    model = EmotionModel(path)
+    assert model.input_size == 64 and model.input_channels == 1
+    x = model.preprocess(np.array([[[0, 255]]], np.uint8).repeat(64, 1).repeat(32, 2))
+    assert x.shape == (1, 1, 64, 64)
+    np.testing.assert_allclose([x.min(), x.max()], [(0 - 0.5) / 0.25, (1 - 0.5) / 0.25], atol=1e-6)
+    with pytest.raises(ValueError, match="64x64"):
+        model.predict(np.zeros((1, 48, 48), np.uint8))
+
+
+def test_probabilities_sum_to_one_and_batch_equals_single(contract_model_path: Path) -> None:
+    model = EmotionModel(contract_model_path, max_batch=4)  # several session calls for 10 crops
+    crops = np.random.default_rng(0).integers(0, 256, (10, 48, 48), dtype=np.uint8)
+    batch = model.predict(crops)
+    assert batch.shape == (10, 7) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch.sum(axis=1), 1.0, atol=1e-5)
+    singles = np.concatenate([model.predict(crop[None]) for crop in crops])
+    np.testing.assert_allclose(batch, singles, atol=1e-6)
+    assert model.predict(crops[:0]).shape == (0, 7)
+
+
+def test_a_model_without_contract_metadata_is_rejected(contract_model_path: Path, tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(contract_model_path))
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {"labels": json.dumps(list(EMOTIONS))})
+    onnx.save(model, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ModelContractError, match="input_size"):
+        EmotionModel(tmp_path / "bare.onnx")
+
+
+def test_session_uses_the_configured_thread_count(contract_model_path: Path) -> None:
+    model = EmotionModel(contract_model_path)
+    assert isinstance(model.session, ort.InferenceSession)
+    assert model.session.get_session_options().intra_op_num_threads == 1
+    assert (
+        EmotionModel(contract_model_path, intra_op_threads=2)
+        .session.get_session_options()
+        .intra_op_num_threads
+        == 2
+    )
+
+
+# --- the shipped model ---------------------------------------------------------------------------------
+
+
+def test_shipped_model_honours_the_contract(real_model_path: Path) -> None:
+    model = EmotionModel(real_model_path)
+    assert set(EMOTIONS) <= set(model.metadata.labels)
+    assert model.version
+    crops = np.random.default_rng(1).integers(0, 256, (5, model.input_size, model.input_size), dtype=np.uint8)
+    if model.input_channels == 3:
+        crops = np.repeat(crops[..., None], 3, axis=3)
+    batch = model.predict(crops)
+    np.testing.assert_allclose(batch.sum(axis=1), 1.0, atol=1e-4)
+    singles = np.concatenate([model.predict(crop[None]) for crop in crops])
+    np.testing.assert_allclose(batch, singles, atol=1e-4)
+
+
+def test_shipped_model_sees_happiness_in_fer2013_happy_faces(real_model_path: Path, fer2013: dict) -> None:
+    """A sanity check of the real model on held-out rows, not an accuracy target."""
+    model = EmotionModel(real_model_path)
+    private = fer2013["usage"] == "PrivateTest"
+    happy_rows = np.flatnonzero(private & (fer2013["labels"] == EMOTIONS.index("happy")))[:300]
+    other_rows = np.flatnonzero(private & (fer2013["labels"] != EMOTIONS.index("happy")))[:300]
+    happy = EMOTIONS.index("happy")
+    p_on_happy = model.predict(fer2013["images"][happy_rows])[:, happy].mean()
+    p_on_others = model.predict(fer2013["images"][other_rows])[:, happy].mean()
+    assert p_on_happy > 0.5
+    assert p_on_happy > p_on_others + 0.3

@@ -1,0 +1,122 @@
+"""`python -m inference`: the JSON contract other tools rely on, and errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from inference import EMOTIONS
+from inference.resources import REPO_ROOT
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "inference", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def cli_env(contract_model_path: Path, yunet_path: Path) -> dict[str, str]:
+    return {"PORTAL_MODEL_PATH": str(contract_model_path), "PORTAL_FACE_DETECTOR": str(yunet_path)}
+
+
+@pytest.fixture(scope="module")
+def face_image(face_frames: list, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("media") / "face.jpg"
+    cv2.imwrite(str(path), face_frames[0])
+    return path
+
+
+@pytest.fixture(scope="module")
+def short_clip(face_video_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 6 frames of the face video, re-encoded as MJPG/AVI (always writable by OpenCV)."""
+    path = tmp_path_factory.mktemp("media") / "clip.avi"
+    capture = cv2.VideoCapture(str(face_video_path))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (512, 512))
+    for _ in range(6):
+        ok, frame = capture.read()
+        assert ok
+        writer.write(frame)
+    writer.release()
+    capture.release()
+    return path
+
+
+def assert_face_contract(face: dict) -> None:
+    assert set(face) == {"box", "score", "emotions", "dominant"}
+    assert len(face["box"]) == 4 and all(isinstance(v, int) for v in face["box"])
+    assert list(face["emotions"]) == list(EMOTIONS)
+    assert abs(sum(face["emotions"].values()) - 1) < 1e-3
+    assert face["dominant"] == max(face["emotions"], key=face["emotions"].get)
+
+
+def test_analyze_image_prints_one_json_object(cli_env: dict, face_image: Path) -> None:
+    result = run_cli("analyze", str(face_image), "--json", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert set(record) == {"file", "faces"} and record["file"] == str(face_image)
+    assert len(record["faces"]) == 1
+    assert_face_contract(record["faces"][0])
+
+
+def test_analyze_video_prints_one_object_per_frame(cli_env: dict, short_clip: Path) -> None:
+    result = run_cli("analyze", str(short_clip), "--json", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["frame"] for r in records] == list(range(6))
+    assert records[1]["time_ms"] == pytest.approx(1000 / 30, abs=0.01)
+    for record in records:
+        assert set(record) == {"file", "faces", "frame", "time_ms"}
+        assert len(record["faces"]) == 1
+        assert_face_contract(record["faces"][0])
+
+
+def test_unreadable_files_give_error_objects_and_a_failing_exit(
+    cli_env: dict, face_image: Path, tmp_path: Path
+) -> None:
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"this is not a picture")
+    missing = tmp_path / "missing.png"
+    result = run_cli("analyze", str(garbage), str(face_image), str(missing), "--json", env=cli_env)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["file"] for r in records] == [str(garbage), str(face_image), str(missing)]
+    assert set(records[0]) == {"file", "error"} and set(records[2]) == {"file", "error"}
+    assert len(records[1]["faces"]) == 1  # the good file in between is still analysed
+
+
+def test_missing_model_is_a_clear_error(face_image: Path, tmp_path: Path) -> None:
+    result = run_cli(
+        "analyze", str(face_image), "--json", env={"PORTAL_MODEL_PATH": str(tmp_path / "none.onnx")}
+    )
+    assert result.returncode == 2
+    assert "model not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_human_readable_output(cli_env: dict, face_image: Path) -> None:
+    result = run_cli("analyze", str(face_image), env=cli_env)
+    assert result.returncode == 0 and str(face_image) in result.stdout
+
+
+def test_evaluate_is_wired_to_the_training_evaluator(cli_env: dict, shared: Path) -> None:
+    pytest.importorskip("inference.training.evaluate")
+    if not (shared / "data" / "fer2013.npz").exists():
+        pytest.skip("FER2013 not available")
+    result = run_cli("evaluate", "--json", "--no-speed", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["version"] == "contract-test-1"

@@ -1,0 +1,127 @@
+"""The Pipeline: frames in, one reading per frame out, every face of a batch in one model call."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from inference import EMOTIONS
+from inference.pipeline import FaceReading, Pipeline, StageTimings, get_pipeline, reset_pipeline
+
+
+@pytest.fixture(scope="module")
+def pipeline(contract_model_path: Path, yunet_path: Path) -> Pipeline:
+    return Pipeline(contract_model_path, yunet_path)
+
+
+def encode(frame: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
+
+
+def test_every_frame_gets_a_reading_with_its_face(pipeline: Pipeline, face_frames: list) -> None:
+    readings = pipeline.analyze_images(face_frames)
+    assert len(readings) == len(face_frames)
+    for reading in readings:
+        assert reading.error is None and len(reading.faces) == 1
+        face = reading.primary_face
+        assert isinstance(face.box[0], int) and len(face.box) == 4
+        assert face.probabilities.shape == (7,)
+        assert list(face.emotions) == list(EMOTIONS)
+        assert face.dominant == max(face.emotions, key=face.emotions.get)
+        assert abs(sum(face.emotions.values()) - 1) < 1e-5
+
+
+def test_a_frame_that_does_not_decode_is_an_error_not_an_exception(
+    pipeline: Pipeline, face_frames: list
+) -> None:
+    blobs = [encode(face_frames[0]), b"not a jpeg", b"", encode(face_frames[1])]
+    readings = pipeline.analyze_jpegs(blobs)
+    assert [r.error is None for r in readings] == [True, False, False, True]
+    assert "decode" in readings[1].error
+    assert len(readings[0].faces) == len(readings[3].faces) == 1
+
+
+def test_all_faces_of_a_batch_go_through_one_model_call(
+    pipeline: Pipeline, face_frames: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    real_predict = pipeline.model.predict
+    monkeypatch.setattr(
+        pipeline.model, "predict", lambda crops: calls.append(len(crops)) or real_predict(crops)
+    )
+    pipeline.analyze_jpegs([encode(frame) for frame in face_frames])
+    assert calls == [len(face_frames)]
+
+
+def test_batched_readings_equal_single_frame_readings(pipeline: Pipeline, face_frames: list) -> None:
+    batch = pipeline.analyze_images(face_frames[:4])
+    for frame, reading in zip(face_frames[:4], batch, strict=True):
+        single = pipeline.analyze_images([frame])[0]
+        assert single.faces[0].box == reading.faces[0].box
+        np.testing.assert_allclose(single.faces[0].probabilities, reading.faces[0].probabilities, atol=1e-6)
+
+
+def test_frames_without_faces_and_odd_inputs(pipeline: Pipeline, face_frames: list) -> None:
+    grey_face = cv2.cvtColor(face_frames[0], cv2.COLOR_BGR2GRAY)
+    bgra_face = cv2.cvtColor(face_frames[0], cv2.COLOR_BGR2BGRA)
+    blank = np.zeros((240, 320, 3), np.uint8)
+    readings = pipeline.analyze_images([blank, grey_face, bgra_face, None, np.zeros((0, 0, 3), np.uint8)])
+    assert readings[0].faces == [] and readings[0].error is None
+    assert len(readings[1].faces) == 1 and len(readings[2].faces) == 1
+    assert readings[3].error and readings[4].error
+    assert pipeline.analyze_images([]) == []
+
+
+def test_stage_timings_are_accumulated(pipeline: Pipeline, face_frames: list) -> None:
+    timings = StageTimings()
+    pipeline.analyze_jpegs([encode(frame) for frame in face_frames[:3]], timings)
+    assert timings.frames == 3 and timings.faces == 3
+    assert all(seconds > 0 for seconds in timings.as_dict().values())
+
+
+def test_haar_can_be_forced_and_model_version_is_exposed(
+    contract_model_path: Path, face_frames: list
+) -> None:
+    pipeline = Pipeline(contract_model_path, "haar")
+    assert pipeline.detector_name == "haar"
+    assert pipeline.model_version == "contract-test-1"
+    assert len(pipeline.analyze_images(face_frames[:1])[0].faces) == 1
+
+
+def test_face_reading_serialises_to_the_cli_shape() -> None:
+    face = FaceReading((1, 2, 3, 4), 0.9, np.array([0, 0, 0, 0.7, 0, 0.2, 0.1], np.float32))
+    as_dict = face.to_dict()
+    assert as_dict["box"] == [1, 2, 3, 4] and as_dict["dominant"] == "happy"
+    assert list(as_dict["emotions"]) == list(EMOTIONS)
+
+
+def test_get_pipeline_is_one_per_process_and_thread_safe(
+    contract_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PORTAL_MODEL_PATH", str(contract_model_path))
+    reset_pipeline()
+    try:
+        seen: list[Pipeline] = []
+        threads = [threading.Thread(target=lambda: seen.append(get_pipeline())) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(seen) == 4 and all(p is seen[0] for p in seen)
+        assert get_pipeline() is seen[0]
+        assert seen[0].model_version == "contract-test-1"
+    finally:
+        reset_pipeline()
+
+
+def test_shipped_model_reads_the_real_face_video(
+    real_model_path: Path, yunet_path: Path, face_frames: list
+) -> None:
+    pipeline = Pipeline(real_model_path, yunet_path)
+    readings = pipeline.analyze_jpegs([encode(frame) for frame in face_frames])
+    assert all(len(r.faces) == 1 for r in readings)
+    assert pipeline.model_version
