@@ -85,10 +85,14 @@ def acme(db, ad_video_file: Path) -> StudyFixture:
     duration_ms = probe_video_duration_ms(ad_video_file)
     organization = Organization.objects.create(name="Acme Research")
     study = Study.objects.create(
-        organization=organization, name="Spring campaign", status=Study.Status.LIVE,
+        organization=organization,
+        name="Spring campaign",
+        status=Study.Status.LIVE,
         allowed_countries=["DE", "US", "JP"],
     )
-    other_study = Study.objects.create(organization=organization, name="Autumn campaign", status=Study.Status.LIVE)
+    other_study = Study.objects.create(
+        organization=organization, name="Autumn campaign", status=Study.Status.LIVE
+    )
     ads = []
     for target, title in ((study, "Spring ad"), (other_study, "Autumn ad")):
         ad = Ad(study=target, title=title, duration_ms=duration_ms)
@@ -181,7 +185,9 @@ class ServiceProcess:
                 self.process.wait()
 
 
-def start_process(command: list[str], env: dict[str, str], ready, what: str, timeout_s: float = 60) -> ServiceProcess:
+def start_process(
+    command: list[str], env: dict[str, str], ready, what: str, timeout_s: float = 60
+) -> ServiceProcess:
     log_file = tempfile.NamedTemporaryFile(prefix=f"{what}-", suffix=".log", delete=False)
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     service = ServiceProcess(process, Path(log_file.name))
@@ -201,11 +207,22 @@ def celery_worker(postgres: dict, redis_url: str) -> Iterator[ServiceProcess]:
     """A real `celery -A research_portal worker` process on the test database and Redis."""
     redis.Redis.from_url(redis_url).flushdb()
     command = [
-        str(Path(sys.executable).parent / "celery"), "-A", "research_portal", "worker",
-        "--loglevel=info", "--concurrency=1", "--pool=solo", "--without-gossip", "--without-mingle",
+        str(Path(sys.executable).parent / "celery"),
+        "-A",
+        "research_portal",
+        "worker",
+        "--loglevel=info",
+        "--concurrency=1",
+        "--pool=solo",
+        "--without-gossip",
+        "--without-mingle",
     ]
     worker = start_process(
-        command, service_env(postgres, redis_url), lambda s: " ready." in s.log(), "celery-worker", timeout_s=90
+        command,
+        service_env(postgres, redis_url),
+        lambda s: " ready." in s.log(),
+        "celery-worker",
+        timeout_s=90,
     )
     yield worker
     worker.stop()
@@ -220,8 +237,14 @@ def asgi_server(postgres: dict, redis_url: str) -> Iterator[str]:
         with socket.socket() as probe:
             return probe.connect_ex(("127.0.0.1", port)) == 0
 
-    command = [str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port),
-               "research_portal.asgi:application"]
+    command = [
+        str(Path(sys.executable).parent / "daphne"),
+        "-b",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "research_portal.asgi:application",
+    ]
     server = start_process(command, service_env(postgres, redis_url), accepting, "daphne")
     yield f"http://127.0.0.1:{port}"
     server.stop()

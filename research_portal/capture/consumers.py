@@ -43,7 +43,9 @@ class CaptureConsumer(AsyncWebsocketConsumer):
             self.context = await database_sync_to_async(open_capture)(token)
         except CaptureRefused as refused:
             logger.info("capture refused: %s", refused.code)
-            await self.send_json({"type": "error", "code": refused.code, "seq": None, "detail": refused.detail})
+            await self.send_json(
+                {"type": "error", "code": refused.code, "seq": None, "detail": refused.detail}
+            )
             await self.close(code=refused.close_code)
             return
         self.buffer: list[Frame] = []
@@ -78,7 +80,9 @@ class CaptureConsumer(AsyncWebsocketConsumer):
 
     async def receive_frame(self, message: bytes) -> None:
         if len(self.buffer) >= MAX_BUFFERED_FRAMES:
-            await self.send_json({"type": "error", "code": "server_busy", "seq": None, "detail": "Retry later."})
+            await self.send_json(
+                {"type": "error", "code": "server_busy", "seq": None, "detail": "Retry later."}
+            )
             return
         try:
             if not self.limiter.allow():
@@ -100,14 +104,16 @@ class CaptureConsumer(AsyncWebsocketConsumer):
             await self.flush()
             await self.close(code=1000)
             return
-        await self.reject(FrameRejected("bad_message", "Text messages must be JSON like {\"type\": \"finish\"}."))
+        await self.reject(FrameRejected("bad_message", 'Text messages must be JSON like {"type": "finish"}.'))
 
     async def reject(self, rejected: FrameRejected) -> None:
         self.rejections += 1
         logger.warning(
             "frame rejected: session=%s code=%s seq=%s", self.context.session_id, rejected.code, rejected.seq
         )
-        await self.send_json({"type": "error", "code": rejected.code, "seq": rejected.seq, "detail": rejected.detail})
+        await self.send_json(
+            {"type": "error", "code": rejected.code, "seq": rejected.seq, "detail": rejected.detail}
+        )
         if self.rejections > MAX_REJECTIONS:
             await self.close(code=CLOSE_FLOOD)
 

@@ -27,7 +27,9 @@ class EntryRefused(Exception):
 def check_entry(study: Study, participant_id: str, country: str) -> tuple[str, str]:
     """Validate the panel's query parameters; returns the cleaned (participant_id, country)."""
     if not study.is_accepting_participants:
-        raise EntryRefused(410, "This study is not running", "The study is not open for participants right now.")
+        raise EntryRefused(
+            410, "This study is not running", "The study is not open for participants right now."
+        )
     country = country.strip().upper()
     if country and not COUNTRY_CODE.match(country):
         raise EntryRefused(400, "Invalid link", "The country in this link is not a two-letter country code.")
@@ -51,7 +53,9 @@ def do_start_session(study: Study, participant_id: str, country: str) -> Partici
         )
         if existing is not None:
             return existing
-    return ParticipantSession.objects.create(study=study, external_participant_id=participant_id, country=country)
+    return ParticipantSession.objects.create(
+        study=study, external_participant_id=participant_id, country=country
+    )
 
 
 def do_record_consent(session: ParticipantSession) -> None:

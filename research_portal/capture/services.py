@@ -17,7 +17,7 @@ from functools import cache
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import connections
 
 from inference.pipeline import FaceReading, get_pipeline
 from research_portal.capture.models import FrameResult, ParticipantSession
@@ -163,7 +163,7 @@ def analysis_thread_pool() -> ThreadPoolExecutor:
 
 
 def enqueue_batch(session_id: int, frames: list[Frame]) -> None:
-    """Hand a batch to the analysis backend. Returns once the batch is safely queued (then it may be acked)."""
+    """Hand a batch to the analysis backend; returns once it is safely queued, so it may then be acked."""
     payload = [frame.to_payload() for frame in frames]
     if settings.CAPTURE_ANALYSIS_BACKEND == "celery":
         from research_portal.capture.tasks import analyze_batch_task
@@ -179,7 +179,8 @@ def analyze_batch_in_thread(session_id: int, frames: list[dict[str, Any]]) -> No
     except Exception:
         logger.exception("frame batch of session %s failed in the embedded analyser", session_id)
     finally:
-        close_old_connections()
+        # Pool threads live on; close their connection so none is left open between batches.
+        connections.close_all()
 
 
 def analyze_and_store_batch(session_id: int, frames: list[dict[str, Any]]) -> int:

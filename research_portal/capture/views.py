@@ -4,7 +4,6 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from research_portal.capture.models import ParticipantSession
-from research_portal.capture.routing import capture_socket_path
 from research_portal.capture.participation import (
     EntryRefused,
     check_entry,
@@ -13,6 +12,7 @@ from research_portal.capture.participation import (
     do_record_consent,
     do_start_session,
 )
+from research_portal.capture.routing import capture_socket_path
 from research_portal.studies.models import Study
 
 State = ParticipantSession.State
@@ -78,7 +78,11 @@ def watch(request: HttpRequest, token: str) -> HttpResponse:
         "fps": session.study.capture_fps,
         "finishUrl": reverse("participant-finish", args=[session.token]),
         "ads": [
-            {"id": ad.pk, "title": ad.title, "src": reverse("participant-ad-video", args=[session.token, ad.pk])}
+            {
+                "id": ad.pk,
+                "title": ad.title,
+                "src": reverse("participant-ad-video", args=[session.token, ad.pk]),
+            }
             for ad in ads
         ],
     }

@@ -29,12 +29,35 @@ def render_demo_ad(path: Path, seconds: int = 10, fps: int = 25, size: tuple[int
     hue_row = np.linspace(0, 179, width, dtype=np.float32)
     for index in range(seconds * fps):
         hue = ((hue_row + index * 2) % 180).astype(np.uint8)
-        hsv = np.dstack([np.broadcast_to(hue, (height, width)), np.full((height, width), 160, np.uint8),
-                         np.full((height, width), 200, np.uint8)])
+        hsv = np.dstack(
+            [
+                np.broadcast_to(hue, (height, width)),
+                np.full((height, width), 160, np.uint8),
+                np.full((height, width), 200, np.uint8),
+            ]
+        )
         frame = cv2.cvtColor(np.ascontiguousarray(hsv), cv2.COLOR_HSV2BGR)
         remaining = seconds - index // fps
-        cv2.putText(frame, "Demo ad", (40, 120), cv2.FONT_HERSHEY_SIMPLEX, 2.2, (255, 255, 255), 5)
-        cv2.putText(frame, f"{remaining}", (width // 2 - 40, 280), cv2.FONT_HERSHEY_SIMPLEX, 4, (255, 255, 255), 8)
+        scale = width / 640  # text laid out for 640 px wide, scaled to the requested size
+        white = (255, 255, 255)
+        cv2.putText(
+            frame,
+            "Demo ad",
+            (int(40 * scale), int(120 * scale)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            2.2 * scale,
+            white,
+            max(1, int(5 * scale)),
+        )
+        cv2.putText(
+            frame,
+            f"{remaining}",
+            (int(width / 2 - 40 * scale), int(280 * scale)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            4 * scale,
+            white,
+            max(1, int(8 * scale)),
+        )
         writer.write(frame)
     writer.release()
 

@@ -29,7 +29,10 @@ def embedded_backend(settings):
 @pytest.fixture
 def viewing_session(acme) -> ParticipantSession:
     return ParticipantSession.objects.create(
-        study=acme.study, country="DE", external_participant_id="p-1", state=ParticipantSession.State.CONSENTED
+        study=acme.study,
+        country="DE",
+        external_participant_id="p-1",
+        state=ParticipantSession.State.CONSENTED,
     )
 
 
@@ -45,7 +48,9 @@ async def connect(token: str) -> tuple[WebsocketCommunicator, dict]:
     return communicator, json.loads(await communicator.receive_from(timeout=5))
 
 
-async def receive_until_closed(communicator: WebsocketCommunicator, timeout: float = 5) -> tuple[list[dict], int]:
+async def receive_until_closed(
+    communicator: WebsocketCommunicator, timeout: float = 5
+) -> tuple[list[dict], int]:
     messages = []
     while True:
         output = await communicator.receive_output(timeout=timeout)
@@ -86,11 +91,15 @@ async def test_frames_are_acked_analysed_and_stored(acme, viewing_session, face_
     assert [row.seq for row in rows] == list(range(6))
     assert all(row.face_found for row in rows)
     for row in rows:
-        total = sum(getattr(row, label) for label in ("angry", "disgust", "fear", "happy", "sad", "surprise",
-                                                      "neutral"))
+        total = sum(
+            getattr(row, label)
+            for label in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+        )
         assert total == pytest.approx(1.0, abs=1e-3)
         assert row.model_version and row.face_w > 40 and row.media_time_ms == row.seq * 200
-    state = await database_sync_to_async(lambda: ParticipantSession.objects.get(pk=viewing_session.pk).state)()
+    state = await database_sync_to_async(
+        lambda: ParticipantSession.objects.get(pk=viewing_session.pk).state
+    )()
     assert state == "viewing"
 
 
@@ -117,7 +126,11 @@ async def test_bad_frames_get_error_messages_and_good_ones_still_land(acme, view
     await communicator.send_to(bytes_data=frame(5, acme.ad.pk, face_jpegs[1]))
     errors = [json.loads(await communicator.receive_from(timeout=5)) for _ in range(6)]
     assert [(e["code"], e["seq"]) for e in errors] == [
-        ("bad_header", None), ("not_jpeg", 1), ("unknown_ad", 2), ("bad_time", 3), ("too_large", 4),
+        ("bad_header", None),
+        ("not_jpeg", 1),
+        ("unknown_ad", 2),
+        ("bad_time", 3),
+        ("too_large", 4),
         ("bad_message", None),
     ]
     assert await collect_acks(communicator, 1) == {5}

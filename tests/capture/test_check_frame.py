@@ -14,8 +14,9 @@ from research_portal.capture.services import (
 
 NOW_MS = 1_790_000_000_000.0
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 100
-CONTEXT = CaptureContext(session_id=1, session_state="viewing", ad_durations_ms={7: 30_000}, fps=5,
-                         max_frame_bytes=1000)
+CONTEXT = CaptureContext(
+    session_id=1, session_state="viewing", ad_durations_ms={7: 30_000}, fps=5, max_frame_bytes=1000
+)
 
 
 def message(seq=3, ad_id=7, media_ms=1200, capture_ms=NOW_MS, body=JPEG) -> bytes:

@@ -39,8 +39,9 @@ def test_accepting_consent_records_time_and_opens_the_player(client, acme):
     assert session.state == "consented" and session.consent_at is not None
 
     page = client.get(response.url)
-    config = json.loads(page.content.decode().split('id="capture-config" type="application/json">')[1]
-                        .split("</script>")[0])
+    config = json.loads(
+        page.content.decode().split('id="capture-config" type="application/json">')[1].split("</script>")[0]
+    )
     assert config["socketPath"] == f"/ws/capture/{session.token}/"
     assert config["fps"] == 5
     assert [ad["id"] for ad in config["ads"]] == [acme.ad.pk]
@@ -69,7 +70,11 @@ def test_same_panel_participant_resumes_their_session(client, acme):
 
 @pytest.mark.parametrize(
     "params, status",
-    [({"pid": "p", "c": "FR"}, 403), ({"pid": "p", "c": "Germany"}, 400), ({"pid": "<script>", "c": "DE"}, 400)],
+    [
+        ({"pid": "p", "c": "FR"}, 403),
+        ({"pid": "p", "c": "Germany"}, 400),
+        ({"pid": "<script>", "c": "DE"}, 400),
+    ],
 )
 def test_bad_entry_parameters_get_a_clear_page(client, acme, params, status):
     response = client.get(entry_url(acme.study, **params))

@@ -32,9 +32,14 @@ def test_admin_can_create_a_study(admin_client, acme):
     response = admin_client.post(
         "/admin/studies/study/add/",
         {
-            "organization": acme.organization.pk, "name": "Summer", "status": "draft",
-            "allowed_countries": '["DE"]', "consent_text": "ok", "capture_fps": 5,
-            "ads-TOTAL_FORMS": 0, "ads-INITIAL_FORMS": 0,
+            "organization": acme.organization.pk,
+            "name": "Summer",
+            "status": "draft",
+            "allowed_countries": '["DE"]',
+            "consent_text": "ok",
+            "capture_fps": 5,
+            "ads-TOTAL_FORMS": 0,
+            "ads-INITIAL_FORMS": 0,
         },
     )
     assert response.status_code == 302, response.content.decode()[:3000]

@@ -1,0 +1,57 @@
+"""analyze_batch_task through real Redis to a real Celery worker process, stored in real Postgres."""
+
+from __future__ import annotations
+
+import time
+
+from research_portal.capture.models import FrameResult, ParticipantSession
+from research_portal.capture.services import Frame, analyze_and_store_batch, enqueue_batch
+
+
+def wait_for_count(session: ParticipantSession, expected: int, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline:
+        count = FrameResult.objects.filter(session=session).count()
+        if count >= expected:
+            return count
+        time.sleep(0.25)
+    return count
+
+
+def make_frames(ad_id: int, jpegs: list[bytes], first_seq: int = 0) -> list[Frame]:
+    now_ms = time.time() * 1000
+    return [Frame(first_seq + i, ad_id, i * 200, now_ms + i * 200, jpeg) for i, jpeg in enumerate(jpegs)]
+
+
+def test_batch_queued_to_a_worker_lands_in_postgres(acme, celery_worker, face_jpegs, settings):
+    settings.CAPTURE_ANALYSIS_BACKEND = "celery"
+    session = ParticipantSession.objects.create(study=acme.study, state="viewing")
+    enqueue_batch(session.pk, make_frames(acme.ad.pk, face_jpegs[:8]))
+    assert wait_for_count(session, 8) == 8, celery_worker.log()[-3000:]
+    rows = list(FrameResult.objects.filter(session=session).order_by("seq"))
+    assert [row.seq for row in rows] == list(range(8))
+    assert sum(row.face_found for row in rows) >= 7
+    assert all(row.error == "" for row in rows)
+    assert "analyze_batch_task" in celery_worker.log()
+
+
+def test_corrupt_frame_is_recorded_as_failed_and_its_batch_mates_are_stored(
+    acme, celery_worker, face_jpegs, settings
+):
+    settings.CAPTURE_ANALYSIS_BACKEND = "celery"
+    session = ParticipantSession.objects.create(study=acme.study, state="viewing")
+    corrupt = b"\xff\xd8\xff" + b"garbage" * 50  # passes the socket's magic check, fails to decode
+    enqueue_batch(session.pk, make_frames(acme.ad.pk, [face_jpegs[0], corrupt, face_jpegs[1]]))
+    assert wait_for_count(session, 3) == 3, celery_worker.log()[-3000:]
+    failed = FrameResult.objects.get(session=session, seq=1)
+    assert failed.error and not failed.face_found and failed.happy is None
+    assert FrameResult.objects.filter(session=session, face_found=True).count() == 2
+
+
+def test_redelivered_batch_is_stored_once(postgres, acme, face_jpegs):
+    session = ParticipantSession.objects.create(study=acme.study, state="viewing")
+    payload = [frame.to_payload() for frame in make_frames(acme.ad.pk, face_jpegs[:4])]
+    assert analyze_and_store_batch(session.pk, payload) == 4
+    analyze_and_store_batch(session.pk, payload)  # e.g. a worker killed after insert, task redelivered
+    assert FrameResult.objects.filter(session=session).count() == 4

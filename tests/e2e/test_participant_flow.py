@@ -1,0 +1,83 @@
+"""End to end: headless Debian Chromium with a fake webcam of a real face, through a participant link,
+against a real daphne server, Redis, a Celery worker and Postgres. The readings must land in Postgres."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from inference.resources import REPO_ROOT, shared_dir
+from research_portal.capture.models import FrameResult, ParticipantSession
+from tests.conftest import require_file
+
+pytestmark = pytest.mark.e2e
+
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+
+
+def chromium_args(fake_camera: Path) -> list[str]:
+    return [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={fake_camera}",
+    ]
+
+
+def wait_for_rows(session: ParticipantSession, expected: int, timeout: float = 60) -> list[FrameResult]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = list(FrameResult.objects.filter(session=session).order_by("seq"))
+        if len(rows) >= expected:
+            return rows
+        time.sleep(0.5)
+    return rows
+
+
+def test_participant_link_to_stored_readings(acme, celery_worker, asgi_server, chromium_path):
+    from playwright.sync_api import sync_playwright
+
+    fake_camera = require_file(
+        shared_dir() / "media" / "liveportrait_d3_640x480_15fps_8s.mjpeg", "fake webcam"
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path, args=chromium_args(fake_camera))
+        page = browser.new_page(viewport={"width": 1000, "height": 800})
+        page.goto(f"{asgi_server}/s/{acme.study.public_id}/?pid=e2e-1&c=DE")
+        page.wait_for_selector("#accept")
+        page.screenshot(path=ARTIFACTS / "1-consent.png")
+        page.click("#accept")
+        page.wait_for_selector("#start")
+        page.click("#start")
+        page.wait_for_function("Number(document.body.dataset.framesSent) >= 5", timeout=20_000)
+        page.screenshot(path=ARTIFACTS / "2-watching.png")
+        page.wait_for_url("**/thanks/", timeout=60_000)
+        page.screenshot(path=ARTIFACTS / "3-thanks.png")
+        browser.close()
+
+    session = ParticipantSession.objects.get(external_participant_id="e2e-1")
+    assert session.state == "completed" and session.country == "DE" and session.consent_at is not None
+    # A 4 s ad at 5 fps: about 20 frames, every one acked before the page moved on.
+    rows = wait_for_rows(session, 15)
+    assert len(rows) >= 15, celery_worker.log()[-3000:]
+    assert len({row.seq for row in rows}) == len(rows)
+    faces = [row for row in rows if row.face_found]
+    assert len(faces) >= 0.8 * len(rows)
+    media_times = [row.media_time_ms for row in rows]
+    assert min(media_times) <= 1000 and max(media_times) >= acme.ad.duration_ms - 1000
+    assert {row.ad_id for row in rows} == {acme.ad.pk}
+    assert all(row.model_version and row.error == "" for row in rows)
+    assert all(
+        abs(
+            sum(getattr(row, e) for e in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"))
+            - 1
+        )
+        < 1e-3
+        for row in faces
+    )
