@@ -30,13 +30,18 @@ def face_geometry(
     sides *= 1.0 + margin
     centres = boxes[:, :2] + boxes[:, 2:] / 2
     centres[:, 1] -= detector.crop_shift_y * sides
-    angles = np.zeros(count, np.float32)
+    return centres, sides.astype(np.float32), roll_angles(detections)
+
+
+def roll_angles(detections: Sequence[Detection]) -> np.ndarray:
+    """Head roll in degrees per detection (the eye line's angle; 0 where there are no landmarks)."""
+    angles = np.zeros(len(detections), np.float32)
     with_landmarks = [i for i, d in enumerate(detections) if d.landmarks is not None]
     if with_landmarks:
         points = np.stack([detections[i].landmarks for i in with_landmarks])  # [M, 5, 2]
         eye_vector = points[:, 1] - points[:, 0]  # image-left eye -> image-right eye
         angles[with_landmarks] = np.degrees(np.arctan2(eye_vector[:, 1], eye_vector[:, 0]))
-    return centres, sides.astype(np.float32), angles
+    return angles
 
 
 def crop_matrices(centres: np.ndarray, sides: np.ndarray, angles: np.ndarray) -> np.ndarray:

@@ -37,6 +37,8 @@ class ModelMetadata:
     output: str = "probabilities"
     metrics: dict[str, Any] = field(default_factory=dict)
     trained_on: str = ""
+    # Optional: label -> weight; valence = sum_k p_k * w_k (documented in the model card).
+    valence_weights: dict[str, float] | None = None
 
     @classmethod
     def from_props(cls, props: dict[str, str]) -> ModelMetadata:
@@ -58,6 +60,9 @@ class ModelMetadata:
                 output=props.get("output", "probabilities"),
                 metrics=metrics if isinstance(metrics, dict) else {"value": metrics},
                 trained_on=props.get("trained_on", ""),
+                valence_weights=json.loads(props["valence_weights"])
+                if props.get("valence_weights")
+                else None,
             )
         except (ValueError, TypeError, AttributeError) as error:
             raise ModelContractError(f"ONNX metadata_props are malformed: {error}") from error
@@ -100,6 +105,10 @@ class EmotionModel:
         # (e.g. FER+'s contempt) are dropped and the rest renormalised.
         self._emotion_columns = np.array([self.metadata.labels.index(label) for label in EMOTIONS])
         self._renormalise = len(self.metadata.labels) != len(EMOTIONS)
+        weights = self.metadata.valence_weights
+        self._valence_weights = (
+            np.array([float(weights.get(label, 0.0)) for label in EMOTIONS], np.float32) if weights else None
+        )
         # (x * scale - mean) / std  ==  x * gain + offset: one multiply-add over the batch.
         channels = self.metadata.input_channels
         mean = np.broadcast_to(np.asarray(self.metadata.mean, np.float32), (channels,))
@@ -118,6 +127,12 @@ class EmotionModel:
     @property
     def input_channels(self) -> int:
         return self.metadata.input_channels
+
+    def valence(self, probabilities: np.ndarray) -> np.ndarray | None:
+        """Valence per row of EMOTIONS-ordered probabilities, or None if the model defines no weights."""
+        if self._valence_weights is None:
+            return None
+        return probabilities @ self._valence_weights
 
     def preprocess(self, crops: np.ndarray) -> np.ndarray:
         """uint8 [N, H, W] (grey) or [N, H, W, C] -> float32 [N, C, H, W] normalised per the metadata."""

@@ -16,9 +16,10 @@ import cv2
 import numpy as np
 
 from inference import EMOTIONS
-from inference.align import crop_faces
+from inference.align import crop_faces, roll_angles
 from inference.detect import Detection, FaceDetector, create_detector
 from inference.model import EmotionModel
+from inference.quality import FaceQuality, crop_statistics
 from inference.resources import default_detector_path, default_model_path
 
 HAAR = "haar"  # pass as detector_path to force OpenCV's Haar cascade
@@ -32,6 +33,8 @@ class FaceReading:
     score: float
     probabilities: np.ndarray
     landmarks: np.ndarray | None = field(default=None, compare=False, repr=False)
+    quality: FaceQuality | None = field(default=None, compare=False)
+    valence: float | None = None  # only when the model's metadata defines valence weights
 
     @property
     def emotions(self) -> dict[str, float]:
@@ -162,6 +165,7 @@ class Pipeline:
         size, channels = self.model.input_size, self.model.input_channels
         per_frame: list[list[Detection] | str] = []
         crops: list[np.ndarray] = []
+        frame_areas: list[np.ndarray] = []  # per face: its frame's pixel count (for face_fraction)
         detect_s = align_s = 0.0
         for image in images:
             frame = _as_bgr(image)
@@ -175,10 +179,14 @@ class Pipeline:
             detect_s += detected - started
             align_s += clock() - detected
             per_frame.append(detections)
+            frame_areas.append(np.full(len(detections), frame.shape[0] * frame.shape[1], np.float32))
         started = clock()
+        all_crops = np.concatenate(crops) if crops else np.zeros((0, size, size), np.uint8)
         # All faces of the batch in ONE model call: per-call overhead dominates at webcam batch sizes.
-        probabilities = self.model.predict(np.concatenate(crops)) if crops else None
+        probabilities = self.model.predict(all_crops)
+        valences = self.model.valence(probabilities)
         classify_s = clock() - started
+        qualities = self._qualities(per_frame, all_crops, frame_areas)
         readings: list[FrameReading] = []
         offset = 0
         for item in per_frame:
@@ -186,7 +194,14 @@ class Pipeline:
                 readings.append(FrameReading(faces=[], error=item))
                 continue
             faces = [
-                FaceReading(d.box, d.score, probabilities[offset + index], landmarks=d.landmarks)
+                FaceReading(
+                    d.box,
+                    d.score,
+                    probabilities[offset + index],
+                    landmarks=d.landmarks,
+                    quality=qualities[offset + index],
+                    valence=None if valences is None else float(valences[offset + index]),
+                )
                 for index, d in enumerate(item)
             ]
             offset += len(item)
@@ -198,6 +213,23 @@ class Pipeline:
             timings.frames += len(images)
             timings.faces += offset
         return readings
+
+    @staticmethod
+    def _qualities(
+        per_frame: list[list[Detection] | str], crops: np.ndarray, frame_areas: list[np.ndarray]
+    ) -> list[FaceQuality]:
+        """Quality signals for every face of the batch, computed together."""
+        detections = [d for item in per_frame if not isinstance(item, str) for d in item]
+        if not detections:
+            return []
+        statistics = crop_statistics(crops)
+        boxes = np.array([d.box for d in detections], np.float32)
+        fractions = boxes[:, 2] * boxes[:, 3] / np.concatenate(frame_areas)
+        rolls = roll_angles(detections)
+        return [
+            FaceQuality(float(b), float(c), float(s), float(f), float(r))
+            for (b, c, s), f, r in zip(statistics, fractions, rolls, strict=True)
+        ]
 
     def analyze_jpegs(
         self, blobs: Sequence[bytes], timings: StageTimings | None = None

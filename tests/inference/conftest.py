@@ -75,6 +75,7 @@ def build_contract_model(
     input_size: int = 48,
     version: str = "test-0",
     output_name: str = "probabilities",
+    extra_props: dict[str, str] | None = None,
 ) -> Path:
     """A tiny ONNX model honouring the metadata contract: softmax(mean(normalised input) * w + b).
 
@@ -113,7 +114,8 @@ def build_contract_model(
             "version": version,
             "metrics": json.dumps({"note": "synthetic test model"}),
             "trained_on": "nothing",
-        },
+        }
+        | (extra_props or {}),
     )
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
