@@ -152,8 +152,15 @@ def command_analyze(args: argparse.Namespace) -> int:
 
 
 def command_fetch_detector(args: argparse.Namespace) -> int:
-    from inference.detect import fetch_detector
+    from inference.detect import fetch_detector, file_sha256
+    from inference.resources import YUNET_SHA256, default_detector_path
 
+    available = default_detector_path()
+    if not args.force and args.output is None and available is not None and available.is_file():
+        # `make run` calls this every time: nothing to download when a verified YuNet is already configured.
+        if file_sha256(available) == YUNET_SHA256:
+            print(f"YuNet face detector already available (sha256 verified): {available}")
+            return 0
     fetch_detector(url=args.url, destination=args.output, timeout_s=args.timeout)
     return 0  # by design even on failure: no YuNet just means the Haar cascade is used
 
@@ -211,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--url", default=YUNET_URL)
     fetch.add_argument("--output", help="destination file (default var/models/<name>.onnx)")
     fetch.add_argument("--timeout", type=float, default=30.0)
+    fetch.add_argument("--force", action="store_true", help="download even if a YuNet file is configured")
     fetch.set_defaults(handler=command_fetch_detector)
 
     evaluate = commands.add_parser("evaluate", help="model metrics on FER2013 PrivateTest")

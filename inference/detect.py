@@ -169,7 +169,7 @@ def create_detector(model_path: str | Path | None, **options: object) -> FaceDet
     return YuNetDetector(model_path, **options)  # type: ignore[arg-type]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -186,7 +186,7 @@ def fetch_detector(
     """
     target = Path(destination) if destination else fetched_detector_path()
     try:
-        if target.is_file() and _sha256(target) == sha256:
+        if target.is_file() and file_sha256(target) == sha256:
             log(f"YuNet face detector already present and verified: {target}")
             return target
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,13 @@ def test_offline_cli_exits_zero_with_a_message(tmp_path: Path) -> None:
     assert "Haar" in result.stdout and "Traceback" not in result.stderr
 
 
+def test_cli_skips_the_download_when_yunet_is_already_configured(yunet_path: Path) -> None:
+    result = run_cli(
+        "fetch-detector", "--url", closed_local_url(), env={"PORTAL_FACE_DETECTOR": str(yunet_path)}
+    )
+    assert result.returncode == 0 and "already available" in result.stdout
+
+
 def test_a_file_with_the_wrong_checksum_is_not_installed(tmp_path: Path) -> None:
     impostor = tmp_path / "impostor.onnx"
     impostor.write_bytes(b"not yunet")
