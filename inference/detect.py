@@ -109,6 +109,7 @@ class YuNetDetector:
         if faces is None or len(faces) == 0:
             return []
         faces = np.array(faces, dtype=np.float32)
+        faces = faces[np.isfinite(faces).all(axis=1)]  # degenerate inputs (a few pixels) can yield NaN rows
         faces[:, :14] /= scale  # boxes and landmarks back to full-frame pixels
         boxes = _clip_boxes(faces[:, :4], width, height)
         landmarks = faces[:, 4:14].reshape(-1, 5, 2)

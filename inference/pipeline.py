@@ -173,9 +173,14 @@ class Pipeline:
                 per_frame.append(frame)
                 continue
             started = clock()
-            detections = self.detect_faces(frame)
-            detected = clock()
-            crops.append(crop_faces(frame, detections, self.detector, size, channels, self.margin))
+            try:
+                detections = self.detect_faces(frame)
+                detected = clock()
+                face_crops = crop_faces(frame, detections, self.detector, size, channels, self.margin)
+            except cv2.error as error:  # one odd frame must not sink the whole batch
+                per_frame.append(f"face detection failed: {error.err or error}")
+                continue
+            crops.append(face_crops)
             detect_s += detected - started
             align_s += clock() - detected
             per_frame.append(detections)

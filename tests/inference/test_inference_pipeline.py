@@ -74,6 +74,10 @@ def test_frames_without_faces_and_odd_inputs(pipeline: Pipeline, face_frames: li
     assert len(readings[1].faces) == 1 and len(readings[2].faces) == 1
     assert readings[3].error and readings[4].error
     assert pipeline.analyze_images([]) == []
+    tiny_and_thin = pipeline.analyze_images(
+        [np.zeros((1, 1, 3), np.uint8), np.zeros((5000, 10, 3), np.uint8)]
+    )
+    assert all(r.faces == [] and r.error is None for r in tiny_and_thin)
 
 
 def test_stage_timings_are_accumulated(pipeline: Pipeline, face_frames: list) -> None:
