@@ -4,29 +4,15 @@ against a real daphne server, Redis, a Celery worker and Postgres. The readings 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from inference.resources import REPO_ROOT, shared_dir
+from inference.resources import REPO_ROOT
 from research_portal.capture.models import FrameResult, ParticipantSession
-from tests.conftest import require_file
 
 pytestmark = pytest.mark.e2e
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-
-
-def chromium_args(fake_camera: Path) -> list[str]:
-    return [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-video-capture={fake_camera}",
-    ]
 
 
 def wait_for_rows(session: ParticipantSession, expected: int, timeout: float = 60) -> list[FrameResult]:
@@ -39,27 +25,19 @@ def wait_for_rows(session: ParticipantSession, expected: int, timeout: float = 6
     return rows
 
 
-def test_participant_link_to_stored_readings(acme, celery_worker, asgi_server, chromium_path):
-    from playwright.sync_api import sync_playwright
-
-    fake_camera = require_file(
-        shared_dir() / "media" / "liveportrait_d3_640x480_15fps_8s.mjpeg", "fake webcam"
-    )
+def test_participant_link_to_stored_readings(acme, celery_worker, asgi_server, browser):
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path, args=chromium_args(fake_camera))
-        page = browser.new_page(viewport={"width": 1000, "height": 800})
-        page.goto(f"{asgi_server}/s/{acme.study.public_id}/?pid=e2e-1&c=DE")
-        page.wait_for_selector("#accept")
-        page.screenshot(path=ARTIFACTS / "1-consent.png")
-        page.click("#accept")
-        page.wait_for_selector("#start")
-        page.click("#start")
-        page.wait_for_function("Number(document.body.dataset.framesSent) >= 5", timeout=20_000)
-        page.screenshot(path=ARTIFACTS / "2-watching.png")
-        page.wait_for_url("**/thanks/", timeout=60_000)
-        page.screenshot(path=ARTIFACTS / "3-thanks.png")
-        browser.close()
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    page.goto(f"{asgi_server}/s/{acme.study.public_id}/?pid=e2e-1&c=DE")
+    page.wait_for_selector("#accept")
+    page.screenshot(path=ARTIFACTS / "1-consent.png")
+    page.click("#accept")
+    page.wait_for_selector("#start")
+    page.click("#start")
+    page.wait_for_function("Number(document.body.dataset.framesSent) >= 5", timeout=20_000)
+    page.screenshot(path=ARTIFACTS / "2-watching.png")
+    page.wait_for_url("**/thanks/", timeout=60_000)
+    page.screenshot(path=ARTIFACTS / "3-thanks.png")
 
     session = ParticipantSession.objects.get(external_participant_id="e2e-1")
     assert session.state == "completed" and session.country == "DE" and session.consent_at is not None
