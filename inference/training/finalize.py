@@ -1,0 +1,34 @@
+"""Measure an exported model here (PrivateTest, CPU speed), stamp metadata, write the card.
+
+Used after a GPU run that had no PrivateTest data (the packed carry holds Training+PublicTest):
+
+    python -m inference.training.finalize --onnx inference/models/emotion.onnx \\
+        --summary var/training/emotion.summary.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .pipeline import finalize
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--onnx", required=True)
+    ap.add_argument("--summary", required=True, help="<name>.summary.json from the training run")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--card", default=None, help="card path (default: next to the ONNX file)")
+    a = ap.parse_args(argv)
+    s = json.loads(Path(a.summary).read_text())
+    summary, cfg = s["summary"], s["config"]
+    metrics = finalize(Path(a.onnx), summary=summary, cfg=cfg, config_path=s["config_path"],
+                       data_path=a.data, hardware=summary["hardware"], device=summary["device"],
+                       card_path=Path(a.card) if a.card else None)
+    print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()
