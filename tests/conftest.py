@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -186,11 +185,13 @@ class ServiceProcess:
 
 
 def start_process(
-    command: list[str], env: dict[str, str], ready, what: str, timeout_s: float = 60
+    command: list[str], env: dict[str, str], ready, log_path: Path, timeout_s: float = 60
 ) -> ServiceProcess:
-    log_file = tempfile.NamedTemporaryFile(prefix=f"{what}-", suffix=".log", delete=False)
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    service = ServiceProcess(process, Path(log_file.name))
+    """Start a service process logging to `log_path`; return once `ready(service)` is true."""
+    what = log_path.stem
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    service = ServiceProcess(process, log_path)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -203,7 +204,7 @@ def start_process(
 
 
 @pytest.fixture
-def celery_worker(postgres: dict, redis_url: str) -> Iterator[ServiceProcess]:
+def celery_worker(postgres: dict, redis_url: str, tmp_path: Path) -> Iterator[ServiceProcess]:
     """A real `celery -A research_portal worker` process on the test database and Redis."""
     redis.Redis.from_url(redis_url).flushdb()
     command = [
@@ -221,31 +222,30 @@ def celery_worker(postgres: dict, redis_url: str) -> Iterator[ServiceProcess]:
         command,
         service_env(postgres, redis_url),
         lambda s: " ready." in s.log(),
-        "celery-worker",
+        tmp_path / "celery-worker.log",
         timeout_s=90,
     )
     yield worker
     worker.stop()
 
 
-@pytest.fixture
-def asgi_server(postgres: dict, redis_url: str) -> Iterator[str]:
-    """A real daphne ASGI server (production settings path); yields its base URL."""
-    port = free_port()
+def start_daphne(env: dict[str, str], port: int, log_path: Path) -> ServiceProcess:
+    """The ASGI server `make run` uses, on a free loopback port."""
 
     def accepting(_service: ServiceProcess) -> bool:
         with socket.socket() as probe:
             return probe.connect_ex(("127.0.0.1", port)) == 0
 
-    command = [
-        str(Path(sys.executable).parent / "daphne"),
-        "-b",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "research_portal.asgi:application",
-    ]
-    server = start_process(command, service_env(postgres, redis_url), accepting, "daphne")
+    daphne = str(Path(sys.executable).parent / "daphne")
+    command = [daphne, "-b", "127.0.0.1", "-p", str(port), "research_portal.asgi:application"]
+    return start_process(command, env, accepting, log_path)
+
+
+@pytest.fixture
+def asgi_server(postgres: dict, redis_url: str, tmp_path: Path) -> Iterator[str]:
+    """A real daphne ASGI server on the production settings path; yields its base URL."""
+    port = free_port()
+    server = start_daphne(service_env(postgres, redis_url), port, tmp_path / "daphne.log")
     yield f"http://127.0.0.1:{port}"
     server.stop()
 

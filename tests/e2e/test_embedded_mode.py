@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from inference.resources import REPO_ROOT
-from tests.conftest import free_port, start_process
+from tests.conftest import free_port, start_daphne
 
 pytestmark = pytest.mark.e2e
 
@@ -40,23 +39,7 @@ def test_seeded_demo_works_without_postgres_or_redis(tmp_path, browser):
     ).stdout
     link = re.search(r"Participant link:\s+(\S+)", seeded).group(1)
 
-    def accepting(_service) -> bool:
-        with socket.socket() as probe:
-            return probe.connect_ex(("127.0.0.1", port)) == 0
-
-    server = start_process(
-        [
-            str(Path(sys.executable).parent / "daphne"),
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "research_portal.asgi:application",
-        ],
-        env,
-        accepting,
-        "daphne-embedded",
-    )
+    server = start_daphne(env, port, tmp_path / "daphne-embedded.log")
     try:
         page = browser.new_page()
         page.goto(link)
