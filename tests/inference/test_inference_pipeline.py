@@ -129,3 +129,7 @@ def test_shipped_model_reads_the_real_face_video(
     readings = pipeline.analyze_jpegs([encode(frame) for frame in face_frames])
     assert all(len(r.faces) == 1 for r in readings)
     assert pipeline.model_version
+    # The clip goes neutral -> frown -> a wide-eyed surprise at the end (a sanity check, not a benchmark).
+    assert readings[0].primary_face.dominant != "surprise"
+    assert readings[-1].primary_face.dominant == "surprise"
+    assert readings[-1].primary_face.valence is not None  # the shipped model defines valence weights
