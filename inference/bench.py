@@ -36,6 +36,16 @@ def _pin_to_one_core() -> str:
     return f"pinned to CPU {core}"
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def load_bench_frames(count: int = 64) -> list[np.ndarray]:
     """`count` real BGR frames spread over the shared face videos (MJPEG first, it is already 640x480)."""
     media = shared_dir() / "media"
@@ -114,6 +124,7 @@ def _print_table(results: dict[str, object]) -> None:
     classifier = results["classifier"]
     print(f"\nInference bench ({results['setup']['cpu_pinning']}, ORT intra_op 1, cv2 threads 1)")
     print(f"model {results['setup']['model_version']}, detector {results['setup']['detector']}")
+    print(f"cpu {results['setup']['cpu']}")
     print(
         f"\n  classifier @ batch {classifier['batch']}: {classifier['crops_per_s']:8.0f} crops/s"
         f"  ({classifier['ms_per_batch']:.2f} ms/batch)"
@@ -158,7 +169,7 @@ def run_bench(args: argparse.Namespace) -> int:
             ),
             "frame_batch": FRAME_BATCH,
             "jpeg_quality": JPEG_QUALITY,
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": _cpu_name(),
             "python": platform.python_version(),
             "onnxruntime": ort.__version__,
             "opencv": cv2.__version__,

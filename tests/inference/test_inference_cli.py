@@ -120,3 +120,16 @@ def test_evaluate_is_wired_to_the_training_evaluator(cli_env: dict, shared: Path
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["version"] == "contract-test-1"
+
+
+def test_bench_writes_its_numbers(cli_env: dict, shared: Path, tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    result = run_cli("bench", "--seconds", "0.2", "--output", str(output), env=cli_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    numbers = json.loads(output.read_text())
+    assert numbers["classifier"]["batch"] == 32 and numbers["classifier"]["crops_per_s"] > 0
+    assert set(numbers["frames"]) == {"640x480", "320x240"}
+    frames = numbers["frames"]["640x480"]
+    assert frames["frames_per_s"] > 0 and frames["faces_per_frame"] == 1.0
+    assert set(frames["stage_ms_per_frame"]) == {"decode", "detect", "align", "classify", "other"}
+    assert numbers["setup"]["onnxruntime_intra_op_threads"] == 1 and "frames/s" in result.stdout
