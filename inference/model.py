@@ -37,6 +37,8 @@ class ModelMetadata:
     output: str = "probabilities"
     metrics: dict[str, Any] = field(default_factory=dict)
     trained_on: str = ""
+    # Only for input_channels 3: the channel order the model was trained on (crops arrive as OpenCV BGR).
+    color_order: str = "RGB"
     # Optional: label -> weight; valence = sum_k p_k * w_k (documented in the model card).
     valence_weights: dict[str, float] | None = None
 
@@ -60,6 +62,7 @@ class ModelMetadata:
                 output=props.get("output", "probabilities"),
                 metrics=metrics if isinstance(metrics, dict) else {"value": metrics},
                 trained_on=props.get("trained_on", ""),
+                color_order=props.get("color_order", "RGB").upper(),
                 valence_weights=json.loads(props["valence_weights"])
                 if props.get("valence_weights")
                 else None,
@@ -135,12 +138,14 @@ class EmotionModel:
         return probabilities @ self._valence_weights
 
     def preprocess(self, crops: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W] (grey) or [N, H, W, C] -> float32 [N, C, H, W] normalised per the metadata."""
+        """uint8 [N, H, W] (grey) or [N, H, W, 3] (BGR) -> float32 [N, C, H, W], normalised per metadata."""
         crops = np.asarray(crops)
         size, channels = self.input_size, self.input_channels
         if crops.ndim == 3:
             crops = crops[:, None]
         elif crops.ndim == 4:
+            if crops.shape[3] == 3 and self.metadata.color_order == "RGB":
+                crops = crops[..., ::-1]
             crops = crops.transpose(0, 3, 1, 2)
         else:
             raise ValueError(f"expected crops [N, H, W] or [N, H, W, C], got shape {crops.shape}")
@@ -149,10 +154,11 @@ class EmotionModel:
         return crops.astype(np.float32) * self._gain + self._offset
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
-        """Probabilities float32 [N, len(EMOTIONS)] in `EMOTIONS` order for a batch of uint8 crops."""
-        inputs = self.preprocess(crops)
-        if len(inputs) == 0:
+        """Probabilities float32 [N, len(EMOTIONS)] in `EMOTIONS` order for a batch of uint8 crops
+        ([N, H, W] grey, or [N, H, W, 3] BGR for a colour model)."""
+        if len(crops) == 0:
             return np.zeros((0, len(EMOTIONS)), np.float32)
+        inputs = self.preprocess(crops)
         parts = [
             self.session.run([self.output_name], {self.input_name: inputs[start : start + self.max_batch]})[0]
             for start in range(0, len(inputs), self.max_batch)

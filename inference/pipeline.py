@@ -110,7 +110,7 @@ def _as_bgr(image: np.ndarray | None) -> np.ndarray | str:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     if image.shape[2] != 3:
         return f"unsupported channel count {image.shape[2]}"
-    return image
+    return np.ascontiguousarray(image)  # views (e.g. a slice of a larger frame) are fine too
 
 
 class Pipeline:
@@ -191,7 +191,9 @@ class Pipeline:
         probabilities = self.model.predict(all_crops)
         valences = self.model.valence(probabilities)
         classify_s = clock() - started
+        started = clock()
         qualities = self._qualities(per_frame, all_crops, frame_areas)
+        align_s += clock() - started  # quality signals are crop post-processing: count them with alignment
         readings: list[FrameReading] = []
         offset = 0
         for item in per_frame:

@@ -76,6 +76,7 @@ def build_contract_model(
     version: str = "test-0",
     output_name: str = "probabilities",
     extra_props: dict[str, str] | None = None,
+    channels: int = 1,
 ) -> Path:
     """A tiny ONNX model honouring the metadata contract: softmax(mean(normalised input) * w + b).
 
@@ -93,7 +94,7 @@ def build_contract_model(
             helper.make_node("Softmax", ["scores"], [output_name], axis=1),
         ],
         "contract_model",
-        [helper.make_tensor_value_info("input", tensor_proto.FLOAT, ["N", 1, input_size, input_size])],
+        [helper.make_tensor_value_info("input", tensor_proto.FLOAT, ["N", channels, input_size, input_size])],
         [helper.make_tensor_value_info(output_name, tensor_proto.FLOAT, ["N", count])],
         initializer=[
             helper.make_tensor("shape", tensor_proto.INT64, [2], [-1, 1]),
@@ -108,7 +109,7 @@ def build_contract_model(
         {
             "labels": json.dumps(labels),
             "input_size": str(input_size),
-            "input_channels": "1",
+            "input_channels": str(channels),
             "normalization": json.dumps({"scale": 1 / 255, "mean": 0.5, "std": 0.25}),
             "output": output_name,
             "version": version,

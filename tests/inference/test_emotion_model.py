@@ -38,6 +38,20 @@ def test_input_size_and_normalisation_come_from_metadata(tmp_path: Path) -> None
         model.predict(np.zeros((1, 48, 48), np.uint8))
 
 
+def test_a_colour_model_gets_colour_crops_through_the_pipeline(
+    tmp_path: Path, yunet_path: Path, face_frames: list
+) -> None:
+    from inference.pipeline import Pipeline
+
+    path = build_contract_model(tmp_path / "rgb.onnx", list(EMOTIONS), [1.0] * 7, [0.0] * 7, channels=3)
+    pipeline = Pipeline(path, yunet_path)
+    assert pipeline.model.input_channels == 3
+    readings = pipeline.analyze_images([face_frames[0], np.zeros((120, 160, 3), np.uint8)])
+    assert len(readings[0].faces) == 1 and readings[1].faces == []
+    x = pipeline.model.preprocess(np.zeros((2, 48, 48, 3), np.uint8))
+    assert x.shape == (2, 3, 48, 48)
+
+
 def test_probabilities_sum_to_one_and_batch_equals_single(contract_model_path: Path) -> None:
     model = EmotionModel(contract_model_path, max_batch=4)  # several session calls for 10 crops
     crops = np.random.default_rng(0).integers(0, 256, (10, 48, 48), dtype=np.uint8)
