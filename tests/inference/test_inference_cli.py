@@ -133,3 +133,13 @@ def test_bench_writes_its_numbers(cli_env: dict, shared: Path, tmp_path: Path) -
     assert frames["frames_per_s"] > 0 and frames["faces_per_frame"] == 1.0
     assert set(frames["stage_ms_per_frame"]) == {"decode", "detect", "align", "classify", "other"}
     assert numbers["setup"]["onnxruntime_intra_op_threads"] == 1 and "frames/s" in result.stdout
+
+
+def test_evaluate_without_the_training_evaluator_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from inference.cli import main
+
+    monkeypatch.setitem(sys.modules, "inference.training.evaluate", None)  # makes the import fail
+    assert main(["evaluate", "--json"]) == 2
+    assert "not available" in capsys.readouterr().err
