@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Links printed by the seed and shown in admin point at the server `make run` starts.
+export SITE_URL ?= http://$(HOST):$(PORT)
 # Tests use the machine's real services; override to point elsewhere.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
@@ -28,7 +30,7 @@ fetch-detector: setup
 run: setup fetch-detector
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput -v 0
-	$(PY) manage.py seed_demo --base-url http://$(HOST):$(PORT)
+	$(PY) manage.py seed_demo
 	@if [ -n "$$REDIS_URL" ]; then \
 		$(VENV)/bin/celery -A research_portal worker --loglevel=info --concurrency=$${WORKER_CONCURRENCY:-1} & \
 		worker=$$!; trap 'kill $$worker' EXIT INT TERM; \

@@ -23,6 +23,7 @@ DEMO_COUNTRIES = ["US", "GB", "DE", "FR", "ES", "BR", "JP"]
 def render_demo_ad(path: Path, seconds: int = 10, fps: int = 25, size: tuple[int, int] = (640, 360)) -> None:
     """Write a small VP8 WebM (plays in Chromium and Firefox): a colour sweep with a countdown."""
     width, height = size
+    # FFmpeg prints a harmless "tag 'VP80' is not supported" notice here and writes valid VP8 anyway.
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP80"), fps, size)
     if not writer.isOpened():
         raise RuntimeError("OpenCV cannot write WebM/VP8 here; upload an ad video in the admin instead.")

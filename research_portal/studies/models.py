@@ -1,9 +1,17 @@
 import secrets
 
+from django.core.exceptions import ValidationError
 from django.core.validators import FileExtensionValidator
 from django.db import models
 
 from research_portal.accounts.models import Organization
+
+
+def validate_country_codes(value: object) -> None:
+    if not isinstance(value, list) or not all(
+        isinstance(code, str) and len(code) == 2 and code.isascii() and code.isupper() for code in value
+    ):
+        raise ValidationError('Give a list of two-letter country codes, e.g. ["DE", "US"], or [] for any.')
 
 
 def new_public_id() -> str:
@@ -22,7 +30,7 @@ class Study(models.Model):
     name = models.CharField(max_length=200)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
     # ISO 3166-1 alpha-2 codes; empty means any country is accepted.
-    allowed_countries = models.JSONField(default=list, blank=True)
+    allowed_countries = models.JSONField(default=list, blank=True, validators=[validate_country_codes])
     public_id = models.CharField(max_length=32, unique=True, default=new_public_id, editable=False)
     consent_text = models.TextField(
         default=(

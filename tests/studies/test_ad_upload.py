@@ -44,3 +44,22 @@ def test_admin_can_create_a_study(admin_client, acme):
     )
     assert response.status_code == 302, response.content.decode()[:3000]
     assert acme.organization.studies.filter(name="Summer").exists()
+
+
+def test_allowed_countries_must_be_two_letter_codes(admin_client, acme):
+    response = admin_client.post(
+        f"/admin/studies/study/{acme.study.pk}/change/",
+        {
+            "organization": acme.organization.pk,
+            "name": "Spring campaign",
+            "status": "live",
+            "allowed_countries": '["Germany"]',
+            "consent_text": "ok",
+            "capture_fps": 5,
+            "ads-TOTAL_FORMS": 0,
+            "ads-INITIAL_FORMS": 0,
+        },
+    )
+    assert response.status_code == 200 and b"two-letter country codes" in response.content
+    acme.study.refresh_from_db()
+    assert acme.study.allowed_countries == ["DE", "US", "JP"]
