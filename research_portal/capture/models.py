@@ -15,19 +15,35 @@ class ParticipantSession(models.Model):
         STARTED = "started", "Started"
         CONSENTED = "consented", "Consented"
         VIEWING = "viewing", "Viewing"
+        # A validated complete: every ad watched with enough usable frames; counts toward quotas.
         COMPLETED = "completed", "Completed"
+        # Ended without a validated complete; `exclusion_reason` says why.
+        FAILED = "failed", "Failed"
         DECLINED = "declined", "Declined"
+        OVER_QUOTA = "over_quota", "Over quota"
+
+    class DeviceType(models.TextChoices):
+        DESKTOP = "desktop", "Desktop"
+        MOBILE = "mobile", "Mobile"
+        TABLET = "tablet", "Tablet"
+        UNKNOWN = "unknown", "Unknown"
 
     # States in which the capture socket accepts frames.
     CAPTURING_STATES = (State.CONSENTED, State.VIEWING)
+    ENDED_STATES = (State.COMPLETED, State.FAILED, State.DECLINED, State.OVER_QUOTA)
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="sessions")
     token = models.CharField(max_length=64, unique=True, default=new_session_token, editable=False)
     country = models.CharField(max_length=2, blank=True)
     external_participant_id = models.CharField(max_length=128, blank=True)
+    device_type = models.CharField(max_length=8, choices=DeviceType.choices, default=DeviceType.UNKNOWN)
     consent_at = models.DateTimeField(null=True, blank=True)
+    # When the device and face check before the first ad was passed.
+    checks_passed_at = models.DateTimeField(null=True, blank=True)
     state = models.CharField(max_length=12, choices=State.choices, default=State.STARTED)
+    exclusion_reason = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # When viewing ended (every ad played); the session may still fail validation after that.
     completed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -45,7 +61,8 @@ class FrameResult(models.Model):
     """The reading of one webcam frame. The frame itself is never stored."""
 
     session = models.ForeignKey(ParticipantSession, on_delete=models.CASCADE, related_name="frame_results")
-    ad = models.ForeignKey(Ad, on_delete=models.CASCADE, related_name="frame_results")
+    # NULL: the neutral baseline screen shown before the first ad (ad id 0 on the wire).
+    ad = models.ForeignKey(Ad, on_delete=models.CASCADE, related_name="frame_results", null=True, blank=True)
     seq = models.PositiveIntegerField()
     media_time_ms = models.PositiveIntegerField()
     captured_at = models.DateTimeField()
@@ -62,6 +79,11 @@ class FrameResult(models.Model):
     sad = models.FloatField(null=True)
     surprise = models.FloatField(null=True)
     neutral = models.FloatField(null=True)
+    # Smile intensity = P(happy); valence = model-defined weighted sum of the 7 probabilities, in [-1, 1].
+    smile = models.FloatField(null=True)
+    valence = models.FloatField(null=True)
+    # Usability of the face for analysis, 0 (useless) .. 1 (large, sharp, well lit, frontal).
+    quality = models.FloatField(null=True)
     # Why the frame could not be analysed (e.g. undecodable JPEG); empty when it was.
     error = models.CharField(max_length=200, blank=True)
     model_version = models.CharField(max_length=64)

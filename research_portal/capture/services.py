@@ -211,6 +211,9 @@ def fill_face_columns(row: FrameResult, face: FaceReading) -> None:
     row.face_score = float(face.score)
     for label, probability in face.emotions.items():
         setattr(row, label, float(probability))
+    row.smile = row.happy
+    row.valence = None if face.valence is None else float(face.valence)
+    row.quality = None if face.quality is None else float(face.quality.score)
 
 
 def store_results(rows: list[FrameResult]) -> int:
