@@ -44,6 +44,30 @@ def roll_angles(detections: Sequence[Detection]) -> np.ndarray:
     return angles
 
 
+# Depth of the nose tip in front of the eyes, relative to the eye distance, in a generic head model
+# (x_nose - x_eyes_mid = ratio * eye_distance * tan(yaw)); 0.5 reads the most turned frame of the shared
+# LivePortrait clip (visibly ~20-25 degrees) as 24 degrees. Rough, but good enough to flag turned faces.
+NOSE_DEPTH_RATIO = 0.5
+
+
+def yaw_angles(detections: Sequence[Detection]) -> np.ndarray:
+    """Rough head yaw in degrees per detection from YuNet's landmarks (0 where there are none).
+
+    The nose tip's offset from the eye midpoint along the eye line (so roll does not count), divided by the
+    eye distance, is `NOSE_DEPTH_RATIO * tan(yaw)`. Positive: the nose points towards image right.
+    """
+    angles = np.zeros(len(detections), np.float32)
+    with_landmarks = [i for i, d in enumerate(detections) if d.landmarks is not None]
+    if with_landmarks:
+        points = np.stack([detections[i].landmarks for i in with_landmarks]).astype(np.float64)  # [M, 5, 2]
+        eye_vector = points[:, 1] - points[:, 0]
+        eye_distance = np.maximum(np.linalg.norm(eye_vector, axis=1), 1e-6)
+        direction = eye_vector / eye_distance[:, None]
+        offset = ((points[:, 2] - (points[:, 0] + points[:, 1]) / 2) * direction).sum(axis=1) / eye_distance
+        angles[with_landmarks] = np.degrees(np.arctan(offset / NOSE_DEPTH_RATIO))
+    return angles
+
+
 def crop_matrices(centres: np.ndarray, sides: np.ndarray, angles: np.ndarray) -> np.ndarray:
     """[N, 2, 3] affine matrices mapping the frame onto `sides`-pixel crops, rotated by `angles`."""
     radians = np.radians(angles)

@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 
 from inference import EMOTIONS
-from inference.align import crop_faces, roll_angles
+from inference.align import crop_faces, roll_angles, yaw_angles
 from inference.detect import Detection, FaceDetector, create_detector
 from inference.model import EmotionModel
-from inference.quality import FaceQuality, crop_statistics
+from inference.quality import FaceQuality, crop_statistics, face_qualities
 from inference.resources import default_detector_path, default_model_path
 
 HAAR = "haar"  # pass as detector_path to force OpenCV's Haar cascade
@@ -229,14 +229,14 @@ class Pipeline:
         detections = [d for item in per_frame if not isinstance(item, str) for d in item]
         if not detections:
             return []
-        statistics = crop_statistics(crops)
         boxes = np.array([d.box for d in detections], np.float32)
-        fractions = boxes[:, 2] * boxes[:, 3] / np.concatenate(frame_areas)
-        rolls = roll_angles(detections)
-        return [
-            FaceQuality(float(b), float(c), float(s), float(f), float(r))
-            for (b, c, s), f, r in zip(statistics, fractions, rolls, strict=True)
-        ]
+        return face_qualities(
+            crop_statistics(crops),
+            boxes,
+            np.concatenate(frame_areas),
+            roll_angles(detections),
+            yaw_angles(detections),
+        )
 
     def analyze_jpegs(
         self, blobs: Sequence[bytes], timings: StageTimings | None = None
