@@ -17,7 +17,7 @@ def _pct(x: float) -> str:
 
 def write_card(path: str | Path, *, version: str, cfg: dict[str, Any], config_path: str,
                summary: dict[str, Any], metrics: dict[str, Any], command: str,
-               hardware: str) -> Path:
+               hardware: str, notes: str = "") -> Path:
     fer = metrics["fer2013"]
     pub = metrics.get("public", {}).get("fer2013", {})
     fp = metrics.get("ferplus", {})
@@ -63,6 +63,7 @@ Derived scores (conventions of this card, computed by the consumer):
 {command}
 ```
 Config: `{config_path}`. Hardware of the shipped run: {hardware}.
+{notes}
 Re-measure the shipped file without torch: `python -m inference.training.evaluate inference/models/emotion.onnx`.
 
 ## Metrics (FER2013 PrivateTest, n={fer['n']}, measured from the ONNX file)

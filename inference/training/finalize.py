@@ -21,12 +21,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--summary", required=True, help="<name>.summary.json from the training run")
     ap.add_argument("--data", default=None)
     ap.add_argument("--card", default=None, help="card path (default: next to the ONNX file)")
+    ap.add_argument("--notes", default="", help="extra Markdown for the Reproduce section")
     a = ap.parse_args(argv)
     s = json.loads(Path(a.summary).read_text())
     summary, cfg = s["summary"], s["config"]
     metrics = finalize(Path(a.onnx), summary=summary, cfg=cfg, config_path=s["config_path"],
                        data_path=a.data, hardware=summary["hardware"], device=summary["device"],
-                       card_path=Path(a.card) if a.card else None)
+                       card_path=Path(a.card) if a.card else None, notes=a.notes)
     print(json.dumps(metrics, indent=2))
 
 

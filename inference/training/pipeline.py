@@ -73,7 +73,7 @@ def measure_and_stamp(onnx_path: Path, data_path: str | None, *, version: str,
 
 def finalize(onnx_path: Path, *, summary: dict[str, Any], cfg: dict[str, Any], config_path: str,
              data_path: str | None, hardware: str, device: str, speed: bool = True,
-             card_path: Path | None = None) -> dict[str, Any]:
+             card_path: Path | None = None, notes: str = "") -> dict[str, Any]:
     """Measure the exported file on PrivateTest (+PublicTest), stamp its metadata, write the card."""
     from .data import repo_root
 
@@ -86,7 +86,7 @@ def finalize(onnx_path: Path, *, summary: dict[str, Any], cfg: dict[str, Any], c
     write_card(card_path or onnx_path.with_suffix(".md"), version=cfg["export"]["version"],
                cfg=cfg, config_path=rel, summary=summary, metrics=metrics,
                command=f"python -m inference.training --config {rel} --device {device}",
-               hardware=hardware)
+               hardware=hardware, notes=notes)
     return metrics
 
 
