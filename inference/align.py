@@ -92,8 +92,12 @@ def crop_faces(
     size: int,
     channels: int = 1,
     margin: float = 0.0,
+    image_scale: float = 1.0,
 ) -> np.ndarray:
     """uint8 crops [N, size, size] (channels 1) or [N, size, size, 3] (BGR) of the faces in `image`.
+
+    `image_scale`: `image` is the frame the detections refer to, resized by this factor (0.5 when a JPEG was
+    decoded at half size); the crops frame the same face regions.
 
     Pixels outside the frame are filled by replicating the border, as FER2013's own crops near the edge
     look more like a smeared edge than a black bar.
@@ -108,6 +112,7 @@ def crop_faces(
     elif channels == 3 and image.ndim == 2:
         source = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     centres, sides, angles = face_geometry(detections, detector, margin)
+    centres, sides = centres * np.float32(image_scale), sides * np.float32(image_scale)
     matrices = crop_matrices(centres, sides, angles)
     for index, (matrix, side) in enumerate(zip(matrices, sides, strict=True)):
         side_px = max(int(round(float(side))), 1)

@@ -124,6 +124,7 @@ def _print_table(results: dict[str, object]) -> None:
     classifier = results["classifier"]
     print(f"\nInference bench ({results['setup']['cpu_pinning']}, ORT intra_op 1, cv2 threads 1)")
     print(f"model {results['setup']['model_version']}, detector {results['setup']['detector']}")
+    print(f"jpeg decode {results['setup']['jpeg_decode']}")
     print(f"cpu {results['setup']['cpu']}")
     print(
         f"\n  classifier @ batch {classifier['batch']}: {classifier['crops_per_s']:8.0f} crops/s"
@@ -163,10 +164,14 @@ def run_bench(args: argparse.Namespace) -> int:
             "model_version": pipeline.model_version,
             "detector": pipeline.detector_name
             + (
-                f" (detects at max side {pipeline.detector.max_side} px)"
-                if hasattr(pipeline.detector, "max_side")
+                f" (detects at max side {pipeline.detector.max_side} px, "
+                f"retry at {pipeline.detector.retry_max_side} px when nothing is found)"
+                if hasattr(pipeline.detector, "retry_max_side")
                 else ""
             ),
+            "jpeg_decode": "full size"
+            if not pipeline.decode_min_side
+            else f"DCT-scaled to 1/2, 1/4 or 1/8 while the long side stays >= {pipeline.decode_min_side} px",
             "frame_batch": FRAME_BATCH,
             "jpeg_quality": JPEG_QUALITY,
             "cpu": _cpu_name(),

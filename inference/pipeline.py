@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 
 from inference import EMOTIONS
-from inference.align import crop_faces, roll_angles, yaw_angles
-from inference.detect import Detection, FaceDetector, create_detector
+from inference.align import crop_faces, face_geometry, roll_angles, yaw_angles
+from inference.detect import Detection, FaceDetector, create_detector, scale_detections
 from inference.model import EmotionModel
 from inference.quality import FaceQuality, crop_statistics, face_qualities
 from inference.resources import default_detector_path, default_model_path
@@ -93,6 +93,68 @@ def decode_jpeg(blob: bytes) -> np.ndarray | None:
     return cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
 
 
+_REDUCED_COLOR = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+# Start-of-frame markers (SOF0-SOF15 except DHT C4, JPG C8, DAC CC) carry the image size.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(blob: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header without decoding it; None if `blob` is not a JPEG."""
+    if len(blob) < 4 or blob[0] != 0xFF or blob[1] != 0xD8:
+        return None
+    index, end = 2, len(blob)
+    while index + 4 <= end:
+        if blob[index] != 0xFF:
+            return None
+        marker = blob[index + 1]
+        if marker == 0xFF:  # fill byte
+            index += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length field
+            index += 2
+            continue
+        if marker in _SOF_MARKERS:
+            if index + 9 > end:
+                return None
+            height = (blob[index + 5] << 8) | blob[index + 6]
+            width = (blob[index + 7] << 8) | blob[index + 8]
+            return (width, height) if width and height else None
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return None
+        index += 2 + ((blob[index + 2] << 8) | blob[index + 3])
+    return None
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """A frame to analyse: `image` may be a 1/`reduction` scale decode of the full frame (`blob`)."""
+
+    image: np.ndarray
+    height: int  # full-frame size: boxes, landmarks and face_fraction are in full-frame pixels
+    width: int
+    reduction: int = 1
+    blob: bytes | None = None
+
+
+def decode_frame(blob: bytes, min_side: int | None = None) -> _Frame | None:
+    """Decode a frame, at 1/2, 1/4 or 1/8 scale (JPEG DCT scaling: about half the cost of a full decode at
+    1/2) when the reduced image still has a long side of at least `min_side` px. None if undecodable."""
+    if not blob:
+        return None
+    size = jpeg_size(blob) if min_side else None
+    if size is not None:
+        width, height = size
+        reduction = max((r for r in _REDUCED_COLOR if max(width, height) / r >= min_side), default=1)
+        if reduction > 1:
+            image = cv2.imdecode(np.frombuffer(blob, np.uint8), _REDUCED_COLOR[reduction])
+            expected = (-(-height // reduction), -(-width // reduction))
+            # An EXIF rotation (never in canvas JPEGs) changes the shape: then decode at full size.
+            if image is not None and image.shape[:2] == expected:
+                return _Frame(image, height, width, reduction, blob)
+    image = decode_jpeg(blob)
+    return None if image is None else _Frame(image, image.shape[0], image.shape[1])
+
+
 def _as_bgr(image: np.ndarray | None) -> np.ndarray | str:
     """The image as uint8 BGR, or an error string for what cannot be analysed."""
     if image is None:
@@ -118,6 +180,12 @@ class Pipeline:
 
     `model_path` / `detector_path` default to `default_model_path()` / `default_detector_path()`;
     `detector_path="haar"` forces the Haar cascade. Thread-safe: share one instance per process.
+
+    Speed knobs (defaults measured with `python -m inference bench`, see docs/architecture.md):
+    `detection_max_side` / `detection_retry_side`: YuNet runs on the frame downscaled to that long side, and
+    once more at the retry size on frames where it found nothing. `decode_min_side`: JPEGs are decoded at
+    1/2, 1/4 or 1/8 scale when that keeps the long side >= this many px (None: always full size); a frame
+    whose face crop would then have fewer pixels than the model's input is decoded again at full size.
     """
 
     def __init__(
@@ -129,18 +197,25 @@ class Pipeline:
         max_faces: int = 5,
         min_face_px: int = 24,
         margin: float = 0.0,
-        detection_max_side: int | None = 320,
+        detection_max_side: int | None = 160,
+        detection_retry_side: int | None = 320,
+        decode_min_side: int | None = 320,
     ) -> None:
         self.model = EmotionModel(model_path or default_model_path(), intra_op_threads=intra_op_threads)
         if detector_path is None:
             detector_path = default_detector_path()
         elif str(detector_path).lower() == HAAR:
             detector_path = None
-        options = {"max_side": detection_max_side} if detector_path is not None else {}
+        options = (
+            {"max_side": detection_max_side, "retry_max_side": detection_retry_side}
+            if detector_path is not None
+            else {}
+        )
         self.detector: FaceDetector = create_detector(detector_path, **options)
         self.max_faces = max_faces
         self.min_face_px = min_face_px
         self.margin = margin
+        self.decode_min_side = decode_min_side
 
     @property
     def model_version(self) -> str:
@@ -153,38 +228,87 @@ class Pipeline:
 
     def detect_faces(self, image: np.ndarray) -> list[Detection]:
         """Faces worth classifying, largest first: at most `max_faces`, none smaller than `min_face_px`."""
-        detections = [d for d in self.detector.detect(image) if min(d.box[2], d.box[3]) >= self.min_face_px]
+        return self._select(self.detector.detect(image))
+
+    def _select(self, detections: list[Detection]) -> list[Detection]:
+        detections = [d for d in detections if min(d.box[2], d.box[3]) >= self.min_face_px]
         detections.sort(key=lambda d: d.box[2] * d.box[3], reverse=True)
         return detections[: self.max_faces]
+
+    def _detect_frame(self, frame: _Frame) -> list[Detection]:
+        """Faces of a (possibly reduced) frame, in full-frame pixels."""
+        detections = self.detector.detect(frame.image)
+        if frame.reduction > 1:
+            detections = scale_detections(detections, frame.reduction, frame.width, frame.height)
+        return self._select(detections)
+
+    def _needs_full_resolution(self, frame: _Frame, detections: list[Detection]) -> bool:
+        """True when a face crop taken from the reduced image would have to be upsampled for the model."""
+        if frame.reduction == 1 or not detections or frame.blob is None:
+            return False
+        _, sides, _ = face_geometry(detections, self.detector, self.margin)
+        return float(sides.min()) / frame.reduction < self.model.input_size
 
     def analyze_images(
         self, images: Sequence[np.ndarray | None], timings: StageTimings | None = None
     ) -> list[FrameReading]:
         """Readings for BGR (or grey/BGRA) uint8 frames, one per input, in order."""
+        frames: list[_Frame | str] = []
+        for image in images:
+            frame = _as_bgr(image)
+            frames.append(frame if isinstance(frame, str) else _Frame(frame, frame.shape[0], frame.shape[1]))
+        return self._analyze(frames, timings)
+
+    def analyze_jpegs(
+        self, blobs: Sequence[bytes], timings: StageTimings | None = None
+    ) -> list[FrameReading]:
+        """Readings for encoded frames; one that does not decode gets `error`, the rest are analysed."""
+        started = time.perf_counter()
+        frames: list[_Frame | str] = [
+            decode_frame(blob, self.decode_min_side) or "could not decode image" for blob in blobs
+        ]
+        if timings is not None:
+            timings.decode += time.perf_counter() - started
+        return self._analyze(frames, timings)
+
+    def _analyze(self, frames: Sequence[_Frame | str], timings: StageTimings | None) -> list[FrameReading]:
         clock = time.perf_counter
         size, channels = self.model.input_size, self.model.input_channels
         per_frame: list[list[Detection] | str] = []
         crops: list[np.ndarray] = []
         frame_areas: list[np.ndarray] = []  # per face: its frame's pixel count (for face_fraction)
-        detect_s = align_s = 0.0
-        for image in images:
-            frame = _as_bgr(image)
+        decode_s = detect_s = align_s = 0.0
+        for frame in frames:
             if isinstance(frame, str):
                 per_frame.append(frame)
                 continue
             started = clock()
             try:
-                detections = self.detect_faces(frame)
+                detections = self._detect_frame(frame)
                 detected = clock()
-                face_crops = crop_faces(frame, detections, self.detector, size, channels, self.margin)
+                if self._needs_full_resolution(frame, detections):
+                    full = decode_jpeg(frame.blob)
+                    if full is not None and full.shape[:2] == (frame.height, frame.width):
+                        frame = _Frame(full, frame.height, frame.width)
+                redecoded = clock()
+                face_crops = crop_faces(
+                    frame.image,
+                    detections,
+                    self.detector,
+                    size,
+                    channels,
+                    self.margin,
+                    image_scale=1.0 / frame.reduction,
+                )
             except cv2.error as error:  # one odd frame must not sink the whole batch
                 per_frame.append(f"face detection failed: {error.err or error}")
                 continue
             crops.append(face_crops)
             detect_s += detected - started
-            align_s += clock() - detected
+            decode_s += redecoded - detected
+            align_s += clock() - redecoded
             per_frame.append(detections)
-            frame_areas.append(np.full(len(detections), frame.shape[0] * frame.shape[1], np.float32))
+            frame_areas.append(np.full(len(detections), frame.height * frame.width, np.float32))
         started = clock()
         all_crops = np.concatenate(crops) if crops else np.zeros((0, size, size), np.uint8)
         # All faces of the batch in ONE model call: per-call overhead dominates at webcam batch sizes.
@@ -214,10 +338,11 @@ class Pipeline:
             offset += len(item)
             readings.append(FrameReading(faces=faces))
         if timings is not None:
+            timings.decode += decode_s
             timings.detect += detect_s
             timings.align += align_s
             timings.classify += classify_s
-            timings.frames += len(images)
+            timings.frames += len(frames)
             timings.faces += offset
         return readings
 
@@ -237,20 +362,6 @@ class Pipeline:
             roll_angles(detections),
             yaw_angles(detections),
         )
-
-    def analyze_jpegs(
-        self, blobs: Sequence[bytes], timings: StageTimings | None = None
-    ) -> list[FrameReading]:
-        """Readings for encoded frames; one that does not decode gets `error`, the rest are analysed."""
-        started = time.perf_counter()
-        images = [decode_jpeg(blob) for blob in blobs]
-        if timings is not None:
-            timings.decode += time.perf_counter() - started
-        readings = self.analyze_images(images, timings)
-        return [
-            FrameReading(faces=[], error="could not decode image") if image is None else reading
-            for image, reading in zip(images, readings, strict=True)
-        ]
 
 
 _pipelines: dict[int, Pipeline] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -101,3 +102,30 @@ def test_relative_env_paths_are_relative_to_the_repo(monkeypatch: pytest.MonkeyP
     assert resources.shared_dir() == (resources.REPO_ROOT / ".." / "shared").resolve()
     monkeypatch.setenv("PORTAL_MODEL_PATH", "var/m.onnx")
     assert resources.default_model_path() == resources.REPO_ROOT / "var" / "m.onnx"
+
+
+def test_a_small_face_missed_by_the_fast_pass_is_found_by_the_retry(
+    yunet_path: Path, face_frames: list
+) -> None:
+    """The 160 px first pass misses a ~20 px face in a 320x240 frame; the 320 px retry finds it."""
+    frame = face_frames[0]
+    canvas = np.full((240, 320, 3), frame[5, 5], np.uint8)
+    canvas[100:132, 150:182] = cv2.resize(frame, (32, 32), interpolation=cv2.INTER_AREA)
+    assert YuNetDetector(yunet_path, max_side=160, retry_max_side=None).detect(canvas) == []
+    found = YuNetDetector(yunet_path, max_side=160, retry_max_side=320).detect(canvas)
+    assert len(found) == 1 and 150 <= found[0].box[0] + found[0].box[2] / 2 <= 182
+
+
+def test_the_retry_runs_only_when_the_fast_pass_finds_nothing(
+    yunet_path: Path, face_frames: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    detector = YuNetDetector(yunet_path, max_side=160, retry_max_side=320)
+    scales: list[float] = []
+    real = detector._detect_at
+    monkeypatch.setattr(
+        detector, "_detect_at", lambda image, scale: scales.append(scale) or real(image, scale)
+    )
+    frame = cv2.resize(face_frames[0], (320, 240))
+    assert len(detector.detect(frame)) == 1 and scales == [0.5]
+    scales.clear()
+    assert detector.detect(np.full((240, 320, 3), 127, np.uint8)) == [] and scales == [0.5, 1.0]
