@@ -24,6 +24,23 @@ def write_card(path: str | Path, *, version: str, cfg: dict[str, Any], config_pa
     rec = "\n".join(f"| {k} | {_pct(v)} |" for k, v in fer["per_class_recall"].items())
     speed = metrics.get("cpu_crops_per_s_b32_1thread")
     model = cfg["model"]
+    quant_line = ""
+    if cfg["export"].get("quantize") == "int8":
+        quant_line = (
+            "- Weights and activations int8 (onnxruntime static quantization, QDQ, per-channel weights, "
+            f"MinMax calibration on {cfg['export'].get('calib_rows', 1024)} seeded Training crops); input "
+            "and outputs stay float32. All metrics below are of the int8 file.\n"
+        )
+    teacher = cfg.get("teacher")
+    if teacher:
+        quant_line += (
+            f"- Distilled from a teacher CNN (widths {teacher['model']['widths']}, depths "
+            f"{teacher['model']['depths']}, {teacher.get('train', {}).get('epochs', '?')} epochs, same data "
+            f"and protocol; PublicTest accuracy {summary.get('teacher', {}).get('public_fer_acc', float('nan')):.4f}) "
+            f"trained first in the same run: loss = {1 - cfg['train'].get('kd_weight', 0):.2f} x (labels) + "
+            f"{cfg['train'].get('kd_weight', 0):.2f} x T^2 x CE(teacher softmax at T={cfg['train'].get('kd_temperature', 2.0)}) "
+            "on the same augmented batch.\n"
+        )
     text = f"""# Emotion classifier `{version}`
 
 File: `inference/models/emotion.onnx` ({metrics['size_bytes'] / 1e6:.2f} MB). Loaded by `inference/model.py`
@@ -51,7 +68,7 @@ Derived scores (conventions of this card, computed by the consumer):
   {model.get('stem_stride', 1)}, global average pooling, two linear heads; {summary['params'] / 1e6:.2f}M parameters;
   BatchNorm folded into the convolutions at export; horizontal-flip averaging in the graph:
   {cfg['export'].get('flip_tta', False)}.
-- Training: {cfg['train']['epochs']} epochs (ran {summary['epochs_run']}, selected epoch {summary['epoch']}),
+{quant_line}- Training: {cfg['train']['epochs']} epochs (ran {summary['epochs_run']}, selected epoch {summary['epoch']}),
   {cfg['train'].get('optimizer', 'sgd')} lr {cfg['train']['lr']}, batch {cfg['train']['batch_size']}, cosine schedule,
   label smoothing {cfg['train'].get('label_smoothing', 0.1)}, mixup p {cfg['train'].get('mixup_p', 0)},
   augmentation on the device (flip, rotation, scale, shift, brightness/contrast, erasing), loss =

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 
@@ -67,3 +68,35 @@ VALENCE_WEIGHTS: dict[str, float] = {
     "angry": -0.8, "disgust": -0.9, "fear": -0.7, "happy": 1.0, "sad": -0.8,
     "surprise": 0.2, "neutral": 0.0,
 }
+
+
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray,
+                  batch: int = 32) -> Path:
+    """Static int8 quantization (QDQ, per-channel weights) calibrated on normalised face crops.
+
+    Why: onnxruntime's QLinearConv on x86 (VNNI) runs these convs ~3x faster than fp32 and the
+    file is ~4x smaller, which buys a wider student within the one-core speed budget. The
+    graph's input/outputs stay float32, so the loader contract is unchanged.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.i = 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self.i >= len(calib):
+                return None
+            b = calib[self.i:self.i + batch]
+            self.i += batch
+            return {"input": b}
+
+    quantize_static(str(fp32_path), str(out_path), _Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8)
+    return Path(out_path)

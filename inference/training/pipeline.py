@@ -9,6 +9,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .card import write_card
 from .data import PUBLIC, load_data
 from .evaluate import evaluate_model, read_metadata
@@ -127,8 +129,26 @@ def main(argv: list[str] | None = None) -> None:
     log.info("config %s: %s", a.config, json.dumps(cfg))
     net, summary = train(cfg, load_data(a.data), device)
     onnx_path = out_dir / f"{a.name}.onnx"
-    export_onnx(net, onnx_path, flip_tta=cfg["export"].get("flip_tta", False),
+    quant = cfg["export"].get("quantize")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32_path = work / f"{a.name}.fp32.onnx" if quant else onnx_path
+    export_onnx(net, fp32_path, flip_tta=cfg["export"].get("flip_tta", False),
                 t_fer=summary["temperature_fer"], t_ferplus=summary["temperature_ferplus"])
+    if quant == "int8":
+        from .data import TRAIN
+        from .export import quantize_int8
+
+        data = load_data(a.data)
+        # fixed, seeded calibration subset of Training rows (never test data)
+        rng = np.random.default_rng(int(cfg["seed"]))
+        rows = rng.choice(data.split(TRAIN), int(cfg["export"].get("calib_rows", 1024)),
+                          replace=False)
+        norm = summary["normalization"]
+        calib = ((data.images[rows].astype(np.float32)[:, None] * norm["scale"] - norm["mean"])
+                 / norm["std"]).astype(np.float32)
+        quantize_int8(fp32_path, onnx_path, calib)
+    elif quant:
+        raise ValueError(f"unknown export.quantize {quant!r}")
     if device == "cuda":
         hw = f"1x {torch.cuda.get_device_name(0)} (torch {torch.__version__})"
     else:
