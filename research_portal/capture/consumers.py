@@ -7,6 +7,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from research_portal.capture.models import SessionEvent
+from research_portal.capture.participation import do_record_event
 from research_portal.capture.services import (
     CaptureContext,
     CaptureRefused,
@@ -27,7 +29,19 @@ MAX_REJECTIONS = 50
 # Frames held while the broker is unreachable; past this new frames are refused (not acked, so resent).
 MAX_BUFFERED_FRAMES = 600
 CLOSE_FLOOD = 4008
-CLOSE_BAD_MESSAGE = 4400
+# The same session opened in another tab or window: the newest connection wins.
+CLOSE_OTHER_TAB = 4009
+# Page events the browser reports during viewing (stored as SessionEvent).
+BROWSER_EVENTS = {
+    SessionEvent.Name.TAB_HIDDEN,
+    SessionEvent.Name.TAB_VISIBLE,
+    SessionEvent.Name.CAMERA_STOPPED,
+    SessionEvent.Name.CAMERA_RESUMED,
+}
+
+
+def session_group(session_id: int) -> str:
+    return f"capture.session.{session_id}"
 
 
 class CaptureConsumer(AsyncWebsocketConsumer):
@@ -48,6 +62,12 @@ class CaptureConsumer(AsyncWebsocketConsumer):
             )
             await self.close(code=refused.close_code)
             return
+        # Tell any older connection of this session (another tab) to step aside.
+        self.group = session_group(self.context.session_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.channel_layer.group_send(
+            self.group, {"type": "capture.takeover", "channel": self.channel_name}
+        )
         self.buffer: list[Frame] = []
         self.rejections = 0
         self.limiter = FrameRateLimiter(self.context.fps, RESEND_BURST_FRAMES)
@@ -59,13 +79,29 @@ class CaptureConsumer(AsyncWebsocketConsumer):
                 "session": self.context.session_state,
                 "fps": self.context.fps,
                 "max_frame_bytes": self.context.max_frame_bytes,
+                "next_seq": self.context.next_seq,
             }
         )
+
+    async def capture_takeover(self, event: dict) -> None:
+        if event["channel"] == self.channel_name:
+            return
+        await database_sync_to_async(do_record_event)(self.context.session_id, SessionEvent.Name.OTHER_TAB)
+        await self.send_json(
+            {
+                "type": "error",
+                "code": "other_tab",
+                "seq": None,
+                "detail": "This session was opened elsewhere.",
+            }
+        )
+        await self.close(code=CLOSE_OTHER_TAB)
 
     async def disconnect(self, code: int) -> None:
         if self.context is None:
             return
         self.flusher.cancel()
+        await self.channel_layer.group_discard(self.group, self.channel_name)
         # Frames still buffered are queued anyway; their acks cannot be sent, so the client resends and
         # the unique (session, seq) constraint drops the duplicates.
         await self.flush(send_acks=False)
@@ -104,6 +140,20 @@ class CaptureConsumer(AsyncWebsocketConsumer):
             await self.flush()
             await self.close(code=1000)
             return
+        if (
+            isinstance(command, dict)
+            and command.get("type") == "event"
+            and command.get("name") in BROWSER_EVENTS
+        ):
+            ad_id = command.get("ad_id")
+            media_time_ms = command.get("media_time_ms")
+            await database_sync_to_async(do_record_event)(
+                self.context.session_id,
+                command["name"],
+                ad_id if ad_id in self.context.ad_durations_ms else None,
+                media_time_ms if isinstance(media_time_ms, int) and 0 <= media_time_ms < 2**31 else None,
+            )
+            return
         await self.reject(FrameRejected("bad_message", 'Text messages must be JSON like {"type": "finish"}.'))
 
     async def reject(self, rejected: FrameRejected) -> None:
@@ -128,7 +178,9 @@ class CaptureConsumer(AsyncWebsocketConsumer):
                 return
             batch, self.buffer = self.buffer, []
             try:
-                await sync_to_async(enqueue_batch, thread_sensitive=False)(self.context.session_id, batch)
+                await sync_to_async(enqueue_batch, thread_sensitive=False)(
+                    self.context.session_id, batch, self.context.store_frames
+                )
             except Exception:
                 # Broker unreachable: keep the frames and try again on the next tick; nothing is acked.
                 logger.exception("could not queue a batch of session %s", self.context.session_id)

@@ -2,7 +2,7 @@ import secrets
 
 from django.db import models
 
-from research_portal.studies.models import Ad, Study
+from research_portal.studies.models import Ad, ConsentVersion, Study
 
 
 def new_session_token() -> str:
@@ -37,7 +37,18 @@ class ParticipantSession(models.Model):
     country = models.CharField(max_length=2, blank=True)
     external_participant_id = models.CharField(max_length=128, blank=True)
     device_type = models.CharField(max_length=8, choices=DeviceType.choices, default=DeviceType.UNKNOWN)
+    # The participant's language for every page (from the country, else the browser).
+    language = models.CharField(max_length=8, default="en")
+    # Ad ids in the order this participant sees them (fixed, or shuffled once at entry).
+    ad_sequence = models.JSONField(default=list, blank=True)
+    consent_version = models.ForeignKey(ConsentVersion, null=True, blank=True, on_delete=models.PROTECT)
     consent_at = models.DateTimeField(null=True, blank=True)
+    check_attempts = models.PositiveSmallIntegerField(default=0)
+    # Consecutive check frames without a problem; the check passes at CHECK_PASS_STREAK.
+    check_good_streak = models.PositiveSmallIntegerField(default=0)
+    # The last frame handed to the analysers, so validation knows when every accepted frame is stored.
+    last_enqueued_seq = models.PositiveIntegerField(null=True, blank=True)
+    last_enqueued_at = models.DateTimeField(null=True, blank=True)
     # When the device and face check before the first ad was passed.
     checks_passed_at = models.DateTimeField(null=True, blank=True)
     state = models.CharField(max_length=12, choices=State.choices, default=State.STARTED)
@@ -54,7 +65,37 @@ class ParticipantSession(models.Model):
 
     @property
     def is_capturing(self) -> bool:
-        return self.state in self.CAPTURING_STATES
+        return self.state in self.CAPTURING_STATES and self.completed_at is None
+
+    @property
+    def has_ended(self) -> bool:
+        return self.state in self.ENDED_STATES
+
+
+class SessionEvent(models.Model):
+    """Something that happened during viewing that analysis should know about (tab hidden, camera lost...)."""
+
+    class Name(models.TextChoices):
+        TAB_HIDDEN = "tab_hidden", "Tab hidden"
+        TAB_VISIBLE = "tab_visible", "Tab visible again"
+        CAMERA_STOPPED = "camera_stopped", "Camera stopped"
+        CAMERA_RESUMED = "camera_resumed", "Camera resumed"
+        FACE_LOST = "face_lost", "Face lost"
+        OTHER_TAB = "other_tab", "Opened in another tab"
+        CHECK_FAILED = "check_failed", "Face check attempt failed"
+
+    session = models.ForeignKey(ParticipantSession, on_delete=models.CASCADE, related_name="events")
+    name = models.CharField(max_length=20, choices=Name.choices)
+    ad = models.ForeignKey(Ad, null=True, blank=True, on_delete=models.CASCADE)
+    media_time_ms = models.PositiveIntegerField(null=True, blank=True)
+    detail = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["session", "created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.session_id} {self.name}"
 
 
 class FrameResult(models.Model):

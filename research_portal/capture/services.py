@@ -14,16 +14,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import connections
+from django.db.models import Value
+from django.db.models.functions import Coalesce, Greatest
+from django.utils import timezone
 
 from inference.pipeline import FaceReading, get_pipeline
 from research_portal.capture.models import FrameResult, ParticipantSession
 
 logger = logging.getLogger(__name__)
 
+# Ad id 0 on the wire: the neutral baseline screen before the first ad (stored with ad NULL).
+BASELINE_AD_ID = 0
 # seq, ad_id, media_time_ms (uint32 each), capture_time_ms (float64 epoch ms), network byte order.
 FRAME_HEADER = struct.Struct("!IIId")
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -79,9 +85,11 @@ class CaptureContext:
 
     session_id: int
     session_state: str
-    ad_durations_ms: dict[int, int]
+    ad_durations_ms: dict[int, int]  # includes BASELINE_AD_ID when the study shows a baseline
     fps: int
     max_frame_bytes: int
+    next_seq: int  # a reloaded page continues numbering here, so its frames never collide with stored ones
+    store_frames: bool
 
 
 def open_capture(token: str) -> CaptureContext:
@@ -91,18 +99,24 @@ def open_capture(token: str) -> CaptureContext:
         raise CaptureRefused(4001, "unknown_session", "No participant session has this token.")
     if not session.is_capturing:
         raise CaptureRefused(4003, "session_closed", f"This session is {session.state}; it takes no frames.")
+    if session.checks_passed_at is None:
+        raise CaptureRefused(4003, "check_required", "The camera and face check comes before viewing.")
     if session.state == ParticipantSession.State.CONSENTED:
         ParticipantSession.objects.filter(pk=session.pk, state=session.state).update(
             state=ParticipantSession.State.VIEWING
         )
         session.state = ParticipantSession.State.VIEWING
     durations = dict(session.study.ads.values_list("id", "duration_ms"))
+    if session.study.baseline_seconds:
+        durations[BASELINE_AD_ID] = session.study.baseline_seconds * 1000
     return CaptureContext(
         session_id=session.pk,
         session_state=session.state,
         ad_durations_ms=durations,
         fps=session.study.capture_fps,
         max_frame_bytes=settings.CAPTURE_MAX_FRAME_BYTES,
+        next_seq=0 if session.last_enqueued_seq is None else session.last_enqueued_seq + 1,
+        store_frames=session.study.store_frames,
     )
 
 
@@ -162,20 +176,29 @@ def analysis_thread_pool() -> ThreadPoolExecutor:
     )
 
 
-def enqueue_batch(session_id: int, frames: list[Frame]) -> None:
+def enqueue_batch(session_id: int, frames: list[Frame], store_frames: bool = False) -> None:
     """Hand a batch to the analysis backend; returns once it is safely queued, so it may then be acked."""
     payload = [frame.to_payload() for frame in frames]
     if settings.CAPTURE_ANALYSIS_BACKEND == "celery":
         from research_portal.capture.tasks import analyze_batch_task
 
-        analyze_batch_task.apply_async(args=(session_id, payload), serializer="msgpack")
+        analyze_batch_task.apply_async(args=(session_id, payload, store_frames), serializer="msgpack")
     else:
-        analysis_thread_pool().submit(analyze_batch_in_thread, session_id, payload)
+        analysis_thread_pool().submit(analyze_batch_in_thread, session_id, payload, store_frames)
+    do_record_enqueued(session_id, max(frame.seq for frame in frames))
 
 
-def analyze_batch_in_thread(session_id: int, frames: list[dict[str, Any]]) -> None:
+def do_record_enqueued(session_id: int, last_seq: int) -> None:
+    """Remember the newest queued frame: validation waits until its reading is stored."""
+    ParticipantSession.objects.filter(pk=session_id).update(
+        last_enqueued_seq=Greatest(Coalesce("last_enqueued_seq", Value(0)), Value(last_seq)),
+        last_enqueued_at=timezone.now(),
+    )
+
+
+def analyze_batch_in_thread(session_id: int, frames: list[dict[str, Any]], store_frames: bool) -> None:
     try:
-        analyze_and_store_batch(session_id, frames)
+        analyze_and_store_batch(session_id, frames, store_frames)
     except Exception:
         logger.exception("frame batch of session %s failed in the embedded analyser", session_id)
     finally:
@@ -183,15 +206,20 @@ def analyze_batch_in_thread(session_id: int, frames: list[dict[str, Any]]) -> No
         connections.close_all()
 
 
-def analyze_and_store_batch(session_id: int, frames: list[dict[str, Any]]) -> int:
-    """Run the model on a batch of frames and store one FrameResult per frame. Returns rows written."""
+def analyze_and_store_batch(session_id: int, frames: list[dict[str, Any]], store_frames: bool = False) -> int:
+    """Run the model on a batch of frames and store one FrameResult per frame. Returns rows written.
+
+    The JPEGs are dropped afterwards unless the study opted in to keeping them (`store_frames`).
+    """
+    if store_frames:
+        store_frame_images(session_id, frames)
     pipeline = get_pipeline()
     readings = pipeline.analyze_jpegs([frame["jpeg"] for frame in frames])
     rows = []
     for frame, reading in zip(frames, readings, strict=True):
         row = FrameResult(
             session_id=session_id,
-            ad_id=frame["ad_id"],
+            ad_id=frame["ad_id"] or None,  # BASELINE_AD_ID -> NULL
             seq=frame["seq"],
             media_time_ms=frame["media_time_ms"],
             captured_at=datetime.fromtimestamp(frame["capture_time_ms"] / 1000, tz=UTC),
@@ -214,6 +242,18 @@ def fill_face_columns(row: FrameResult, face: FaceReading) -> None:
     row.smile = row.happy
     row.valence = None if face.valence is None else float(face.valence)
     row.quality = None if face.quality is None else float(face.quality.score)
+
+
+def stored_frames_dir(session_id: int) -> Path:
+    return Path(settings.MEDIA_ROOT) / "frames" / str(session_id)
+
+
+def store_frame_images(session_id: int, frames: list[dict[str, Any]]) -> None:
+    """Only for studies that opted in: keep each JPEG as frames/<session>/<seq>.jpg under MEDIA_ROOT."""
+    folder = stored_frames_dir(session_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    for frame in frames:
+        (folder / f"{frame['seq']}.jpg").write_bytes(frame["jpeg"])
 
 
 def store_results(rows: list[FrameResult]) -> int:

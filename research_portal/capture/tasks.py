@@ -15,6 +15,6 @@ from research_portal.capture.services import analyze_and_store_batch
     retry_backoff_max=30,
     max_retries=12,
 )
-def analyze_batch_task(session_id: int, frames: list[dict[str, Any]]) -> int:
+def analyze_batch_task(session_id: int, frames: list[dict[str, Any]], store_frames: bool = False) -> int:
     """One task per batch of a session's frames (never per frame); retried while the database is away."""
-    return analyze_and_store_batch(session_id, frames)
+    return analyze_and_store_batch(session_id, frames, store_frames)

@@ -1,99 +1,227 @@
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+"""Participant pages. Thin: each view loads the session, calls a domain function, renders or redirects."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import wraps
+
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import translation
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from research_portal.capture.face_check import do_check_camera_frame, do_fail_check_attempt
 from research_portal.capture.models import ParticipantSession
 from research_portal.capture.participation import (
     EntryRefused,
     check_entry,
-    do_complete_session,
     do_decline,
     do_record_consent,
     do_start_session,
+    find_returning_session,
+    language_for,
+    panel_redirect_url,
+    read_entry_params,
 )
 from research_portal.capture.routing import capture_socket_path
+from research_portal.capture.validation import do_finish_viewing, session_outcome
 from research_portal.studies.models import Study
 
 State = ParticipantSession.State
-
-
-def session_or_404(token: str) -> ParticipantSession:
-    return get_object_or_404(ParticipantSession.objects.select_related("study"), token=token)
+# A check frame is one small JPEG; anything bigger is not from our page.
+MAX_CHECK_FRAME_BYTES = 512 * 1024
 
 
 def page_for_state(session: ParticipantSession) -> str:
-    """Where a participant belongs now; every page redirects there if reached out of order."""
-    name = {
-        State.STARTED: "participant-consent",
-        State.CONSENTED: "participant-watch",
-        State.VIEWING: "participant-watch",
-    }.get(session.state, "participant-thanks")
+    """Where a participant belongs now; every page redirects there when reached out of order."""
+    if session.state == State.STARTED:
+        name = "participant-consent"
+    elif session.is_capturing and session.checks_passed_at is None:
+        name = "participant-check"
+    elif session.is_capturing:
+        name = "participant-watch"
+    else:
+        name = "participant-end"
     return reverse(name, args=[session.token])
 
 
-def message_page(request: HttpRequest, status: int, title: str, detail: str) -> HttpResponse:
-    return render(request, "participant/message.html", {"title": title, "detail": detail}, status=status)
+def participant_view(view: Callable) -> Callable:
+    """Load the session behind the token (404 if none) and render in the participant's language."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, token: str, *args, **kwargs) -> HttpResponse:
+        session = get_object_or_404(ParticipantSession.objects.select_related("study"), token=token)
+        with translation.override(session.language):
+            response = view(request, session, *args, **kwargs)
+        response.headers.setdefault("Content-Language", session.language)
+        return response
+
+    return wrapper
+
+
+def message_page(
+    request: HttpRequest, status: int, title: str, detail: str, next_url: str = ""
+) -> HttpResponse:
+    return render(
+        request,
+        "participant/message.html",
+        {"title": title, "detail": detail, "next_url": next_url},
+        status=status,
+    )
 
 
 @require_GET
 def study_entry(request: HttpRequest, public_id: str) -> HttpResponse:
     study = Study.objects.filter(public_id=public_id).first()
     if study is None:
-        return message_page(request, 404, "Study not found", "This study link is not valid.")
-    try:
-        participant_id, country = check_entry(study, request.GET.get("pid", ""), request.GET.get("c", ""))
-    except EntryRefused as refused:
-        return message_page(request, refused.status, refused.title, refused.detail)
-    session = do_start_session(study, participant_id, country)
+        return message_page(request, 404, _("Study not found"), _("This study link is not valid."))
+    participant_id, country = read_entry_params(study, request.GET)
+    returning = find_returning_session(study, participant_id.strip())
+    if returning is not None:
+        return redirect(page_for_state(returning))
+    language = language_for(country.strip().upper(), request.LANGUAGE_CODE)
+    with translation.override(language):
+        try:
+            participant_id, country = check_entry(study, participant_id, country)
+        except EntryRefused as refused:
+            next_url = panel_redirect_url(study, refused.outcome, participant_id) if refused.outcome else ""
+            return message_page(request, refused.status, refused.title, refused.detail, next_url)
+    session = do_start_session(study, participant_id, country, language)
     return redirect(page_for_state(session))
 
 
 @require_http_methods(["GET", "POST"])
-def consent(request: HttpRequest, token: str) -> HttpResponse:
-    session = session_or_404(token)
+@participant_view
+def consent(request: HttpRequest, session: ParticipantSession) -> HttpResponse:
     if session.state != State.STARTED:
         return redirect(page_for_state(session))
     if request.method == "POST":
-        if request.POST.get("decision") == "accept":
+        decision = request.POST.get("decision")
+        if decision == "accept":
             do_record_consent(session)
-        elif request.POST.get("decision") == "decline":
+        elif decision == "decline":
             do_decline(session)
         else:
-            return message_page(request, 400, "Please choose", "Please accept or decline to continue.")
+            return message_page(request, 400, _("Please choose"), _("Please accept or decline to continue."))
         return redirect(page_for_state(session))
     return render(request, "participant/consent.html", {"session": session, "study": session.study})
 
 
+def feedback_messages() -> dict[str, str]:
+    """The words the pages show for each problem code (translated into the participant's language)."""
+    return {
+        "no_face": _("We can't see your face. Please look at the screen."),
+        "not_centred": _("Please move so that your face is in the middle of the picture."),
+        "too_small": _("Please move closer to your camera."),
+        "too_dark": _("Your face is too dark. Please turn on a light in front of you."),
+        "too_bright": _("There is too much light on your face. Please move out of direct light."),
+        "backlit": _("There is a bright light behind you. Please face the light instead."),
+        "blurry": _("The picture is blurry. Please hold still and check that your camera is clean."),
+        "not_frontal": _("Please look straight at the screen."),
+        "low_frame_rate": _("Your camera is too slow. Please close other programs that use the camera."),
+        "unreadable": _("We could not read the camera picture. Please try again."),
+        "camera_denied": _("We could not use your camera. Please allow camera access and try again."),
+        "camera_stopped": _("Your camera stopped. Please check it and press Resume."),
+        "other_tab": _("This study is open in another window or tab. Please continue there."),
+        "good": _("Great, hold still…"),
+        "passed": _("All set!"),
+        "attempt_failed": _("That did not work yet. Please read the hint above and try again."),
+        "saving": _("Saving your session…"),
+        "keep_face": _("Please keep your face in view while the video plays."),
+        "baseline": _("Relax and look at the screen for a few seconds."),
+        "video_error": _("The video could not be played."),
+    }
+
+
 @require_GET
-def watch(request: HttpRequest, token: str) -> HttpResponse:
-    session = session_or_404(token)
-    if not session.is_capturing:
+@participant_view
+def check(request: HttpRequest, session: ParticipantSession) -> HttpResponse:
+    if not session.is_capturing or session.checks_passed_at is not None:
         return redirect(page_for_state(session))
-    ads = list(session.study.ads.all())
-    if not ads:
-        return message_page(request, 503, "Nothing to watch yet", "This study has no video yet.")
+    config = {
+        "frameUrl": reverse("participant-check-frame", args=[session.token]),
+        "attemptFailedUrl": reverse("participant-check-attempt-failed", args=[session.token]),
+        "watchUrl": reverse("participant-watch", args=[session.token]),
+        "attemptSeconds": session.study.check_attempt_seconds,
+        "attemptsLeft": max(0, session.study.max_check_attempts - session.check_attempts),
+        "messages": feedback_messages(),
+    }
+    return render(request, "participant/check.html", {"session": session, "check_config": config})
+
+
+@require_POST
+@participant_view
+def check_frame(request: HttpRequest, session: ParticipantSession) -> JsonResponse:
+    """One camera frame of the face check (JPEG body, measured camera fps in the query)."""
+    if not session.is_capturing:
+        return JsonResponse({"error": "session_closed", "next": page_for_state(session)}, status=409)
+    body = request.body
+    if not body or len(body) > MAX_CHECK_FRAME_BYTES or not body.startswith(b"\xff\xd8\xff"):
+        return JsonResponse({"error": "not_jpeg"}, status=400)
+    try:
+        camera_fps = float(request.GET.get("fps", "0"))
+    except ValueError:
+        return JsonResponse({"error": "bad_fps"}, status=400)
+    result = do_check_camera_frame(session, body, camera_fps)
+    messages = feedback_messages()
+    return JsonResponse(
+        {
+            "problems": result.problems,
+            "messages": [messages[code] for code in result.problems if code in messages],
+            "passed": result.passed,
+            "face_box": result.face_box,
+        }
+    )
+
+
+@require_POST
+@participant_view
+def check_attempt_failed(request: HttpRequest, session: ParticipantSession) -> JsonResponse:
+    if not session.is_capturing or session.checks_passed_at is not None:
+        return JsonResponse({"failed": session.has_ended, "next": page_for_state(session)})
+    try:
+        problems = [str(code)[:30] for code in json.loads(request.body or b"{}").get("problems", [])][:10]
+    except (ValueError, AttributeError):
+        problems = []
+    failed = do_fail_check_attempt(session, problems)
+    return JsonResponse({"failed": failed, "next": page_for_state(session) if failed else ""})
+
+
+@require_GET
+@participant_view
+def watch(request: HttpRequest, session: ParticipantSession) -> HttpResponse:
+    if not session.is_capturing or session.checks_passed_at is None:
+        return redirect(page_for_state(session))
+    ads = session.study.ads.in_bulk(session.ad_sequence)
+    playlist = [ads[ad_id] for ad_id in session.ad_sequence if ad_id in ads]
+    if not playlist:
+        return message_page(request, 503, _("Nothing to watch yet"), _("This study has no video yet."))
     capture_config = {
         "socketPath": capture_socket_path(session.token),
         "fps": session.study.capture_fps,
         "finishUrl": reverse("participant-finish", args=[session.token]),
+        "baselineSeconds": session.study.baseline_seconds,
         "ads": [
             {
                 "id": ad.pk,
                 "title": ad.title,
                 "src": reverse("participant-ad-video", args=[session.token, ad.pk]),
             }
-            for ad in ads
+            for ad in playlist
         ],
+        "messages": feedback_messages(),
     }
     return render(request, "participant/watch.html", {"session": session, "capture_config": capture_config})
 
 
 @require_GET
-def ad_video(request: HttpRequest, token: str, ad_id: int) -> FileResponse:
-    """Ad videos are served only to a session of their own study, never from a public path."""
-    session = session_or_404(token)
-    if session.state in (State.COMPLETED, State.DECLINED):
+@participant_view
+def ad_video(request: HttpRequest, session: ParticipantSession, ad_id: int) -> FileResponse:
+    """Ad videos are served only to a session of their own study that is viewing, never from a public path."""
+    if not session.is_capturing or ad_id not in session.ad_sequence:
         raise Http404
     ad = get_object_or_404(session.study.ads, pk=ad_id)
     return FileResponse(ad.video.open("rb"), content_type=video_content_type(ad.video.name))
@@ -105,15 +233,39 @@ def video_content_type(name: str) -> str:
 
 
 @require_POST
-def finish(request: HttpRequest, token: str) -> HttpResponse:
-    session = session_or_404(token)
-    do_complete_session(session)
+@participant_view
+def finish(request: HttpRequest, session: ParticipantSession) -> HttpResponse:
+    do_finish_viewing(session)
     return redirect(page_for_state(session))
 
 
 @require_GET
-def thanks(request: HttpRequest, token: str) -> HttpResponse:
-    session = session_or_404(token)
+@participant_view
+def outcome(request: HttpRequest, session: ParticipantSession) -> JsonResponse:
+    """Polled by the end page while the last readings are stored and the session is validated."""
+    session = session_outcome(session)
+    return JsonResponse(
+        {
+            "state": session.state,
+            "ended": session.has_ended,
+            "next": panel_redirect_url(session.study, session.state, session.external_participant_id)
+            if session.has_ended
+            else "",
+        }
+    )
+
+
+@require_GET
+@participant_view
+def end(request: HttpRequest, session: ParticipantSession) -> HttpResponse:
     if session.is_capturing or session.state == State.STARTED:
         return redirect(page_for_state(session))
-    return render(request, "participant/thanks.html", {"session": session})
+    session = session_outcome(session)
+    next_url = panel_redirect_url(session.study, session.state, session.external_participant_id)
+    context = {
+        "session": session,
+        "next_url": next_url,
+        "outcome_url": reverse("participant-outcome", args=[session.token]),
+        "messages": feedback_messages(),
+    }
+    return render(request, "participant/end.html", context)

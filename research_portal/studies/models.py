@@ -41,6 +41,32 @@ class Study(models.Model):
         )
     )
     capture_fps = models.PositiveSmallIntegerField(default=5)
+    # Opt-in only: keep the JPEG frames themselves (the default analyses and discards them).
+    store_frames = models.BooleanField(default=False)
+
+    # How the panel passes its participant id and country in the study link, e.g. ?pid=...&c=DE.
+    participant_id_param = models.CharField(max_length=32, default="pid")
+    country_param = models.CharField(max_length=32, default="c")
+    # Where participants go back to; "{pid}" is replaced by their (URL-encoded) panel participant id.
+    redirect_complete_url = models.URLField(max_length=500, blank=True)
+    redirect_failed_url = models.URLField(max_length=500, blank=True)
+    redirect_declined_url = models.URLField(max_length=500, blank=True)
+    redirect_over_quota_url = models.URLField(max_length=500, blank=True)
+
+    class AdOrder(models.TextChoices):
+        FIXED = "fixed", "Fixed (by position)"
+        RANDOM = "random", "Randomised per participant"
+
+    ad_order = models.CharField(max_length=8, choices=AdOrder.choices, default=AdOrder.FIXED)
+    # A calm screen before the first ad; each participant's resting expression for baseline correction.
+    baseline_seconds = models.PositiveSmallIntegerField(default=5)
+    # Device and face check: tries before the participant is sent back with the Failed redirect.
+    max_check_attempts = models.PositiveSmallIntegerField(default=3)
+    check_attempt_seconds = models.PositiveSmallIntegerField(default=20)
+    # A validated complete needs, for every ad, this share of the expected frames with a usable face...
+    min_usable_frame_ratio = models.FloatField(default=0.6)
+    # ...where usable means a face was found with at least this quality score (0..1).
+    min_face_quality = models.FloatField(default=0.3)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -71,3 +97,38 @@ class Ad(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class CountryQuota(models.Model):
+    """How many validated completes a study needs from one country; entry closes when it is reached."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="quotas")
+    country = models.CharField(max_length=2)
+    target = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["study", "country"], name="countryquota_unique_country")
+        ]
+        ordering = ["study", "country"]
+
+    def __str__(self) -> str:
+        return f"{self.country}: {self.target}"
+
+
+class ConsentVersion(models.Model):
+    """The exact consent text a participant agreed to; a new version whenever the study's text changes."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="consent_versions")
+    version = models.PositiveIntegerField()
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["study", "version"], name="consentversion_unique_version")
+        ]
+        ordering = ["study", "-version"]
+
+    def __str__(self) -> str:
+        return f"{self.study} consent v{self.version}"

@@ -1,21 +1,24 @@
-// Participant capture: plays the study's ads and streams webcam frames over a WebSocket.
+// Viewing: a neutral baseline, then the study's ads, while webcam frames stream over a WebSocket.
 // Wire format (docs/architecture.md): 20-byte big-endian header (seq, ad id, media ms, capture ms) + JPEG.
 (() => {
   "use strict";
 
   const config = JSON.parse(document.getElementById("capture-config").textContent);
+  const messages = config.messages;
   const HEADER_BYTES = 20;
-  const FRAME_WIDTH = 320;
-  const FRAME_HEIGHT = 240;
   const JPEG_QUALITY = 0.8;
+  const BASELINE_AD_ID = 0;
   // Close codes after which reconnecting cannot help (see the wire protocol).
-  const FINAL_CLOSE_CODES = new Set([1000, 4001, 4003, 4008]);
+  const FINAL_CLOSE_CODES = new Set([1000, 4001, 4003, 4008, 4009]);
+  const CLOSE_OTHER_TAB = 4009;
   // Unacked frames kept for resending: five minutes at 5 fps, about 20 MB at most.
   const MAX_PENDING_FRAMES = 1500;
   const ACK_WAIT_MS = 30000;
 
   const statusLine = document.getElementById("status");
   const startButton = document.getElementById("start");
+  const resumeButton = document.getElementById("resume");
+  const baselineScreen = document.getElementById("baseline");
   const adVideo = document.getElementById("ad");
   const camera = document.getElementById("camera");
   const canvas = document.getElementById("frame-canvas");
@@ -24,23 +27,25 @@
   const state = {
     seq: 0,
     pending: new Map(), // seq -> ArrayBuffer, until the server acks it
+    queuedEvents: [],
     sent: 0,
     acked: 0,
     rejected: 0,
     socket: null,
     socketClosedForGood: false,
+    stopped: false, // another tab took over: this page does nothing more
     reconnectDelayMs: 500,
-    currentAd: null,
+    phase: null, // {adId, startedAt (baseline) | video (ad)}
     capturing: false,
+    stream: null,
     lastMediaTime: 0,
   };
 
-  function setStatus(text) {
-    statusLine.textContent = text;
-  }
+  const setStatus = (text) => { statusLine.textContent = text; };
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
   function publishProgress() {
-    // Read by the end-to-end test and handy when debugging a participant's browser.
+    // Read by the end-to-end tests and handy when debugging a participant's browser.
     document.body.dataset.framesSent = String(state.sent);
     document.body.dataset.framesAcked = String(state.acked);
     document.body.dataset.framesRejected = String(state.rejected);
@@ -51,42 +56,65 @@
     return scheme + location.host + config.socketPath;
   }
 
+  function stopForOtherTab() {
+    state.stopped = true;
+    state.capturing = false;
+    adVideo.pause();
+    setStatus(messages.other_tab);
+    document.body.dataset.stoppedForOtherTab = "true";
+  }
+
+  // Resolves on the server's first hello, which says where this page's frame numbering continues.
   function connect() {
-    const socket = new WebSocket(socketUrl());
-    socket.binaryType = "arraybuffer";
-    socket.onopen = () => {
-      state.reconnectDelayMs = 500;
-      // Resend everything not yet acked; the server stores each (session, seq) once.
-      const seqs = [...state.pending.keys()].sort((a, b) => a - b);
-      for (const seq of seqs) socket.send(state.pending.get(seq));
-    };
-    socket.onmessage = (event) => {
-      let message;
-      try {
-        message = JSON.parse(event.data);
-      } catch {
-        return;
-      }
-      if (message.type === "ack") {
-        for (const seq of message.seqs) {
-          if (state.pending.delete(seq)) state.acked += 1;
+    return new Promise((resolveHello) => {
+      const socket = new WebSocket(socketUrl());
+      socket.binaryType = "arraybuffer";
+      socket.onopen = () => {
+        state.reconnectDelayMs = 500;
+      };
+      socket.onmessage = (event) => {
+        let message;
+        try { message = JSON.parse(event.data); } catch { return; }
+        if (message.type === "hello") {
+          state.seq = Math.max(state.seq, message.next_seq || 0);
+          // Resend everything not yet acked, then any page events; the server stores each frame once.
+          for (const seq of [...state.pending.keys()].sort((a, b) => a - b)) socket.send(state.pending.get(seq));
+          for (const queued of state.queuedEvents.splice(0)) socket.send(queued);
+          resolveHello();
+        } else if (message.type === "ack") {
+          for (const seq of message.seqs) if (state.pending.delete(seq)) state.acked += 1;
+        } else if (message.type === "error") {
+          console.warn("capture error", message.code, message.detail);
+          if (message.seq !== null && state.pending.delete(message.seq)) state.rejected += 1;
         }
-      } else if (message.type === "error") {
-        console.warn("capture error", message.code, message.detail);
-        if (message.seq !== null && state.pending.delete(message.seq)) state.rejected += 1;
-      }
-      publishProgress();
-    };
-    socket.onclose = (event) => {
-      state.socket = null;
-      if (FINAL_CLOSE_CODES.has(event.code)) {
-        state.socketClosedForGood = true;
-        return;
-      }
-      setTimeout(connect, state.reconnectDelayMs);
-      state.reconnectDelayMs = Math.min(state.reconnectDelayMs * 2, 8000);
-    };
-    state.socket = socket;
+        publishProgress();
+      };
+      socket.onclose = (event) => {
+        state.socket = null;
+        if (event.code === CLOSE_OTHER_TAB) stopForOtherTab();
+        if (FINAL_CLOSE_CODES.has(event.code)) {
+          state.socketClosedForGood = true;
+          resolveHello();
+          return;
+        }
+        setTimeout(() => { if (!state.stopped) connect(); }, state.reconnectDelayMs);
+        state.reconnectDelayMs = Math.min(state.reconnectDelayMs * 2, 8000);
+      };
+      state.socket = socket;
+    });
+  }
+
+  function sendEvent(name) {
+    const adId = state.phase ? state.phase.adId : null;
+    const message = JSON.stringify({ type: "event", name, ad_id: adId, media_time_ms: currentMediaTimeMs() });
+    if (state.socket && state.socket.readyState === WebSocket.OPEN) state.socket.send(message);
+    else state.queuedEvents.push(message);
+  }
+
+  function currentMediaTimeMs() {
+    if (!state.phase) return 0;
+    if (state.phase.adId === BASELINE_AD_ID) return Math.round(performance.now() - state.phase.startedAt);
+    return Math.round(adVideo.currentTime * 1000);
   }
 
   function encodeFrame(seq, adId, mediaTimeMs, captureTimeMs, jpegBuffer) {
@@ -101,19 +129,18 @@
   }
 
   function grabFrame() {
-    if (!state.capturing || !state.currentAd || camera.readyState < 2) return;
+    if (!state.capturing || !state.phase || camera.readyState < 2) return;
+    if (state.phase.adId !== BASELINE_AD_ID && adVideo.paused) return;
     // Stamp the frame when it is grabbed, not when the JPEG is ready.
     const seq = state.seq++;
-    const adId = state.currentAd.id;
-    const mediaTimeMs = Math.round(adVideo.currentTime * 1000);
+    const adId = state.phase.adId;
+    const mediaTimeMs = currentMediaTimeMs();
     const captureTimeMs = Date.now();
-    canvasContext.drawImage(camera, 0, 0, FRAME_WIDTH, FRAME_HEIGHT);
+    canvasContext.drawImage(camera, 0, 0, canvas.width, canvas.height);
     canvas.toBlob(async (blob) => {
       if (!blob) return;
       const message = encodeFrame(seq, adId, mediaTimeMs, captureTimeMs, await blob.arrayBuffer());
-      if (state.pending.size >= MAX_PENDING_FRAMES) {
-        state.pending.delete(state.pending.keys().next().value);
-      }
+      if (state.pending.size >= MAX_PENDING_FRAMES) state.pending.delete(state.pending.keys().next().value);
       state.pending.set(seq, message);
       state.sent += 1;
       if (state.socket && state.socket.readyState === WebSocket.OPEN) state.socket.send(message);
@@ -121,14 +148,23 @@
     }, "image/jpeg", JPEG_QUALITY);
   }
 
+  async function showBaseline() {
+    if (!config.baselineSeconds) return;
+    setStatus(messages.baseline);
+    baselineScreen.hidden = false;
+    state.phase = { adId: BASELINE_AD_ID, startedAt: performance.now() };
+    await sleep(config.baselineSeconds * 1000);
+    baselineScreen.hidden = true;
+  }
+
   function playAd(ad) {
     return new Promise((resolve, reject) => {
-      state.currentAd = ad;
+      state.phase = { adId: ad.id };
       state.lastMediaTime = 0;
       adVideo.src = ad.src;
       adVideo.hidden = false;
       adVideo.addEventListener("ended", resolve, { once: true });
-      adVideo.addEventListener("error", () => reject(new Error("The video could not be played.")), { once: true });
+      adVideo.addEventListener("error", () => reject(new Error(messages.video_error)), { once: true });
       adVideo.play().catch(reject);
     });
   }
@@ -141,9 +177,46 @@
     if (Math.abs(adVideo.currentTime - state.lastMediaTime) > 0.5) adVideo.currentTime = state.lastMediaTime;
   });
 
-  function sleep(ms) {
-    return new Promise((resolve) => setTimeout(resolve, ms));
+  // Leaving the tab pauses the ad (and capture) and is recorded; coming back resumes.
+  document.addEventListener("visibilitychange", () => {
+    if (!state.capturing || state.stopped) return;
+    if (document.hidden) {
+      sendEvent("tab_hidden");
+      if (!adVideo.hidden) adVideo.pause();
+    } else {
+      sendEvent("tab_visible");
+      if (!adVideo.hidden && resumeButton.hidden) adVideo.play().catch(() => {});
+    }
+  });
+
+  async function openCamera() {
+    state.stream = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 640 }, height: { ideal: 480 } }, audio: false,
+    });
+    camera.srcObject = state.stream;
+    await camera.play();
+    // A camera that stops mid-ad (unplugged, taken by another app) pauses the ad until it is back.
+    state.stream.getVideoTracks()[0].addEventListener("ended", () => {
+      if (!state.capturing) return;
+      sendEvent("camera_stopped");
+      adVideo.pause();
+      setStatus(messages.camera_stopped);
+      resumeButton.hidden = false;
+    });
   }
+
+  resumeButton.addEventListener("click", async () => {
+    try {
+      await openCamera();
+    } catch (error) {
+      setStatus(messages.camera_denied);
+      return;
+    }
+    resumeButton.hidden = true;
+    sendEvent("camera_resumed");
+    setStatus(messages.keep_face);
+    if (!adVideo.hidden) adVideo.play().catch(() => {});
+  });
 
   async function waitForAcks() {
     const deadline = Date.now() + ACK_WAIT_MS;
@@ -151,7 +224,7 @@
   }
 
   async function finish() {
-    setStatus("Saving your session…");
+    setStatus(messages.saving);
     await waitForAcks();
     if (state.socket && state.socket.readyState === WebSocket.OPEN) {
       state.socket.send(JSON.stringify({ type: "finish" }));
@@ -163,35 +236,36 @@
 
   async function start() {
     startButton.disabled = true;
-    let stream;
     try {
-      stream = await navigator.mediaDevices.getUserMedia({
-        video: { width: { ideal: 640 }, height: { ideal: 480 } },
-        audio: false,
-      });
+      await openCamera();
     } catch (error) {
-      setStatus("We could not use your webcam. Please allow camera access and press Start again.");
+      setStatus(messages.camera_denied);
       startButton.disabled = false;
       return;
     }
-    camera.srcObject = stream;
-    await camera.play();
-    connect();
+    await connect();
+    if (state.stopped) return;
     startButton.hidden = true;
-    setStatus("Thank you — please keep your face in view while the video plays.");
     state.capturing = true;
     const timer = setInterval(grabFrame, 1000 / config.fps);
+    let playedAll = false;
     try {
-      for (const ad of config.ads) await playAd(ad);
+      await showBaseline();
+      setStatus(messages.keep_face);
+      for (const ad of config.ads) {
+        if (state.stopped) break;
+        await playAd(ad);
+      }
+      playedAll = !state.stopped;
     } catch (error) {
       setStatus(error.message);
     } finally {
       state.capturing = false;
       clearInterval(timer);
       adVideo.hidden = true;
-      for (const track of stream.getTracks()) track.stop();
+      for (const track of state.stream.getTracks()) track.stop();
     }
-    await finish();
+    if (playedAll) await finish();
   }
 
   startButton.addEventListener("click", start);

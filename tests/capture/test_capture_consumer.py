@@ -7,11 +7,12 @@ import json
 import time
 
 import pytest
+from django.utils import timezone
 from channels.db import database_sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 
-from research_portal.capture.models import FrameResult, ParticipantSession
+from research_portal.capture.models import FrameResult, ParticipantSession, SessionEvent
 from research_portal.capture.routing import capture_socket_path, websocket_urlpatterns
 from research_portal.capture.services import FRAME_HEADER
 
@@ -33,6 +34,8 @@ def viewing_session(acme) -> ParticipantSession:
         country="DE",
         external_participant_id="p-1",
         state=ParticipantSession.State.CONSENTED,
+        checks_passed_at=timezone.now(),
+        ad_sequence=[acme.ad.pk],
     )
 
 
@@ -81,7 +84,13 @@ async def wait_for_rows(session: ParticipantSession, expected: int, timeout: flo
 
 async def test_frames_are_acked_analysed_and_stored(acme, viewing_session, face_jpegs):
     communicator, hello = await connect(viewing_session.token)
-    assert hello == {"type": "hello", "session": "viewing", "fps": 5, "max_frame_bytes": 256 * 1024}
+    assert hello == {
+        "type": "hello",
+        "session": "viewing",
+        "fps": 5,
+        "max_frame_bytes": 256 * 1024,
+        "next_seq": 0,
+    }
     for seq, jpeg in enumerate(face_jpegs[:6]):
         await communicator.send_to(bytes_data=frame(seq, acme.ad.pk, jpeg))
     assert await collect_acks(communicator, 6) == set(range(6))
@@ -157,7 +166,7 @@ async def test_flood_of_garbage_closes_with_4008_without_disturbing_another_sess
     acme, viewing_session, face_jpegs
 ):
     other = await database_sync_to_async(ParticipantSession.objects.create)(
-        study=acme.study, state=ParticipantSession.State.VIEWING
+        study=acme.study, state=ParticipantSession.State.VIEWING, checks_passed_at=timezone.now()
     )
     honest, _ = await connect(other.token)
     flooder, _ = await connect(viewing_session.token)
@@ -196,3 +205,98 @@ async def test_finish_flushes_acks_and_closes_normally(acme, viewing_session, fa
     await communicator.send_to(text_data=json.dumps({"type": "finish"}))
     messages, code = await receive_until_closed(communicator)
     assert messages == [{"type": "ack", "seqs": [0]}] and code == 1000
+
+
+async def test_socket_before_the_camera_check_is_refused(acme):
+    session = await database_sync_to_async(ParticipantSession.objects.create)(
+        study=acme.study, state="consented"
+    )
+    communicator, error = await connect(session.token)
+    assert error["code"] == "check_required"
+    assert (await receive_until_closed(communicator))[1] == 4003
+
+
+async def test_baseline_frames_are_stored_without_an_ad(acme, viewing_session, face_jpegs):
+    communicator, _ = await connect(viewing_session.token)
+    await communicator.send_to(bytes_data=frame(0, 0, face_jpegs[0], media_ms=1000))
+    await communicator.send_to(bytes_data=frame(1, 0, face_jpegs[1], media_ms=9000))  # past the 5 s baseline
+    replies = [json.loads(await communicator.receive_from(timeout=5)) for _ in range(2)]
+    assert sorted(
+        (reply["type"], reply.get("code"), reply.get("seq"), reply.get("seqs")) for reply in replies
+    ) == [
+        ("ack", None, None, [0]),
+        ("error", "bad_time", 1, None),
+    ]
+    rows = await wait_for_rows(viewing_session, 1)
+    await communicator.disconnect()
+    assert rows[0].ad_id is None and rows[0].face_found
+
+
+async def test_a_reloaded_page_continues_the_frame_numbering(acme, viewing_session, face_jpegs):
+    communicator, hello = await connect(viewing_session.token)
+    for seq in range(3):
+        await communicator.send_to(bytes_data=frame(seq, acme.ad.pk, face_jpegs[seq]))
+    await collect_acks(communicator, 3)
+    await communicator.disconnect()
+    communicator, hello = await connect(viewing_session.token)
+    await communicator.disconnect()
+    assert hello["next_seq"] == 3
+
+
+async def test_page_events_are_recorded(acme, viewing_session):
+    communicator, _ = await connect(viewing_session.token)
+    for name in ("tab_hidden", "tab_visible", "camera_stopped", "not_an_event"):
+        await communicator.send_to(
+            text_data=json.dumps({"type": "event", "name": name, "ad_id": acme.ad.pk, "media_time_ms": 1500})
+        )
+    error = json.loads(await communicator.receive_from(timeout=5))
+    await communicator.disconnect()
+    assert error["code"] == "bad_message"
+    events = await database_sync_to_async(
+        lambda: list(
+            SessionEvent.objects.filter(session=viewing_session).values_list("name", "ad_id", "media_time_ms")
+        )
+    )()
+    assert events == [(name, acme.ad.pk, 1500) for name in ("tab_hidden", "tab_visible", "camera_stopped")]
+
+
+async def test_a_second_tab_takes_over_and_the_first_is_told_why(acme, viewing_session, face_jpegs):
+    first, _ = await connect(viewing_session.token)
+    second, _ = await connect(viewing_session.token)
+    messages, code = await receive_until_closed(first)
+    assert code == 4009 and messages[-1]["code"] == "other_tab"
+    await second.send_to(bytes_data=frame(0, acme.ad.pk, face_jpegs[0]))
+    assert await collect_acks(second, 1) == {0}
+    await second.disconnect()
+    assert await database_sync_to_async(
+        SessionEvent.objects.filter(session=viewing_session, name="other_tab").exists
+    )()
+
+
+async def test_frames_are_discarded_unless_the_study_opts_in(acme, viewing_session, face_jpegs, settings):
+    from pathlib import Path
+
+    frames_root = Path(settings.MEDIA_ROOT) / "frames" / str(viewing_session.pk)
+    communicator, _ = await connect(viewing_session.token)
+    await communicator.send_to(bytes_data=frame(0, acme.ad.pk, face_jpegs[0]))
+    await collect_acks(communicator, 1)
+    await wait_for_rows(viewing_session, 1)
+    await communicator.disconnect()
+    assert not frames_root.exists()
+
+    acme.study.store_frames = True
+    await database_sync_to_async(acme.study.save)()
+    communicator, _ = await connect(viewing_session.token)
+    await communicator.send_to(bytes_data=frame(1, acme.ad.pk, face_jpegs[1]))
+    await collect_acks(communicator, 1)
+    await wait_for_rows(viewing_session, 2)
+    await communicator.disconnect()
+    assert (frames_root / "1.jpg").read_bytes() == face_jpegs[1]
+
+
+async def test_a_finished_viewing_takes_no_more_frames(acme, viewing_session):
+    viewing_session.completed_at = timezone.now()
+    await database_sync_to_async(viewing_session.save)()
+    communicator, error = await connect(viewing_session.token)
+    assert error["code"] == "session_closed"
+    assert (await receive_until_closed(communicator))[1] == 4003

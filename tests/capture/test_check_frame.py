@@ -15,7 +15,13 @@ from research_portal.capture.services import (
 NOW_MS = 1_790_000_000_000.0
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 100
 CONTEXT = CaptureContext(
-    session_id=1, session_state="viewing", ad_durations_ms={7: 30_000}, fps=5, max_frame_bytes=1000
+    session_id=1,
+    session_state="viewing",
+    ad_durations_ms={7: 30_000, 0: 5_000},
+    fps=5,
+    max_frame_bytes=1000,
+    next_seq=0,
+    store_frames=False,
 )
 
 
@@ -50,6 +56,11 @@ def test_oversized_frame_is_rejected():
 
 def test_ad_outside_the_study_is_rejected():
     assert rejection(message(ad_id=8)).code == "unknown_ad"
+
+
+def test_baseline_frames_use_ad_zero_within_the_baseline_duration():
+    assert check_frame(message(ad_id=0, media_ms=4_000), CONTEXT, now_ms=NOW_MS).ad_id == 0
+    assert rejection(message(ad_id=0, media_ms=8_000)).code == "bad_time"
 
 
 @pytest.mark.parametrize(
