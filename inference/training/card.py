@@ -31,6 +31,13 @@ def write_card(path: str | Path, *, version: str, cfg: dict[str, Any], config_pa
             f"MinMax calibration on {cfg['export'].get('calib_rows', 1024)} seeded Training crops); input "
             "and outputs stay float32. All metrics below are of the int8 file.\n"
         )
+    if "members" in summary:
+        quant_line += (
+            f"- Ensemble of {len(summary['members'])} members whose probabilities are averaged inside the "
+            f"graph; member overrides of the base config: {json.dumps(cfg.get('members'))}; member "
+            "PublicTest accuracies (fp32, before merging): "
+            + ", ".join(f"{m['public_fer_acc']:.4f}" for m in summary["members"]) + ".\n"
+        )
     teacher = cfg.get("teacher")
     if teacher:
         quant_line += (

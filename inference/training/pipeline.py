@@ -92,6 +92,17 @@ def finalize(onnx_path: Path, *, summary: dict[str, Any], cfg: dict[str, Any], c
     return metrics
 
 
+def member_config(cfg: dict[str, Any], k: int) -> dict[str, Any]:
+    """Config of ensemble member k: the base config with the member's overrides (one level deep)."""
+    m = json.loads(json.dumps({key: v for key, v in cfg.items() if key != "members"}))
+    for key, v in cfg["members"][k].items():
+        if isinstance(v, dict) and isinstance(m.get(key), dict):
+            m[key] = {**m[key], **v}
+        else:
+            m[key] = v
+    return m
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -109,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-eval", action="store_true",
                     help="export only (data without PrivateTest); run inference.training.finalize later")
     ap.add_argument("--hardware", default=None, help="free text for the card")
+    ap.add_argument("--member", type=int, default=None,
+                    help="ensemble configs: train only this member and write its fp32 file")
     a = ap.parse_args(argv)
 
     import torch
@@ -127,35 +140,57 @@ def main(argv: list[str] | None = None) -> None:
                                   logging.FileHandler(work / f"{a.name}.log", mode="w")])
     cfg = load_config(a.config)
     log.info("config %s: %s", a.config, json.dumps(cfg))
-    net, summary = train(cfg, load_data(a.data), device)
-    onnx_path = out_dir / f"{a.name}.onnx"
-    quant = cfg["export"].get("quantize")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fp32_path = work / f"{a.name}.fp32.onnx" if quant else onnx_path
-    export_onnx(net, fp32_path, flip_tta=cfg["export"].get("flip_tta", False),
-                t_fer=summary["temperature_fer"], t_ferplus=summary["temperature_ferplus"])
-    if quant == "int8":
-        from .data import TRAIN
-        from .export import quantize_int8
-
-        data = load_data(a.data)
-        # fixed, seeded calibration subset of Training rows (never test data)
-        rng = np.random.default_rng(int(cfg["seed"]))
-        rows = rng.choice(data.split(TRAIN), int(cfg["export"].get("calib_rows", 1024)),
-                          replace=False)
-        norm = summary["normalization"]
-        calib = ((data.images[rows].astype(np.float32)[:, None] * norm["scale"] - norm["mean"])
-                 / norm["std"]).astype(np.float32)
-        quantize_int8(fp32_path, onnx_path, calib)
-    elif quant:
-        raise ValueError(f"unknown export.quantize {quant!r}")
     if device == "cuda":
         hw = f"1x {torch.cuda.get_device_name(0)} (torch {torch.__version__})"
     else:
         hw = f"{cpu_name()}, {a.threads} torch threads (torch {torch.__version__})"
     hardware = a.hardware or hw
-    summary["hardware"] = hardware
-    summary["device"] = device
+    onnx_path = out_dir / f"{a.name}.onnx"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = load_data(a.data)
+
+    if "members" in cfg:
+        # ensemble: each member = teacher + student trained with its overrides, then merged
+        todo = [a.member] if a.member is not None else list(range(len(cfg["members"])))
+        files = []
+        for k in todo:
+            mcfg = member_config(cfg, k)
+            net, msum = train(mcfg, data, device)
+            msum.update(hardware=hardware, device=device)
+            fp = work / f"{a.name}.m{k}.fp32.onnx"
+            export_onnx(net, fp, flip_tta=mcfg["export"].get("flip_tta", False),
+                        t_fer=msum["temperature_fer"], t_ferplus=msum["temperature_ferplus"])
+            (work / f"{a.name}.m{k}.summary.json").write_text(json.dumps(
+                {"summary": msum, "config": cfg, "member_config": mcfg,
+                 "config_path": a.config}, indent=2))
+            files.append((fp, msum))
+        if a.member is not None:
+            log.info("member %d written to %s", a.member, work)
+            return
+        from .ensemble import build
+
+        summary = build(files, cfg, onnx_path, a.data, work)
+    else:
+        net, summary = train(cfg, data, device)
+        summary.update(hardware=hardware, device=device)
+        quant = cfg["export"].get("quantize")
+        fp32_path = work / f"{a.name}.fp32.onnx" if quant else onnx_path
+        export_onnx(net, fp32_path, flip_tta=cfg["export"].get("flip_tta", False),
+                    t_fer=summary["temperature_fer"], t_ferplus=summary["temperature_ferplus"])
+        if quant == "int8":
+            from .data import TRAIN
+            from .export import quantize_int8
+
+            # fixed, seeded calibration subset of Training rows (never test data)
+            rng = np.random.default_rng(int(cfg["seed"]))
+            rows = rng.choice(data.split(TRAIN), int(cfg["export"].get("calib_rows", 1024)),
+                              replace=False)
+            norm = summary["normalization"]
+            calib = ((data.images[rows].astype(np.float32)[:, None] * norm["scale"]
+                      - norm["mean"]) / norm["std"]).astype(np.float32)
+            quantize_int8(fp32_path, onnx_path, calib)
+        elif quant:
+            raise ValueError(f"unknown export.quantize {quant!r}")
     (work / f"{a.name}.summary.json").write_text(json.dumps(
         {"summary": summary, "config": cfg, "config_path": a.config}, indent=2))
     if a.no_eval:
