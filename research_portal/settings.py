@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "research_portal.accounts",
     "research_portal.studies",
     "research_portal.capture",
+    "research_portal.analytics",
 ]
 
 MIDDLEWARE = [

@@ -6,4 +6,5 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),
     path("", include("research_portal.capture.urls")),
+    path("analytics/", include("research_portal.analytics.urls")),
 ]

@@ -24,6 +24,7 @@ from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from inference.pipeline import FaceReading, get_pipeline
+from research_portal.analytics.rollups import do_update_rollups
 from research_portal.capture.models import FrameResult, ParticipantSession
 
 logger = logging.getLogger(__name__)
@@ -259,4 +260,5 @@ def store_frame_images(session_id: int, frames: list[dict[str, Any]]) -> None:
 def store_results(rows: list[FrameResult]) -> int:
     """Bulk insert; a frame stored before (a resend, a redelivered task) is skipped, never duplicated."""
     created = FrameResult.objects.bulk_create(rows, ignore_conflicts=True)
+    do_update_rollups(rows)  # analytics (issue 5): per-second rollups + live dashboards; never raises
     return len(created)

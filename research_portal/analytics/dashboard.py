@@ -1,0 +1,502 @@
+"""What the dashboards show, computed from rollups only (never a scan of raw frames on a page view).
+
+`build_ad_dashboard(ad, filters)` and `build_study_overview(study, filters)` return JSON-ready dicts; the
+views, the live socket and the exports all call them, so every surface shows the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from django.db.models import Count, F, Max, Min, Q, QuerySet, Sum
+from django.urls import reverse
+
+from research_portal.analytics.definitions import (
+    ALPHA,
+    CONFIDENCE,
+    MEASURE_LABELS,
+    MEASURES,
+    QUALITY_LEVELS,
+    SMILE_THRESHOLD,
+    cell_columns,
+)
+from research_portal.analytics.figures import (
+    FUNNEL_STAGES,
+    country_color,
+    country_figure,
+    difference_figure,
+    funnel_figure,
+    quota_figure,
+    trace_figure,
+)
+from research_portal.analytics.figures import clean as clean_numbers
+from research_portal.analytics.models import ParticipantAdSummary, SecondCell
+from research_portal.analytics.rollups import do_reconcile_study
+from research_portal.analytics.services import Filters, get_country_quotas
+from research_portal.analytics.stats import CORRECTIONS, MeanEstimate, estimate_means, welch_test
+from research_portal.capture.models import ParticipantSession
+from research_portal.studies.models import Ad, Study
+
+ALL = "*"  # the group of every selected participant
+CORRECTION_LABELS = {"bh": "Benjamini-Hochberg FDR q < 0.05", "holm": "Holm FWER p < 0.05"}
+TOP_MOMENTS = 3
+State = ParticipantSession.State
+
+
+def filter_dimensions(queryset: QuerySet, filters: Filters, model_version: str) -> QuerySet:
+    """Apply the filters to a rollup table that carries the session's filter dimensions."""
+    queryset = queryset.filter(level=filters.level, model_version=model_version)
+    if filters.countries:
+        queryset = queryset.filter(country__in=filters.countries)
+    if filters.devices:
+        queryset = queryset.filter(device_type__in=filters.devices)
+    if filters.completed_only:
+        queryset = queryset.filter(completed=True)
+    if filters.date_from:
+        queryset = queryset.filter(day__gte=filters.date_from)
+    if filters.date_to:
+        queryset = queryset.filter(day__lte=filters.date_to)
+    return queryset
+
+
+@dataclass(frozen=True)
+class AdFacets:
+    """What the ad's rollups contain, for the filter choices (read at quality level 0)."""
+
+    model_versions: list[tuple[str, int]]  # (version, participant-seconds), most used first
+    countries: list[str]
+    devices: list[str]
+    first_day: str | None
+    last_day: str | None
+
+    def default_model(self, requested: str) -> str:
+        versions = [version for version, _n in self.model_versions]
+        if requested in versions:
+            return requested
+        return versions[0] if versions else requested
+
+
+def ad_facets(ad: Ad) -> AdFacets:
+    rows = list(
+        SecondCell.objects.filter(ad=ad, level=0, participants__gt=0)
+        .values("model_version", "country", "device_type")
+        .annotate(participants=Sum("participants"), first=Min("day"), last=Max("day"))
+    )
+    per_model: dict[str, int] = {}
+    for row in rows:
+        per_model[row["model_version"]] = per_model.get(row["model_version"], 0) + row["participants"]
+    firsts = [row["first"] for row in rows]
+    lasts = [row["last"] for row in rows]
+    return AdFacets(
+        model_versions=sorted(per_model.items(), key=lambda item: (-item[1], item[0])),
+        countries=sorted({row["country"] for row in rows}),
+        devices=sorted({row["device_type"] for row in rows}),
+        first_day=min(firsts).isoformat() if firsts else None,
+        last_day=max(lasts).isoformat() if lasts else None,
+    )
+
+
+@dataclass
+class Traces:
+    """Per-second sufficient statistics of the selected participants, overall (ALL) and per country."""
+
+    seconds: int
+    sums: dict[str, np.ndarray]  # group -> [seconds, 1 + len(cell_columns())]
+
+    @property
+    def countries(self) -> list[str]:
+        return sorted(group for group in self.sums if group != ALL)
+
+    def participants(self, group: str = ALL) -> np.ndarray:
+        return self.sums[group][:, 0]
+
+    def estimate(self, measure: str, baseline: bool, group: str = ALL) -> MeanEstimate:
+        columns = cell_columns()
+        prefix = ("nb", "sb", "qb") if baseline else ("n", "s", "q")
+        n, s, q = (1 + columns.index(f"{stat}_{measure}") for stat in prefix)
+        table = self.sums.get(group, np.zeros((self.seconds, 1 + len(columns))))
+        return estimate_means(table[:, n], table[:, s], table[:, q], CONFIDENCE)
+
+
+def load_traces(ad: Ad, filters: Filters, model_version: str) -> Traces:
+    """One GROUP BY (second, country) over the selected SecondCell rows; the overall trace is their sum
+    (participants are disjoint across countries)."""
+    columns = ["participants", *cell_columns()]
+    rows = list(
+        filter_dimensions(SecondCell.objects.filter(ad=ad), filters, model_version)
+        .values("second", "country")
+        .annotate(**{f"v_{column}": Sum(column) for column in columns})
+        .values_list("second", "country", *[f"v_{column}" for column in columns])
+        .order_by()
+    )
+    last_second = max([row[0] for row in rows], default=-1)
+    seconds = max(int(np.ceil(ad.duration_ms / 1000)), last_second + 1, 1)
+    sums: dict[str, np.ndarray] = {ALL: np.zeros((seconds, len(columns)))}
+    for second, country, *values in rows:
+        if second < 0:
+            continue
+        table = sums.setdefault(country, np.zeros((seconds, len(columns))))
+        table[second] += np.asarray(values, dtype=float)
+        sums[ALL][second] += np.asarray(values, dtype=float)
+    return Traces(seconds=seconds, sums=sums)
+
+
+def key_moments(estimate: MeanEstimate, measure: str, baseline: bool, top: int = TOP_MOMENTS) -> list[dict]:
+    """Peaks (local maxima) and drops (local minima) of a trace, ranked by height / depth, among seconds
+    with at least two participants; neighbours are the adjacent such seconds."""
+    usable = np.flatnonzero(np.isfinite(estimate.mean) & (estimate.n >= 2))
+    if usable.size < 3:
+        return []
+    values = estimate.mean[usable]
+    previous = np.concatenate([[np.nan], values[:-1]])
+    following = np.concatenate([values[1:], [np.nan]])
+    with np.errstate(invalid="ignore"):
+        is_peak = ~(previous > values) & ~(following >= values) & ~(np.isnan(previous) & np.isnan(following))
+        is_drop = ~(previous < values) & ~(following <= values) & ~(np.isnan(previous) & np.isnan(following))
+    moments = []
+    for kind, mask, order in (("peak", is_peak, -1), ("drop", is_drop, 1)):
+        candidates = usable[mask]
+        ranked = candidates[np.argsort(order * estimate.mean[candidates], kind="stable")][:top]
+        for second in ranked:
+            moments.append(
+                {
+                    "measure": measure,
+                    "label": MEASURE_LABELS[measure] + (" (baseline-corrected)" if baseline else ""),
+                    "kind": kind,
+                    "second": int(second),
+                    "time": f"{second}–{second + 1} s",
+                    "mean": round(float(estimate.mean[second]), 4),
+                    "low": clean_numbers([estimate.low[second]], 4)[0],
+                    "high": clean_numbers([estimate.high[second]], 4)[0],
+                    "n": int(estimate.n[second]),
+                }
+            )
+    return moments
+
+
+def country_summary(
+    ad: Ad, filters: Filters, model_version: str, traces: Traces, colors: dict[str, str]
+) -> list[dict]:
+    """Per country (and all): participants, mean valence over the ad with its CI (participants as the unit),
+    peak of the smile trace and when, share of participants whose smile reached SMILE_THRESHOLD."""
+    valence = "mean_valence_bc" if filters.baseline else "mean_valence"
+    per_country = list(
+        filter_dimensions(ParticipantAdSummary.objects.filter(ad=ad), filters, model_version)
+        .values("country")
+        .annotate(
+            participants=Count("id"),
+            n_valence=Count(valence),
+            sum_valence=Sum(valence),
+            sum_squares=Sum(F(valence) * F(valence)),
+            smiled=Count("id", filter=Q(smiled=True)),
+            frames=Sum("n_frames"),
+        )
+        .order_by("country")
+    )
+    if not per_country:
+        return []
+    total = {
+        key: sum(row[key] or 0 for row in per_country)
+        for key in ("participants", "n_valence", "sum_valence", "sum_squares", "smiled", "frames")
+    }
+    rows = [{**total, "country": ALL}] + per_country
+    estimate = estimate_means(
+        [row["n_valence"] for row in rows],
+        [row["sum_valence"] or 0.0 for row in rows],
+        [row["sum_squares"] or 0.0 for row in rows],
+        CONFIDENCE,
+    )
+    summary = []
+    for index, row in enumerate(rows):
+        smile = traces.estimate("smile", filters.baseline, row["country"]).mean
+        has_smile = np.isfinite(smile).any()
+        peak_second = int(np.nanargmax(smile)) if has_smile else None
+        summary.append(
+            {
+                "country": "All" if row["country"] == ALL else (row["country"] or "unknown"),
+                "color": colors.get(row["country"], "#333333"),
+                "participants": row["participants"],
+                "frames": row["frames"] or 0,
+                "mean_valence": clean_numbers([estimate.mean[index]], 4)[0],
+                "valence_low": clean_numbers([estimate.low[index]], 4)[0],
+                "valence_high": clean_numbers([estimate.high[index]], 4)[0],
+                "peak_smile": round(float(smile[peak_second]), 4) if peak_second is not None else None,
+                "peak_smile_time": f"{peak_second}–{peak_second + 1} s" if peak_second is not None else "",
+                "smiled_share": round(row["smiled"] / row["participants"], 4)
+                if row["participants"]
+                else None,
+            }
+        )
+    return summary
+
+
+def compare_countries(traces: Traces, filters: Filters, ranking: list[str]) -> dict | None:
+    """Welch t-test of the chosen measure per second between two countries, corrected across the seconds
+    that could be tested (both countries with n >= 2 and some variance)."""
+    compared = filters.compare or (tuple(ranking[:2]) if len(ranking) >= 2 else None)
+    if not compared:
+        return None
+    a, b = compared
+    estimate_a = traces.estimate(filters.measure, filters.baseline, a)
+    estimate_b = traces.estimate(filters.measure, filters.baseline, b)
+    test = welch_test(estimate_a, estimate_b, CONFIDENCE)
+    adjusted = CORRECTIONS[filters.correction](test.p)
+    with np.errstate(invalid="ignore"):
+        significant = np.flatnonzero(adjusted < ALPHA)
+    rows = []
+    for second in range(traces.seconds):
+        rows.append(
+            {
+                "second": second,
+                "n_a": int(estimate_a.n[second]),
+                "n_b": int(estimate_b.n[second]),
+                **dict(
+                    zip(
+                        ("mean_a", "mean_b", "difference", "low", "high", "t", "df", "p", "p_adjusted"),
+                        clean_numbers(
+                            [
+                                estimate_a.mean[second],
+                                estimate_b.mean[second],
+                                test.difference[second],
+                                test.low[second],
+                                test.high[second],
+                                test.t[second],
+                                test.df[second],
+                                test.p[second],
+                                adjusted[second],
+                            ],
+                            6,
+                        ),
+                        strict=True,
+                    )
+                ),
+                "significant": bool(second in set(significant.tolist())),
+            }
+        )
+    return {
+        "countries": list(compared),
+        "measure": filters.measure,
+        "measure_label": MEASURE_LABELS[filters.measure],
+        "correction": filters.correction,
+        "correction_label": CORRECTION_LABELS[filters.correction],
+        "alpha": ALPHA,
+        "tested_seconds": int(np.isfinite(test.p).sum()),
+        "significant_seconds": [int(s) for s in significant],
+        "rows": rows,
+        "_test": test,
+        "_adjusted": adjusted,
+    }
+
+
+def build_ad_dashboard(ad: Ad, filters: Filters, reconcile: bool = True) -> dict:
+    """Everything the ad dashboard shows for these filters, from SecondCell and ParticipantAdSummary."""
+    if reconcile:
+        do_reconcile_study(ad.study_id)
+    facets = ad_facets(ad)
+    model_version = facets.default_model(filters.model_version)
+    filters = filters.with_model(model_version)
+    traces = load_traces(ad, filters, model_version)
+    colors = {country: country_color(index) for index, country in enumerate(facets.countries)}
+    colors[ALL] = "#333333"
+    x = [second + 0.5 for second in range(traces.seconds)]
+    duration_s = float(traces.seconds)
+    estimates = {measure: traces.estimate(measure, filters.baseline) for measure in MEASURES}
+    participants = traces.participants()
+
+    summary = country_summary(ad, filters, model_version, traces, colors)
+    ranking = [row["country"] for row in sorted(summary[1:], key=lambda r: -r["participants"])]
+    comparison = compare_countries(traces, filters, ranking)
+    countries = [c for c in traces.countries if traces.participants(c).sum() > 0]
+    if comparison:
+        countries += [c for c in comparison["countries"] if c not in countries]
+    country_estimates = {c: traces.estimate(filters.measure, filters.baseline, c) for c in countries}
+
+    figures = {
+        "trace": trace_figure(
+            x,
+            duration_s,
+            estimates,
+            participants,
+            filters.baseline,
+            f"{ad.title}: mean per second across participants, 95% CI"
+            + (" (minus each participant's baseline)" if filters.baseline else ""),
+        ),
+        "countries": country_figure(
+            x,
+            duration_s,
+            countries,
+            country_estimates,
+            filters.measure,
+            filters.baseline,
+            filters.layout,
+            tuple(comparison["countries"]) if comparison else None,
+            comparison["significant_seconds"] if comparison else [],
+            CORRECTION_LABELS[filters.correction],
+            colors,
+        ),
+        "difference": None,
+    }
+    if comparison:
+        test, adjusted = comparison.pop("_test"), comparison.pop("_adjusted")
+        figures["difference"] = difference_figure(
+            x,
+            duration_s,
+            tuple(comparison["countries"]),
+            test.difference,
+            test.low,
+            test.high,
+            adjusted,
+            comparison["significant_seconds"],
+            filters.measure,
+            CORRECTION_LABELS[filters.correction],
+        )
+
+    moments = []
+    for measure in dict.fromkeys(("smile", "valence", filters.measure)):
+        moments += key_moments(estimates[measure], measure, filters.baseline)
+    study = ad.study
+    return {
+        "kind": "ad",
+        "ad": {
+            "id": ad.pk,
+            "title": ad.title,
+            "duration_s": ad.duration_ms / 1000,
+            "video_url": reverse("analytics:ad-video", args=[ad.pk]),
+            "study": {
+                "id": study.pk,
+                "name": study.name,
+                "status": study.status,
+                "url": reverse("analytics:study", args=[study.pk]),
+            },
+        },
+        "filters": filters.to_query(),
+        "model_version": model_version,
+        "options": {
+            "countries": facets.countries,
+            "devices": facets.devices,
+            "model_versions": [version for version, _n in facets.model_versions],
+            "quality_levels": list(QUALITY_LEVELS),
+            "measures": [[measure, MEASURE_LABELS[measure]] for measure in MEASURES],
+            "first_day": facets.first_day,
+            "last_day": facets.last_day,
+            "smile_threshold": SMILE_THRESHOLD,
+        },
+        "totals": {
+            "participants": summary[0]["participants"] if summary else 0,
+            "frames": summary[0]["frames"] if summary else 0,
+            "max_participants_per_second": int(participants.max()) if participants.size else 0,
+        },
+        "figures": figures,
+        "moments": moments,
+        "summary": summary,
+        "comparison": comparison,
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+# ---- study overview ---------------------------------------------------------------------------------------
+
+EXCLUDED_STATES = (State.FAILED, State.DECLINED, State.OVER_QUOTA)
+
+
+def reason_category(state: str, reason: str) -> str:
+    """Exclusion reasons carry details after a colon ("not enough usable frames: Ad 1: 3 of 20"); group by
+    the part before it."""
+    head = (reason or "").split(":", 1)[0].strip()
+    return head or dict(State.choices).get(state, state).lower()
+
+
+def build_study_overview(study: Study, filters: Filters) -> dict:
+    """Funnel per country, exclusions with their reasons, quota progress and the study's ads."""
+    sessions = ParticipantSession.objects.filter(study=study)
+    if filters.countries:
+        sessions = sessions.filter(country__in=filters.countries)
+    if filters.devices:
+        sessions = sessions.filter(device_type__in=filters.devices)
+    if filters.date_from:
+        sessions = sessions.filter(created_at__date__gte=filters.date_from)
+    if filters.date_to:
+        sessions = sessions.filter(created_at__date__lte=filters.date_to)
+    funnel = list(
+        sessions.values("country")
+        .annotate(
+            started=Count("id"),
+            consented=Count("id", filter=Q(consent_at__isnull=False)),
+            checks_passed=Count("id", filter=Q(checks_passed_at__isnull=False)),
+            viewed=Count("id", filter=Q(completed_at__isnull=False)),
+            validated=Count("id", filter=Q(state=State.COMPLETED)),
+            failed=Count("id", filter=Q(state=State.FAILED)),
+            declined=Count("id", filter=Q(state=State.DECLINED)),
+            over_quota=Count("id", filter=Q(state=State.OVER_QUOTA)),
+            in_progress=Count("id", filter=Q(state__in=[State.STARTED, State.CONSENTED, State.VIEWING])),
+        )
+        .order_by("country")
+    )
+    keys = [key for key, _label in FUNNEL_STAGES] + ["failed", "declined", "over_quota", "in_progress"]
+    total = {"country": "All", **{key: sum(row[key] for row in funnel) for key in keys}}
+
+    exclusions: dict[tuple[str, str], dict] = {}
+    for state, reason, country, count in (
+        sessions.filter(state__in=EXCLUDED_STATES)
+        .values_list("state", "exclusion_reason", "country")
+        .annotate(n=Count("id"))
+        .order_by()
+    ):
+        category = reason_category(state, reason)
+        entry = exclusions.setdefault(
+            (state, category),
+            {"state": state, "reason": category, "count": 0, "countries": {}, "examples": []},
+        )
+        entry["count"] += count
+        entry["countries"][country or "unknown"] = entry["countries"].get(country or "unknown", 0) + count
+        if reason and reason != category and len(entry["examples"]) < 3:
+            entry["examples"].append(reason)
+    quotas = get_country_quotas(study)
+    validated = {row["country"]: row["validated"] for row in funnel}
+    quota_rows = [
+        {
+            "country": country,
+            "target": target,
+            "validated": validated.get(country, 0),
+            "share": round(validated.get(country, 0) / target, 4) if target else None,
+        }
+        for country, target in sorted(quotas.items())
+    ]
+    per_ad = dict(
+        ParticipantAdSummary.objects.filter(ad__study=study, level=0)
+        .values("ad_id")
+        .annotate(n=Count("session_id", distinct=True))
+        .values_list("ad_id", "n")
+    )
+    ads = [
+        {
+            "id": ad.pk,
+            "title": ad.title,
+            "duration_s": ad.duration_ms / 1000,
+            "participants": per_ad.get(ad.pk, 0),
+            "url": reverse("analytics:ad", args=[ad.pk]),
+        }
+        for ad in study.ads.order_by("position", "id")
+    ]
+    return {
+        "kind": "study",
+        "study": {
+            "id": study.pk,
+            "name": study.name,
+            "status": study.status,
+            "organization": study.organization.name,
+        },
+        "filters": filters.to_query(),
+        "funnel": funnel,
+        "total": total,
+        "exclusions": sorted(exclusions.values(), key=lambda entry: -entry["count"]),
+        "quotas": quota_rows,
+        "ads": ads,
+        "figures": {
+            "funnel": funnel_figure(funnel),
+            "quotas": quota_figure(quota_rows) if quota_rows else None,
+        },
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,59 @@
+"""What the dashboards measure: the per-frame columns aggregated, the quality levels, labels and thresholds.
+
+Everything that names a measure or a quality level comes from here, so rollup tables, SQL, statistics,
+figures and exports agree.
+"""
+
+from __future__ import annotations
+
+# FrameResult columns aggregated per participant and second, in display order.
+EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+MEASURES: tuple[str, ...] = ("smile", "valence", *EMOTIONS)
+MEASURE_LABELS: dict[str, str] = {
+    "smile": "Smile",
+    "valence": "Valence",
+    "angry": "Anger",
+    "disgust": "Disgust",
+    "fear": "Fear",
+    "happy": "Happiness",
+    "sad": "Sadness",
+    "surprise": "Surprise",
+    "neutral": "Neutral",
+}
+# A measure that may be NULL on a frame with a face (valence needs weights in the model's metadata) is
+# counted separately; every other measure is present whenever a face was found.
+NULLABLE_MEASURES: frozenset[str] = frozenset({"valence"})
+
+# Quality filter: a participant-second is computed from the frames whose face quality is at least the level's
+# threshold. Level 0 keeps every frame with a face (quality may be unknown). Fixed levels let the rollups keep
+# one row per level instead of one per frame, so filtering by quality never touches raw frames.
+QUALITY_LEVELS: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7)
+
+# A participant "smiled" during an ad when their smile score, averaged within one second, reached this.
+SMILE_THRESHOLD = 0.5
+CONFIDENCE = 0.95
+# False discovery rate (Benjamini-Hochberg) or family-wise error rate (Holm) for the per-second tests.
+ALPHA = 0.05
+
+
+def count_column(measure: str) -> str:
+    """The participant-second column that counts the frames behind `measure`."""
+    return "n_valence" if measure in NULLABLE_MEASURES else "n_frames"
+
+
+def quality_level(threshold: float) -> int:
+    """The level index of an offered quality threshold; ValueError for any other value."""
+    for index, value in enumerate(QUALITY_LEVELS):
+        if abs(value - threshold) < 1e-9:
+            return index
+    raise ValueError(f"quality must be one of {', '.join(str(v) for v in QUALITY_LEVELS)}")
+
+
+# Sufficient statistics kept per cell and measure: participants, sum and sum of squares of their per-second
+# means, and the same for baseline-corrected means (participants with a baseline only).
+CELL_STATS: tuple[str, ...] = ("n", "s", "q", "nb", "sb", "qb")
+
+
+def cell_columns() -> list[str]:
+    """Value columns of SecondCell after `participants`, in the order contributions are laid out."""
+    return [f"{stat}_{measure}" for measure in MEASURES for stat in CELL_STATS]

@@ -1,0 +1,407 @@
+"""Tidy CSV exports: one observation per row, one variable per column, the model version in every row.
+
+- frames:  every FrameResult of the ad (and the baseline frames of the same participants), raw readings.
+- seconds: one row per participant and second of the ad (the unit of the statistics), with the participant's
+           mean per measure and the same minus their baseline mean.
+- traces:  the aggregated traces: per group (all, each country), second, measure and correction
+           (none / baseline): n participants, mean, sd, se and the 95% CI.
+- comparison: the per-second test between the two compared countries.
+
+Each is a generator of CSV lines, so a 10-million-frame export streams in constant memory (Parquet is not
+offered: pyarrow is not a dependency).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+from django.db.models import Q
+
+from research_portal.analytics.dashboard import ALL, build_ad_dashboard, load_traces
+from research_portal.analytics.definitions import (
+    EMOTIONS,
+    MEASURES,
+    NULLABLE_MEASURES,
+    QUALITY_LEVELS,
+)
+from research_portal.analytics.models import BaselineRollup, SecondRollup
+from research_portal.analytics.services import Filters
+from research_portal.capture.models import FrameResult, ParticipantSession
+from research_portal.studies.models import Ad
+
+CHUNK_ROWS = 2000
+EXPORT_KINDS = ("frames", "seconds", "traces", "comparison")
+
+
+def csv_lines(header: list[str], rows: Iterable[Iterable]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+
+    def line(values: Iterable) -> str:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(values)
+        return buffer.getvalue()
+
+    yield line(header)
+    for row in rows:
+        yield line(row)
+
+
+def _number(value: float | None) -> str:
+    """Eight significant digits (beyond the readings' precision); empty for missing or undefined."""
+    if value is None or not np.isfinite(value):
+        return ""
+    return f"{float(value):.8g}"
+
+
+def filter_description(filters: Filters) -> list[str]:
+    return [
+        str(filters.quality),
+        "1" if filters.completed_only else "0",
+        " ".join(filters.countries),
+        " ".join(filters.devices),
+        filters.date_from.isoformat() if filters.date_from else "",
+        filters.date_to.isoformat() if filters.date_to else "",
+    ]
+
+
+FILTER_COLUMNS = [
+    "quality_min",
+    "completed_only",
+    "countries_filter",
+    "devices_filter",
+    "date_from",
+    "date_to",
+]
+
+
+def _sessions(ad: Ad, filters: Filters):
+    sessions = ParticipantSession.objects.filter(study_id=ad.study_id)
+    if filters.countries:
+        sessions = sessions.filter(country__in=filters.countries)
+    if filters.devices:
+        sessions = sessions.filter(device_type__in=filters.devices)
+    if filters.completed_only:
+        sessions = sessions.filter(state=ParticipantSession.State.COMPLETED)
+    if filters.date_from:
+        sessions = sessions.filter(created_at__date__gte=filters.date_from)
+    if filters.date_to:
+        sessions = sessions.filter(created_at__date__lte=filters.date_to)
+    return sessions
+
+
+FRAME_FIELDS = [
+    "session_id",
+    "session__external_participant_id",
+    "session__country",
+    "session__device_type",
+    "session__state",
+    "ad_id",
+    "seq",
+    "media_time_ms",
+    "captured_at",
+    "face_found",
+    "face_x",
+    "face_y",
+    "face_w",
+    "face_h",
+    "face_score",
+    *EMOTIONS,
+    "smile",
+    "valence",
+    "quality",
+    "error",
+    "model_version",
+]
+FRAME_HEADER = [
+    "study_id",
+    "ad_id",
+    "ad_title",
+    "phase",
+    "session_id",
+    "participant_id",
+    "country",
+    "device_type",
+    "session_state",
+    "seq",
+    "media_time_ms",
+    "second",
+    "captured_at",
+    "face_found",
+    "face_x",
+    "face_y",
+    "face_w",
+    "face_h",
+    "face_score",
+    *EMOTIONS,
+    "smile",
+    "valence",
+    "quality",
+    "error",
+    "model_version",
+]
+
+
+def frame_export(ad: Ad, filters: Filters) -> Iterator[str]:
+    """Raw readings of the ad's frames and of the same participants' baseline frames. The quality filter
+    keeps frames with a face at that quality (at 0, every frame, with or without a face)."""
+    sessions = _sessions(ad, filters).values("id")
+    frames = FrameResult.objects.filter(Q(ad=ad) | Q(ad__isnull=True), session__in=sessions)
+    if filters.quality > 0:
+        frames = frames.filter(face_found=True, quality__gte=filters.quality)
+    if filters.model_version:
+        frames = frames.filter(model_version=filters.model_version)
+    values = frames.order_by("session_id", "seq").values_list(*FRAME_FIELDS).iterator(chunk_size=CHUNK_ROWS)
+
+    def rows() -> Iterator[list]:
+        for row in values:
+            record = dict(zip(FRAME_FIELDS, row, strict=True))
+            baseline = record["ad_id"] is None
+            yield [
+                ad.study_id,
+                record["ad_id"] or "",
+                "" if baseline else ad.title,
+                "baseline" if baseline else "ad",
+                record["session_id"],
+                record["session__external_participant_id"],
+                record["session__country"],
+                record["session__device_type"],
+                record["session__state"],
+                record["seq"],
+                record["media_time_ms"],
+                record["media_time_ms"] // 1000,
+                record["captured_at"].isoformat(),
+                int(record["face_found"]),
+                *["" if record[k] is None else record[k] for k in ("face_x", "face_y", "face_w", "face_h")],
+                *[_number(record[k]) for k in ("face_score", *EMOTIONS, "smile", "valence", "quality")],
+                record["error"],
+                record["model_version"],
+            ]
+
+    return csv_lines(FRAME_HEADER, rows())
+
+
+SECOND_HEADER = [
+    "study_id",
+    "ad_id",
+    "ad_title",
+    "session_id",
+    "participant_id",
+    "country",
+    "device_type",
+    "completed",
+    "session_day",
+    "second",
+    "second_start_s",
+    "second_end_s",
+    "quality_min",
+    "n_frames",
+    "n_valence_frames",
+    *MEASURES,
+    *[f"{m}_baseline" for m in MEASURES],
+    *[f"{m}_minus_baseline" for m in MEASURES],
+    "model_version",
+]
+
+
+def second_export(ad: Ad, filters: Filters) -> Iterator[str]:
+    """Per participant and second: mean per measure, baseline mean, and the difference (empty when the
+    participant has no baseline frame at this quality level)."""
+    seconds = SecondRollup.objects.filter(ad=ad, level=filters.level, session__in=_sessions(ad, filters))
+    if filters.model_version:
+        seconds = seconds.filter(model_version=filters.model_version)
+    baselines: dict[tuple[int, str], np.ndarray] = {}
+    for session_id, model, n_frames, n_valence, *sums in BaselineRollup.objects.filter(
+        level=filters.level, session__study_id=ad.study_id
+    ).values_list("session_id", "model_version", "n_frames", "n_valence", *[f"sum_{m}" for m in MEASURES]):
+        baselines[(session_id, model)] = _means(n_frames, n_valence, sums)
+    fields = [
+        "session_id",
+        "session__external_participant_id",
+        "session__analytics_rollup__country",
+        "session__analytics_rollup__device_type",
+        "session__analytics_rollup__completed",
+        "session__analytics_rollup__day",
+        "second",
+        "model_version",
+        "n_frames",
+        "n_valence",
+        *[f"sum_{m}" for m in MEASURES],
+    ]
+    values = seconds.order_by("session_id", "second", "model_version").values_list(*fields)
+
+    def rows() -> Iterator[list]:
+        for (
+            session_id,
+            participant,
+            country,
+            device,
+            completed,
+            day,
+            second,
+            model,
+            n,
+            nv,
+            *sums,
+        ) in values.iterator(chunk_size=CHUNK_ROWS):
+            means = _means(n, nv, sums)
+            base = baselines.get((session_id, model), np.full(len(MEASURES), np.nan))
+            yield [
+                ad.study_id,
+                ad.pk,
+                ad.title,
+                session_id,
+                participant,
+                country,
+                device,
+                int(bool(completed)),
+                day.isoformat() if day else "",
+                second,
+                second,
+                second + 1,
+                QUALITY_LEVELS[filters.level],
+                n,
+                nv,
+                *[_number(v) for v in means],
+                *[_number(v) for v in base],
+                *[_number(v) for v in means - base],
+                model,
+            ]
+
+    return csv_lines(SECOND_HEADER, rows())
+
+
+def _means(n_frames: int, n_valence: int, sums: list[float]) -> np.ndarray:
+    counts = np.array([n_valence if m in NULLABLE_MEASURES else n_frames for m in MEASURES], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(counts > 0, np.asarray(sums, dtype=float) / counts, np.nan)
+
+
+TRACE_HEADER = [
+    "study_id",
+    "ad_id",
+    "ad_title",
+    "group",
+    "second",
+    "second_start_s",
+    "second_end_s",
+    "measure",
+    "correction",
+    "n_participants",
+    "mean",
+    "sd",
+    "se",
+    "ci95_low",
+    "ci95_high",
+    *FILTER_COLUMNS,
+    "model_version",
+]
+
+
+def trace_export(ad: Ad, filters: Filters) -> Iterator[str]:
+    """The aggregated traces, overall and per country, raw and baseline-corrected (read from the rollups)."""
+    from research_portal.analytics.dashboard import ad_facets
+
+    model_version = ad_facets(ad).default_model(filters.model_version)
+    traces = load_traces(ad, filters, model_version)
+    described = filter_description(filters)
+
+    def rows() -> Iterator[list]:
+        for group in [ALL, *traces.countries]:
+            for measure in MEASURES:
+                for correction, baseline in (("none", False), ("baseline", True)):
+                    estimate = traces.estimate(measure, baseline, group)
+                    for second in range(traces.seconds):
+                        yield [
+                            ad.study_id,
+                            ad.pk,
+                            ad.title,
+                            "all" if group == ALL else group,
+                            second,
+                            second,
+                            second + 1,
+                            measure,
+                            correction,
+                            int(estimate.n[second]),
+                            *[
+                                _number(getattr(estimate, k)[second])
+                                for k in ("mean", "sd", "se", "low", "high")
+                            ],
+                            *described,
+                            model_version,
+                        ]
+
+    return csv_lines(TRACE_HEADER, rows())
+
+
+COMPARISON_HEADER = [
+    "study_id",
+    "ad_id",
+    "ad_title",
+    "measure",
+    "correction",
+    "country_a",
+    "country_b",
+    "second",
+    "n_a",
+    "n_b",
+    "mean_a",
+    "mean_b",
+    "difference",
+    "ci95_low",
+    "ci95_high",
+    "t",
+    "df",
+    "p",
+    "p_adjusted",
+    "significant",
+    *FILTER_COLUMNS,
+    "baseline_corrected",
+    "model_version",
+]
+
+
+def comparison_export(ad: Ad, filters: Filters) -> Iterator[str]:
+    dashboard = build_ad_dashboard(ad, filters, reconcile=False)
+    comparison = dashboard["comparison"]
+    described = filter_description(filters)
+
+    def rows() -> Iterator[list]:
+        if not comparison:
+            return
+        a, b = comparison["countries"]
+        for row in comparison["rows"]:
+            yield [
+                ad.study_id,
+                ad.pk,
+                ad.title,
+                comparison["measure"],
+                comparison["correction"],
+                a,
+                b,
+                row["second"],
+                row["n_a"],
+                row["n_b"],
+                *[
+                    _number(row[k])
+                    for k in ("mean_a", "mean_b", "difference", "low", "high", "t", "df", "p", "p_adjusted")
+                ],
+                int(row["significant"]),
+                *described,
+                "1" if filters.baseline else "0",
+                dashboard["model_version"],
+            ]
+
+    return csv_lines(COMPARISON_HEADER, rows())
+
+
+EXPORTERS = {
+    "frames": frame_export,
+    "seconds": second_export,
+    "traces": trace_export,
+    "comparison": comparison_export,
+}

@@ -1,0 +1,442 @@
+"""Plotly figure specs as plain dicts ({"data": [...], "layout": {...}}), rendered by the plotly.js that ships
+in the plotly package. Plain dicts rather than plotly.graph_objects: building and validating graph objects
+costs tens of milliseconds per figure on every page view; tests validate these dicts with graph_objects."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from research_portal.analytics.definitions import MEASURE_LABELS, MEASURES
+from research_portal.analytics.stats import MeanEstimate
+
+MEASURE_COLORS = {
+    "smile": "#E69F00",
+    "valence": "#0072B2",
+    "angry": "#D55E00",
+    "disgust": "#009E73",
+    "fear": "#CC79A7",
+    "happy": "#B8860B",
+    "sad": "#56B4E9",
+    "surprise": "#6A3D9A",
+    "neutral": "#7F7F7F",
+}
+COUNTRY_COLORS = [
+    "#1F77B4",
+    "#D62728",
+    "#2CA02C",
+    "#9467BD",
+    "#FF7F0E",
+    "#17BECF",
+    "#8C564B",
+    "#E377C2",
+    "#7F7F7F",
+    "#BCBD22",
+]
+SIGNIFICANT_FILL = "rgba(255, 179, 0, 0.22)"
+FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 13, "color": "#1b1f24"}
+
+
+def clean(values, digits: int = 6) -> list[float | None]:
+    """JSON-safe numbers: NaN/inf become null (a gap in the chart)."""
+    return [round(float(v), digits) if math.isfinite(v) else None for v in np.asarray(values, dtype=float)]
+
+
+def rgba(hex_color: str, alpha: float) -> str:
+    red, green, blue = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({red}, {green}, {blue}, {alpha})"
+
+
+def country_color(index: int) -> str:
+    return COUNTRY_COLORS[index % len(COUNTRY_COLORS)]
+
+
+def base_layout(title: str, height: int) -> dict:
+    return {
+        "title": {"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 16}},
+        "height": height,
+        "margin": {"l": 60, "r": 20, "t": 70, "b": 50},
+        "font": FONT,
+        "paper_bgcolor": "#ffffff",
+        "plot_bgcolor": "#ffffff",
+        "hovermode": "x unified",
+        "legend": {"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"},
+        "meta": {"cursorAxes": ["x"]},
+    }
+
+
+def axis(title: str = "", **extra) -> dict:
+    return {
+        "title": {"text": title},
+        "gridcolor": "#e6e9ee",
+        "zerolinecolor": "#b9c0c8",
+        "linecolor": "#8a96a3",
+        "showline": True,
+        **extra,
+    }
+
+
+def band_traces(
+    x: list[float],
+    estimate: MeanEstimate,
+    name: str,
+    color: str,
+    group: str,
+    visible: bool | str = True,
+    axes: tuple[str, str] = ("x", "y"),
+) -> list[dict]:
+    """A mean line with its 95% confidence band (two invisible edge traces, the lower filled to the upper);
+    one legend entry toggles all three."""
+    common = {
+        "type": "scatter",
+        "x": x,
+        "legendgroup": group,
+        "visible": visible,
+        "xaxis": axes[0],
+        "yaxis": axes[1],
+    }
+    customdata = [
+        [int(n), low, high]
+        for n, low, high in zip(estimate.n, clean(estimate.low), clean(estimate.high), strict=True)
+    ]
+    return [
+        {
+            **common,
+            "name": f"{name} 95% CI (upper)",
+            "y": clean(estimate.high),
+            "mode": "lines",
+            "line": {"width": 0, "color": color},
+            "hoverinfo": "skip",
+            "showlegend": False,
+        },
+        {
+            **common,
+            "name": f"{name} 95% CI",
+            "y": clean(estimate.low),
+            "mode": "lines",
+            "line": {"width": 0, "color": color},
+            "fill": "tonexty",
+            "fillcolor": rgba(color, 0.2),
+            "hoverinfo": "skip",
+            "showlegend": False,
+        },
+        {
+            **common,
+            "name": name,
+            "y": clean(estimate.mean),
+            "mode": "lines+markers",
+            "line": {"width": 2.2, "color": color},
+            "marker": {"size": 4, "color": color},
+            "customdata": customdata,
+            "hovertemplate": f"{name}: %{{y:.3f}} [%{{customdata[1]:.3f}}, %{{customdata[2]:.3f}}], "
+            "n=%{customdata[0]}<extra></extra>",
+        },
+    ]
+
+
+def y_title(measure: str, baseline: bool) -> str:
+    label = MEASURE_LABELS[measure]
+    return f"{label} minus baseline" if baseline else label
+
+
+def trace_figure(
+    x: list[float],
+    duration_s: float,
+    estimates: dict[str, MeanEstimate],
+    participants: np.ndarray,
+    baseline: bool,
+    title: str,
+) -> dict:
+    """Every measure over the ad timeline with 95% bands (smile and valence shown, the emotions one legend
+    click away), and below it the number of participants behind each second."""
+    data = []
+    for measure in MEASURES:
+        visible = True if measure in ("smile", "valence") else "legendonly"
+        data += band_traces(
+            x, estimates[measure], MEASURE_LABELS[measure], MEASURE_COLORS[measure], measure, visible
+        )
+    data.append(
+        {
+            "type": "bar",
+            "name": "Participants (n)",
+            "x": x,
+            "y": [int(v) for v in participants],
+            "xaxis": "x",
+            "yaxis": "y2",
+            "marker": {"color": "#9aa5b1"},
+            "hovertemplate": "n=%{y}<extra></extra>",
+            "showlegend": False,
+        }
+    )
+    layout = base_layout(title, 560)
+    layout.update(
+        xaxis=axis("Time in ad (s)", range=[0, duration_s], anchor="y2"),
+        yaxis=axis("Score (baseline-corrected)" if baseline else "Score", domain=[0.3, 1.0]),
+        yaxis2=axis("n", domain=[0.0, 0.2], rangemode="tozero"),
+        bargap=0.1,
+    )
+    return {"data": data, "layout": layout}
+
+
+def _significance_shapes(seconds: list[int], xref: str, yref: str) -> list[dict]:
+    return [
+        {
+            "type": "rect",
+            "xref": xref,
+            "yref": yref,
+            "x0": s,
+            "x1": s + 1,
+            "y0": 0,
+            "y1": 1,
+            "fillcolor": SIGNIFICANT_FILL,
+            "line": {"width": 0},
+            "layer": "below",
+        }
+        for s in seconds
+    ]
+
+
+def country_figure(
+    x: list[float],
+    duration_s: float,
+    countries: list[str],
+    estimates: dict[str, MeanEstimate],
+    measure: str,
+    baseline: bool,
+    layout_kind: str,
+    compared: tuple[str, str] | None,
+    significant_seconds: list[int],
+    correction_label: str,
+    colors: dict[str, str],
+) -> dict:
+    """The chosen measure per country, overlaid or as small multiples, with the seconds where the two
+    compared countries differ significantly (after correction) shaded."""
+    label = MEASURE_LABELS[measure]
+    title = f"{label} by country"
+    if compared:
+        title += f" · shaded: {compared[0]} vs {compared[1]} differ ({correction_label})"
+    data: list[dict] = []
+    layout = base_layout(title, 460)
+    if layout_kind == "multiples" and countries:
+        columns = min(3, len(countries))
+        rows = math.ceil(len(countries) / columns)
+        layout["height"] = 140 + 230 * rows
+        gap_x, gap_y = 0.06, 0.12 / max(rows, 1)
+        width, height = (1 - gap_x * (columns - 1)) / columns, (1 - gap_y * (rows - 1)) / rows
+        # One playback cursor per column (yref paper spans the rows of that column).
+        layout["meta"] = {"cursorAxes": [f"x{'' if i == 0 else i + 1}" for i in range(columns)]}
+        shapes = []
+        annotations = []
+        for index, country in enumerate(countries):
+            row, column = divmod(index, columns)
+            suffix = "" if index == 0 else str(index + 1)
+            x_id, y_id = f"x{suffix}", f"y{suffix}"
+            x0 = column * (width + gap_x)
+            y1 = 1 - row * (height + gap_y)
+            layout[f"xaxis{suffix}"] = axis(
+                "Time in ad (s)" if row == rows - 1 else "",
+                range=[0, duration_s],
+                anchor=y_id,
+                domain=[x0, x0 + width],
+                **({} if index == 0 else {"matches": "x"}),
+            )
+            layout[f"yaxis{suffix}"] = axis(
+                y_title(measure, baseline) if column == 0 else "",
+                anchor=x_id,
+                domain=[y1 - height, y1],
+                **({} if index == 0 else {"matches": "y"}),
+            )
+            annotations.append(
+                {
+                    "text": f"<b>{country}</b>",
+                    "xref": f"{x_id} domain",
+                    "yref": f"{y_id} domain",
+                    "x": 0.02,
+                    "y": 1.0,
+                    "xanchor": "left",
+                    "yanchor": "bottom",
+                    "showarrow": False,
+                }
+            )
+            color = colors.get(country, country_color(index))
+            data += band_traces(x, estimates[country], country, color, country, True, (x_id, y_id))
+            if compared and country in compared:
+                shapes += _significance_shapes(significant_seconds, x_id, f"{y_id} domain")
+        layout["shapes"] = shapes
+        layout["annotations"] = annotations
+        layout["showlegend"] = False
+    else:
+        for index, country in enumerate(countries):
+            data += band_traces(
+                x, estimates[country], country, colors.get(country, country_color(index)), country
+            )
+        layout.update(
+            xaxis=axis("Time in ad (s)", range=[0, duration_s]),
+            yaxis=axis(y_title(measure, baseline)),
+            shapes=_significance_shapes(significant_seconds, "x", "paper"),
+        )
+    if compared and significant_seconds:
+        first = compared[0]
+        ys = estimates[first].mean if first in estimates else np.full(len(x), np.nan)
+        axes = ("x", "y")
+        if layout_kind == "multiples" and first in countries:
+            index = countries.index(first)
+            suffix = "" if index == 0 else str(index + 1)
+            axes = (f"x{suffix}", f"y{suffix}")
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": f"Significant: {compared[0]} vs {compared[1]}",
+                "x": [s + 0.5 for s in significant_seconds],
+                "y": clean([ys[s] for s in significant_seconds]),
+                "xaxis": axes[0],
+                "yaxis": axes[1],
+                "marker": {"symbol": "star", "size": 11, "color": "#111111"},
+                "hovertemplate": "significant difference<extra></extra>",
+            }
+        )
+    return {"data": data, "layout": layout}
+
+
+def difference_figure(
+    x: list[float],
+    duration_s: float,
+    compared: tuple[str, str],
+    difference: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    adjusted_p: np.ndarray,
+    significant_seconds: list[int],
+    measure: str,
+    correction_label: str,
+) -> dict:
+    """The per-second difference between the two compared countries with its Welch 95% CI; the seconds
+    significant after correction are shaded and starred."""
+    a, b = compared
+    label = MEASURE_LABELS[measure]
+    customdata = [[q] for q in clean(adjusted_p)]
+    data = [
+        {
+            "type": "scatter",
+            "x": x,
+            "y": clean(high),
+            "mode": "lines",
+            "line": {"width": 0},
+            "hoverinfo": "skip",
+            "showlegend": False,
+            "name": "difference 95% CI (upper)",
+        },
+        {
+            "type": "scatter",
+            "x": x,
+            "y": clean(low),
+            "mode": "lines",
+            "line": {"width": 0},
+            "fill": "tonexty",
+            "fillcolor": "rgba(90, 90, 90, 0.18)",
+            "hoverinfo": "skip",
+            "showlegend": False,
+            "name": "difference 95% CI",
+        },
+        {
+            "type": "scatter",
+            "x": x,
+            "y": clean(difference),
+            "mode": "lines+markers",
+            "name": f"{label}: {a} − {b}",
+            "line": {"color": "#333333", "width": 2},
+            "marker": {"size": 4},
+            "customdata": customdata,
+            "hovertemplate": f"{a} − {b}: %{{y:.3f}}, adjusted p=%{{customdata[0]:.4f}}<extra></extra>",
+        },
+    ]
+    if significant_seconds:
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": f"Significant ({correction_label})",
+                "x": [s + 0.5 for s in significant_seconds],
+                "y": clean([difference[s] for s in significant_seconds]),
+                "marker": {"symbol": "star", "size": 11, "color": "#b45309"},
+                "hoverinfo": "skip",
+            }
+        )
+    layout = base_layout(f"Difference {a} − {b} per second (Welch t-test, {correction_label})", 360)
+    layout.update(
+        xaxis=axis("Time in ad (s)", range=[0, duration_s]),
+        yaxis=axis(f"{label} difference", zeroline=True, zerolinewidth=2),
+        shapes=_significance_shapes(significant_seconds, "x", "paper"),
+    )
+    return {"data": data, "layout": layout}
+
+
+FUNNEL_STAGES = [
+    ("started", "Started"),
+    ("consented", "Consented"),
+    ("checks_passed", "Passed checks"),
+    ("viewed", "Completed viewing"),
+    ("validated", "Validated"),
+]
+
+
+def funnel_figure(rows: list[dict]) -> dict:
+    """Participants reaching each stage, one bar group per stage and one colour per country."""
+    data = []
+    for index, row in enumerate(rows):
+        data.append(
+            {
+                "type": "bar",
+                "name": row["country"] or "unknown",
+                "x": [label for _key, label in FUNNEL_STAGES],
+                "y": [row[key] for key, _label in FUNNEL_STAGES],
+                "marker": {"color": country_color(index)},
+                "hovertemplate": "%{x}: %{y}<extra>" + (row["country"] or "unknown") + "</extra>",
+            }
+        )
+    layout = base_layout("Participant funnel by country", 380)
+    layout.update(
+        barmode="group",
+        hovermode="closest",
+        xaxis=axis(""),
+        yaxis=axis("Participants", rangemode="tozero"),
+        meta={"cursorAxes": []},
+    )
+    return {"data": data, "layout": layout}
+
+
+def quota_figure(rows: list[dict]) -> dict:
+    """Validated completes against each country's quota target."""
+    countries = [row["country"] for row in rows]
+    data = [
+        {
+            "type": "bar",
+            "orientation": "h",
+            "name": "Quota target",
+            "y": countries,
+            "x": [row["target"] for row in rows],
+            "marker": {"color": "#dfe3e8"},
+            "hovertemplate": "target %{x}<extra></extra>",
+        },
+        {
+            "type": "bar",
+            "orientation": "h",
+            "name": "Validated",
+            "y": countries,
+            "x": [row["validated"] for row in rows],
+            "marker": {"color": "#2CA02C"},
+            "width": 0.5,
+            "hovertemplate": "validated %{x}<extra></extra>",
+        },
+    ]
+    layout = base_layout("Quota progress (validated completes)", 140 + 34 * max(len(rows), 1))
+    layout.update(
+        barmode="overlay",
+        hovermode="closest",
+        xaxis=axis("Participants", rangemode="tozero"),
+        yaxis=axis("", autorange="reversed"),
+        meta={"cursorAxes": []},
+    )
+    return {"data": data, "layout": layout}

@@ -1,0 +1,197 @@
+"""Rollups the dashboards read instead of raw frames (see docs/analytics.md, "Rollups and indexes").
+
+    FrameResult (raw, ~5 per participant-second)
+      -> SecondRollup    one participant, one second of one ad, one quality level, one model: frame sums
+      -> BaselineRollup  one participant's baseline-screen frame sums per quality level and model
+      -> SecondCell      sufficient statistics (n, sums, sums of squares of participant means) per
+                         second of an ad and per combination of the filter dimensions: what a dashboard
+                         page view sums up
+      -> ParticipantAdSummary  one participant's whole-ad summary (mean valence, peak smile, smiled?)
+    SessionRollup: the filter attributes (country, device, completed, day) the session's rows are filed under.
+
+All rows are maintained per session by `rollups.do_refresh_session` (called from capture's store_results)
+and rebuilt set-wise by `rollups.do_rebuild_rollups`.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from research_portal.accounts.models import Organization
+from research_portal.analytics.definitions import CELL_STATS, MEASURES
+from research_portal.capture.models import ParticipantSession
+from research_portal.studies.models import Ad, Study
+
+
+class OrganizationAnalyst(models.Model):
+    """A user who may see every study of an organisation. Minimal stand-in until roles arrive (issue 6);
+    the only reader is services.studies_visible_to()."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="analyst_of")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="analysts")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "organization"], name="analyst_unique_user_organization")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.organization}"
+
+
+class SessionRollup(models.Model):
+    """The filter attributes a session's rollup rows were added to SecondCell under. When the session changes
+    (it completes, fails...), its contribution is moved to the cells of its new attributes."""
+
+    session = models.OneToOneField(
+        ParticipantSession, on_delete=models.CASCADE, primary_key=True, related_name="analytics_rollup"
+    )
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="+")
+    country = models.CharField(max_length=2, blank=True)
+    device_type = models.CharField(max_length=8)
+    completed = models.BooleanField()
+    day = models.DateField()
+    # Set when an incremental update failed; the next reconcile recomputes the session from its raw frames.
+    stale = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"session {self.session_id}: {self.country} {self.device_type} completed={self.completed}"
+
+
+class SecondRollup(models.Model):
+    """Frame sums of one participant in one second [second, second + 1) of one ad, over the frames with a face
+    at quality level `level` (definitions.QUALITY_LEVELS) read by one model version."""
+
+    session = models.ForeignKey(
+        ParticipantSession, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    ad = models.ForeignKey(Ad, on_delete=models.CASCADE, related_name="+")
+    second = models.IntegerField()
+    level = models.SmallIntegerField()
+    model_version = models.CharField(max_length=64)
+    n_frames = models.IntegerField()
+    n_valence = models.IntegerField()
+
+    class Meta:
+        constraints = [
+            # Also the index of every per-session read and write (session first).
+            models.UniqueConstraint(
+                fields=["session", "ad", "second", "level", "model_version"], name="secondrollup_unique_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"session {self.session_id} ad {self.ad_id} second {self.second} level {self.level}"
+
+
+class BaselineRollup(models.Model):
+    """Frame sums of one participant's baseline screen (FrameResult.ad NULL) per quality level and model."""
+
+    session = models.ForeignKey(
+        ParticipantSession, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    level = models.SmallIntegerField()
+    model_version = models.CharField(max_length=64)
+    n_frames = models.IntegerField()
+    n_valence = models.IntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["session", "level", "model_version"], name="baselinerollup_unique_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"baseline of session {self.session_id} level {self.level}"
+
+
+for _measure in MEASURES:
+    SecondRollup.add_to_class(f"sum_{_measure}", models.FloatField(default=0.0))
+    BaselineRollup.add_to_class(f"sum_{_measure}", models.FloatField(default=0.0))
+
+
+class SecondCell(models.Model):
+    """Sufficient statistics of the per-participant means of one second of an ad, for one combination of the
+    filter dimensions. A dashboard sums the cells its filters select: participants stay the unit (each
+    participant-second adds 1 to n, its mean to s and its square to q) and no raw frame is read.
+
+    Per measure m: n_m, s_m, q_m (participants with m, sum, sum of squares of their means) and nb_m, sb_m,
+    qb_m (the same for means minus the participant's baseline mean; participants with a baseline only)."""
+
+    ad = models.ForeignKey(Ad, on_delete=models.CASCADE, related_name="+", db_index=False)
+    level = models.SmallIntegerField()
+    model_version = models.CharField(max_length=64)
+    second = models.IntegerField()
+    country = models.CharField(max_length=2, blank=True)
+    device_type = models.CharField(max_length=8)
+    completed = models.BooleanField()
+    day = models.DateField()
+    participants = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            # The read index: a page view selects (ad, level, model_version) and ranges over the rest.
+            models.UniqueConstraint(
+                fields=[
+                    "ad",
+                    "level",
+                    "model_version",
+                    "second",
+                    "country",
+                    "device_type",
+                    "completed",
+                    "day",
+                ],
+                name="secondcell_unique_key",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"ad {self.ad_id} second {self.second} {self.country}/{self.device_type}/{self.day}"
+
+
+for _measure in MEASURES:
+    for _stat in CELL_STATS:
+        field = models.IntegerField if _stat.startswith("n") else models.FloatField
+        SecondCell.add_to_class(f"{_stat}_{_measure}", field(default=0))
+
+
+class ParticipantAdSummary(models.Model):
+    """One participant's whole ad at one quality level: for the per-country summary table."""
+
+    session = models.ForeignKey(
+        ParticipantSession, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    ad = models.ForeignKey(Ad, on_delete=models.CASCADE, related_name="+", db_index=False)
+    level = models.SmallIntegerField()
+    model_version = models.CharField(max_length=64)
+    country = models.CharField(max_length=2, blank=True)
+    device_type = models.CharField(max_length=8)
+    completed = models.BooleanField()
+    day = models.DateField()
+    n_seconds = models.IntegerField()
+    n_frames = models.IntegerField()
+    # Mean over the participant's seconds of their per-second valence (raw and baseline-corrected).
+    mean_valence = models.FloatField(null=True)
+    mean_valence_bc = models.FloatField(null=True)
+    # Highest per-second smile mean (raw and baseline-corrected); smiled = peak_smile >= SMILE_THRESHOLD.
+    peak_smile = models.FloatField(null=True)
+    peak_smile_bc = models.FloatField(null=True)
+    smiled = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["session", "ad", "level", "model_version"], name="participantad_unique_key"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["ad", "level", "model_version", "country"], name="participantad_read_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"session {self.session_id} ad {self.ad_id} level {self.level}"

@@ -1,0 +1,540 @@
+"""Keeping the rollups (models.py) in step with the raw FrameResults.
+
+Two ways in, one definition (tests prove they agree):
+- `do_update_rollups(rows)`: the hook capture's store_results calls after each bulk insert. Per session,
+  under a row lock, the touched (ad, second) keys are recomputed *from the raw rows in the database* (so a
+  re-delivered batch, whose rows were skipped by ON CONFLICT DO NOTHING, changes nothing), and the
+  difference between the session's old and new contribution is added to the SecondCell sums. A session
+  whose attributes changed (completed, failed...) moves its whole contribution to its new cells the same way.
+- `do_rebuild_rollups()`: set-based SQL from the raw frames, for a first install, a repair, or the benchmark.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date
+
+import numpy as np
+from django.db import connection, transaction
+from django.db.models import F, Q
+
+from research_portal.analytics.definitions import (
+    CELL_STATS,
+    MEASURES,
+    NULLABLE_MEASURES,
+    QUALITY_LEVELS,
+    SMILE_THRESHOLD,
+    cell_columns,
+    count_column,
+)
+from research_portal.analytics.models import (
+    BaselineRollup,
+    ParticipantAdSummary,
+    SecondCell,
+    SecondRollup,
+    SessionRollup,
+)
+from research_portal.capture.models import FrameResult, ParticipantSession
+from research_portal.studies.models import Ad
+
+logger = logging.getLogger(__name__)
+
+COMPLETED = ParticipantSession.State.COMPLETED
+SUM_COLUMNS = [f"sum_{m}" for m in MEASURES]
+# Rows per multi-row INSERT: below SQLite's and Postgres' bound-parameter limits.
+INSERT_CHUNK = 250
+
+
+def _levels_sql() -> str:
+    """The quality levels as a derived table (portable: Postgres and SQLite)."""
+    return " UNION ALL ".join(
+        f"SELECT {index} AS level, CAST({threshold!r} AS DOUBLE PRECISION) AS min_quality"
+        for index, threshold in enumerate(QUALITY_LEVELS)
+    )
+
+
+def _frame_sums_select(group_by_session: bool, baseline: bool) -> str:
+    """SELECT of per-(participant, second, level, model) frame sums; {where} is filled in by the caller.
+
+    A frame counts when a face was found, it has its readings, and, at level k > 0, quality >= threshold k."""
+    frames = FrameResult._meta.db_table
+    sums = ", ".join(f"COALESCE(SUM(f.{m}), 0.0)" for m in MEASURES)
+    keys = ["f.session_id"] if group_by_session else []
+    keys += [] if baseline else ["f.ad_id", "f.media_time_ms / 1000"]
+    keys += ["q.level", "f.model_version"]
+    key_sql = ", ".join(keys)
+    return (
+        f"SELECT {key_sql}, COUNT(*), COUNT(f.valence), {sums} "
+        f"FROM {frames} f JOIN ({_levels_sql()}) q ON (q.level = 0 OR f.quality >= q.min_quality) "
+        f"WHERE f.face_found = %s AND f.error = '' AND f.happy IS NOT NULL AND f.smile IS NOT NULL "
+        f"AND f.ad_id IS {'' if baseline else 'NOT '}NULL {{where}} "
+        f"GROUP BY {key_sql}"
+    )
+
+
+# ---- per-session contributions (numpy) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionAttributes:
+    """The filter dimensions a session's rows are filed under in SecondCell and ParticipantAdSummary."""
+
+    country: str
+    device_type: str
+    completed: bool
+    day: date
+
+
+def attributes_of(session: dict) -> SessionAttributes:
+    return SessionAttributes(
+        country=session["country"],
+        device_type=session["device_type"],
+        completed=session["state"] == COMPLETED,
+        # The session's start date in UTC, as the SQL rebuild computes it.
+        day=session["created_at"].astimezone(UTC).date(),
+    )
+
+
+SECOND_KEY_FIELDS = ["ad_id", "second", "level", "model_version"]
+BASELINE_KEY_FIELDS = ["level", "model_version"]
+COUNT_FIELDS = ["n_frames", "n_valence"]
+MEASURE_COUNT_INDEX = np.array([1 if m in NULLABLE_MEASURES else 0 for m in MEASURES])
+
+
+@dataclass
+class SessionRows:
+    """A session's SecondRollup and BaselineRollup rows as arrays."""
+
+    keys: list[tuple]  # (ad_id, second, level, model_version)
+    counts: np.ndarray  # [rows, 2]: n_frames, n_valence
+    sums: np.ndarray  # [rows, len(MEASURES)]
+    baseline: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]  # (level, model) -> (counts, sums)
+
+    @classmethod
+    def load(cls, session_id: int) -> SessionRows:
+        second_rows = list(
+            SecondRollup.objects.filter(session_id=session_id)
+            .order_by(*SECOND_KEY_FIELDS)
+            .values_list(*SECOND_KEY_FIELDS, *COUNT_FIELDS, *SUM_COLUMNS)
+        )
+        baseline_rows = BaselineRollup.objects.filter(session_id=session_id).values_list(
+            *BASELINE_KEY_FIELDS, *COUNT_FIELDS, *SUM_COLUMNS
+        )
+        numbers = np.array([row[4:] for row in second_rows], dtype=float).reshape(-1, 2 + len(MEASURES))
+        return cls(
+            keys=[tuple(row[:4]) for row in second_rows],
+            counts=numbers[:, :2],
+            sums=numbers[:, 2:],
+            baseline={
+                tuple(row[:2]): (np.array(row[2:4], dtype=float), np.array(row[4:], dtype=float))
+                for row in baseline_rows
+            },
+        )
+
+    def means(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per row and measure: the participant's mean in that second, and that mean minus their baseline
+        mean (NaN where the measure or the baseline has no frame)."""
+        counts = self.counts[:, MEASURE_COUNT_INDEX]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            means = np.where(counts > 0, self.sums / counts, np.nan)
+            base = np.full_like(means, np.nan)
+            for row, (_ad, _second, level, model) in enumerate(self.keys):
+                found = self.baseline.get((level, model))
+                if found is not None:
+                    base_counts = found[0][MEASURE_COUNT_INDEX]
+                    base[row] = np.where(base_counts > 0, found[1] / base_counts, np.nan)
+        return means, means - base
+
+
+def cell_contributions(rows: SessionRows, attributes: SessionAttributes) -> dict[tuple, np.ndarray]:
+    """What one session adds to SecondCell: cell key -> [participants, then CELL_STATS per measure]."""
+    if not rows.keys:
+        return {}
+    means, corrected = rows.means()
+    has_mean, has_corrected = np.isfinite(means), np.isfinite(corrected)
+    means, corrected = np.nan_to_num(means), np.nan_to_num(corrected)
+    per_stat = {
+        "n": has_mean.astype(float),
+        "s": means,
+        "q": means * means,
+        "nb": has_corrected.astype(float),
+        "sb": corrected,
+        "qb": corrected * corrected,
+    }
+    # [rows, measures, stats] -> [rows, measures * stats], the order of definitions.cell_columns().
+    stacked = np.stack([per_stat[stat] for stat in CELL_STATS], axis=2).reshape(len(rows.keys), -1)
+    values = np.hstack([np.ones((len(rows.keys), 1)), stacked])
+    a = attributes
+    return {
+        (ad, level, model, second, a.country, a.device_type, a.completed, a.day): values[index]
+        for index, (ad, second, level, model) in enumerate(rows.keys)
+    }
+
+
+def participant_summaries(
+    session_id: int, rows: SessionRows, attributes: SessionAttributes
+) -> list[ParticipantAdSummary]:
+    """One ParticipantAdSummary per (ad, level, model) of the session (mirrors the rebuild's SQL)."""
+    if not rows.keys:
+        return []
+    means, corrected = rows.means()
+    valence, smile = MEASURES.index("valence"), MEASURES.index("smile")
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for index, (ad, _second, level, model) in enumerate(rows.keys):
+        groups[(ad, level, model)].append(index)
+
+    def nan_stat(function, values: np.ndarray) -> float | None:
+        finite = values[np.isfinite(values)]
+        return float(function(finite)) if finite.size else None
+
+    summaries = []
+    for (ad, level, model), indices in groups.items():
+        peak_smile = nan_stat(np.max, means[indices, smile])
+        summaries.append(
+            ParticipantAdSummary(
+                session_id=session_id,
+                ad_id=ad,
+                level=level,
+                model_version=model,
+                country=attributes.country,
+                device_type=attributes.device_type,
+                completed=attributes.completed,
+                day=attributes.day,
+                n_seconds=len(indices),
+                n_frames=int(rows.counts[indices, 0].sum()),
+                mean_valence=nan_stat(np.mean, means[indices, valence]),
+                mean_valence_bc=nan_stat(np.mean, corrected[indices, valence]),
+                peak_smile=peak_smile,
+                peak_smile_bc=nan_stat(np.max, corrected[indices, smile]),
+                smiled=peak_smile is not None and peak_smile >= SMILE_THRESHOLD,
+            )
+        )
+    return summaries
+
+
+def apply_cell_delta(delta: dict[tuple, np.ndarray]) -> None:
+    """Add `delta` to SecondCell rows, creating them as needed (one upsert per chunk, keys sorted so that
+    concurrent workers lock shared cells in the same order)."""
+    if not delta:
+        return
+    table = SecondCell._meta.db_table
+    keys = ["ad_id", "level", "model_version", "second", "country", "device_type", "completed", "day"]
+    values = ["participants", *cell_columns()]
+    columns = keys + values
+    row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    updates = ", ".join(f"{column} = {table}.{column} + excluded.{column}" for column in values)
+    items = sorted(delta.items(), key=lambda item: tuple(str(part) for part in item[0]))
+    integer_columns = np.array([column == "participants" or column.startswith("n") for column in values])
+    with connection.cursor() as cursor:
+        for start in range(0, len(items), INSERT_CHUNK):
+            chunk = items[start : start + INSERT_CHUNK]
+            params: list = []
+            for (ad, level, model, second, country, device, completed, day), vector in chunk:
+                numbers = [
+                    int(round(v)) if is_int else float(v)
+                    for v, is_int in zip(vector, integer_columns, strict=True)
+                ]
+                params += [ad, level, model, second, country, device, completed, day.isoformat(), *numbers]
+            cursor.execute(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row_sql] * len(chunk))} "
+                f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}",
+                params,
+            )
+
+
+# ---- incremental maintenance ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    study_id: int
+    ad_ids: frozenset[int]
+    changed: bool
+
+
+def _recompute_rows(session_id: int, keys: set[tuple[int | None, int]] | None) -> None:
+    """Replace the session's SecondRollup rows for `keys` (all when None) and, when the baseline is among
+    them, its BaselineRollup rows, by sums computed from the raw frames."""
+    ad_keys = None if keys is None else sorted({key for key in keys if key[0] is not None})
+    baseline_touched = keys is None or any(ad is None for ad, _second in keys)
+    with connection.cursor() as cursor:
+        if ad_keys is None or ad_keys:
+            doomed = SecondRollup.objects.filter(session_id=session_id)
+            where = "AND f.session_id = %s"
+            params: list = [True, session_id]
+            if ad_keys is not None:
+                matches = Q()
+                clauses = []
+                for ad, second in ad_keys:
+                    matches |= Q(ad_id=ad, second=second)
+                    clauses.append("(f.ad_id = %s AND f.media_time_ms >= %s AND f.media_time_ms < %s)")
+                    params += [ad, second * 1000, (second + 1) * 1000]
+                doomed = doomed.filter(matches)
+                where += " AND (" + " OR ".join(clauses) + ")"
+            doomed.delete()
+            cursor.execute(_frame_sums_select(False, False).format(where=where), params)
+            SecondRollup.objects.bulk_create(
+                [
+                    SecondRollup(
+                        session_id=session_id,
+                        **dict(zip(SECOND_KEY_FIELDS + COUNT_FIELDS + SUM_COLUMNS, row, strict=True)),
+                    )
+                    for row in cursor.fetchall()
+                ]
+            )
+        if baseline_touched:
+            BaselineRollup.objects.filter(session_id=session_id).delete()
+            cursor.execute(
+                _frame_sums_select(False, True).format(where="AND f.session_id = %s"), [True, session_id]
+            )
+            BaselineRollup.objects.bulk_create(
+                [
+                    BaselineRollup(
+                        session_id=session_id,
+                        **dict(zip(BASELINE_KEY_FIELDS + COUNT_FIELDS + SUM_COLUMNS, row, strict=True)),
+                    )
+                    for row in cursor.fetchall()
+                ]
+            )
+
+
+def _same_rows(old: SessionRows, new: SessionRows) -> bool:
+    if old.keys != new.keys or old.baseline.keys() != new.baseline.keys():
+        return False
+    if not (np.array_equal(old.counts, new.counts) and np.array_equal(old.sums, new.sums)):
+        return False
+    return all(
+        np.array_equal(old.baseline[key][0], new.baseline[key][0])
+        and np.array_equal(old.baseline[key][1], new.baseline[key][1])
+        for key in old.baseline
+    )
+
+
+@transaction.atomic
+def do_refresh_session(
+    session_id: int, keys: set[tuple[int | None, int]] | None = None
+) -> RefreshResult | None:
+    """Bring one session's rollups up to date: recompute `keys` ((ad_id or None for the baseline, second);
+    None = everything) from raw frames, re-file the session under its current attributes, and add the
+    change of its contribution to SecondCell. Idempotent; returns None if the session no longer exists."""
+    session = (
+        ParticipantSession.objects.filter(pk=session_id)
+        .values("study_id", "country", "device_type", "state", "created_at")
+        .first()
+    )
+    if session is None:
+        return None
+    attributes = attributes_of(session)
+    SessionRollup.objects.bulk_create(
+        [SessionRollup(session_id=session_id, study_id=session["study_id"], **attributes.__dict__)],
+        ignore_conflicts=True,
+    )
+    # The row lock serialises the workers of one session: each recomputes after the other's rows committed.
+    state = SessionRollup.objects.select_for_update().get(pk=session_id)
+    old_attributes = SessionAttributes(state.country, state.device_type, state.completed, state.day)
+    old = SessionRows.load(session_id)
+    _recompute_rows(session_id, None if state.stale else keys)
+    new = SessionRows.load(session_id)
+    rows_changed = not _same_rows(old, new)
+    attributes_changed = attributes != old_attributes
+    if not rows_changed and not attributes_changed and not state.stale:
+        return RefreshResult(session["study_id"], frozenset(), changed=False)
+
+    before = cell_contributions(old, old_attributes)
+    after = cell_contributions(new, attributes)
+    delta = {}
+    for key in before.keys() | after.keys():
+        difference = after.get(key, 0.0) - before.get(key, 0.0)
+        if np.any(difference != 0.0):
+            delta[key] = difference
+    apply_cell_delta(delta)
+
+    ParticipantAdSummary.objects.filter(session_id=session_id).delete()
+    ParticipantAdSummary.objects.bulk_create(participant_summaries(session_id, new, attributes))
+    SessionRollup.objects.filter(pk=session_id).update(stale=False, **attributes.__dict__)
+    return RefreshResult(session["study_id"], frozenset(key[0] for key in delta), changed=True)
+
+
+def do_update_rollups(rows: Iterable[FrameResult]) -> None:
+    """Hook for capture.services.store_results, after the bulk insert: update the rollups of the stored rows'
+    sessions and tell live dashboards (after commit, throttled). Never raises: frames are already safe, so a
+    failure only marks the session stale, and the next reconcile recomputes it from its raw frames."""
+    from research_portal.analytics.live import notify_rollups_changed
+
+    touched: dict[int, set[tuple[int | None, int]]] = defaultdict(set)
+    for row in rows:
+        touched[row.session_id].add((row.ad_id, row.media_time_ms // 1000))
+    for session_id, keys in touched.items():
+        try:
+            result = do_refresh_session(session_id, keys)
+        except Exception:
+            logger.exception("analytics rollups of session %s failed; marked stale", session_id)
+            do_mark_stale([session_id])
+            continue
+        if result is not None and result.changed:
+            notify_rollups_changed(result.study_id, result.ad_ids)
+
+
+def do_mark_stale(session_ids: list[int]) -> None:
+    try:
+        SessionRollup.objects.filter(pk__in=session_ids).update(stale=True)
+    except Exception:
+        logger.exception("could not mark sessions %s stale", session_ids)
+
+
+def do_forget_session(session_id: int) -> None:
+    """Take a session that is being deleted out of SecondCell (its own rows go with the cascade)."""
+    state = SessionRollup.objects.select_for_update().filter(pk=session_id).first()
+    if state is None:
+        return
+    old = SessionRows.load(session_id)
+    attributes = SessionAttributes(state.country, state.device_type, state.completed, state.day)
+    apply_cell_delta({key: -value for key, value in cell_contributions(old, attributes).items()})
+
+
+def stale_session_ids(study_id: int) -> list[int]:
+    """Sessions of a study whose rollups are filed under outdated attributes, or were marked stale."""
+    return list(
+        SessionRollup.objects.filter(study_id=study_id)
+        .filter(
+            Q(stale=True)
+            | ~Q(country=F("session__country"))
+            | ~Q(device_type=F("session__device_type"))
+            | Q(completed=True) & ~Q(session__state=COMPLETED)
+            | Q(completed=False, session__state=COMPLETED)
+        )
+        .values_list("session_id", flat=True)
+    )
+
+
+def do_reconcile_study(study_id: int) -> list[int]:
+    """Re-file every session of a study whose attributes changed since its rollups were written (a safety net
+    for the post_save signal); returns the refreshed session ids."""
+    from research_portal.analytics.live import notify_rollups_changed
+
+    refreshed = []
+    ad_ids: set[int] = set()
+    for session_id in stale_session_ids(study_id):
+        result = do_refresh_session(session_id, set())
+        if result is not None and result.changed:
+            refreshed.append(session_id)
+            ad_ids |= result.ad_ids
+    if refreshed:
+        notify_rollups_changed(study_id, frozenset(ad_ids))
+    return refreshed
+
+
+# ---- set-based rebuild ------------------------------------------------------------------------------------
+
+
+def _rollup_tables() -> list[str]:
+    return [
+        model._meta.db_table
+        for model in (SecondCell, ParticipantAdSummary, SecondRollup, BaselineRollup, SessionRollup)
+    ]
+
+
+@transaction.atomic
+def do_rebuild_rollups(study_ids: list[int] | None = None) -> dict[str, int]:
+    """Recompute every rollup row (of the given studies, else all) from raw frames with set-based SQL.
+    Incremental writers wait on the table locks meanwhile. Returns the row counts written per table."""
+    sessions = ParticipantSession._meta.db_table
+    ads = Ad._meta.db_table
+    session_rollups, second_rollups, baselines = (
+        SessionRollup._meta.db_table,
+        SecondRollup._meta.db_table,
+        BaselineRollup._meta.db_table,
+    )
+    cells, summaries = SecondCell._meta.db_table, ParticipantAdSummary._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"LOCK TABLE {', '.join(_rollup_tables())} IN EXCLUSIVE MODE")
+        if study_ids is None:
+            for table in _rollup_tables():
+                cursor.execute(f"DELETE FROM {table}")
+            study_filter, study_params = "", []
+        else:
+            placeholders = ", ".join(["%s"] * len(study_ids))
+            in_studies = f"SELECT id FROM {sessions} WHERE study_id IN ({placeholders})"
+            cursor.execute(
+                f"DELETE FROM {cells} WHERE ad_id IN (SELECT id FROM {ads} WHERE study_id IN "
+                f"({placeholders}))",
+                study_ids,
+            )
+            for table in (summaries, second_rollups, baselines, session_rollups):
+                cursor.execute(f"DELETE FROM {table} WHERE session_id IN ({in_studies})", study_ids)
+            study_filter, study_params = f"AND f.session_id IN ({in_studies})", list(study_ids)
+        counts = {}
+        cursor.execute(
+            f"INSERT INTO {session_rollups} "
+            "(session_id, study_id, country, device_type, completed, day, stale, updated_at) "
+            f"SELECT s.id, s.study_id, s.country, s.device_type, s.state = %s, date(s.created_at), %s, "
+            f"CURRENT_TIMESTAMP FROM {sessions} s "
+            + ("" if study_ids is None else f"WHERE s.study_id IN ({placeholders})"),
+            [COMPLETED, False, *study_params],
+        )
+        counts[session_rollups] = cursor.rowcount
+        value_columns = ", ".join(COUNT_FIELDS + SUM_COLUMNS)
+        cursor.execute(
+            f"INSERT INTO {second_rollups} (session_id, {', '.join(SECOND_KEY_FIELDS)}, {value_columns}) "
+            + _frame_sums_select(True, False).format(where=study_filter),
+            [True, *study_params],
+        )
+        counts[second_rollups] = cursor.rowcount
+        cursor.execute(
+            f"INSERT INTO {baselines} (session_id, {', '.join(BASELINE_KEY_FIELDS)}, {value_columns}) "
+            + _frame_sums_select(True, True).format(where=study_filter),
+            [True, *study_params],
+        )
+        counts[baselines] = cursor.rowcount
+        join = (
+            f"FROM {second_rollups} a JOIN {session_rollups} r ON r.session_id = a.session_id "
+            f"LEFT JOIN {baselines} b ON b.session_id = a.session_id AND b.level = a.level "
+            "AND b.model_version = a.model_version "
+        )
+        if study_ids is not None:
+            join += f"WHERE r.study_id IN ({', '.join(['%s'] * len(study_ids))}) "
+        aggregates = []
+        for measure in MEASURES:
+            count = count_column(measure)
+            mean = f"(a.sum_{measure} / NULLIF(a.{count}, 0))"
+            corrected = f"({mean} - b.sum_{measure} / NULLIF(b.{count}, 0))"
+            aggregates += [
+                f"COUNT({mean})",
+                f"COALESCE(SUM({mean}), 0.0)",
+                f"COALESCE(SUM({mean} * {mean}), 0.0)",
+                f"COUNT({corrected})",
+                f"COALESCE(SUM({corrected}), 0.0)",
+                f"COALESCE(SUM({corrected} * {corrected}), 0.0)",
+            ]
+        cell_keys = (
+            "a.ad_id, a.level, a.model_version, a.second, r.country, r.device_type, r.completed, r.day"
+        )
+        cursor.execute(
+            f"INSERT INTO {cells} (ad_id, level, model_version, second, country, device_type, completed, "
+            f"day, participants, {', '.join(cell_columns())}) "
+            f"SELECT {cell_keys}, COUNT(*), {', '.join(aggregates)} {join} GROUP BY {cell_keys}",
+            list(study_ids or []),
+        )
+        counts[cells] = cursor.rowcount
+        valence = "(a.sum_valence / NULLIF(a.n_valence, 0))"
+        smile = "(a.sum_smile / NULLIF(a.n_frames, 0))"
+        summary_keys = (
+            "a.session_id, a.ad_id, a.level, a.model_version, r.country, r.device_type, r.completed, r.day"
+        )
+        cursor.execute(
+            f"INSERT INTO {summaries} (session_id, ad_id, level, model_version, country, device_type, "
+            "completed, day, n_seconds, n_frames, mean_valence, mean_valence_bc, peak_smile, peak_smile_bc, "
+            "smiled) "
+            f"SELECT {summary_keys}, COUNT(*), SUM(a.n_frames), AVG({valence}), "
+            f"AVG({valence} - b.sum_valence / NULLIF(b.n_valence, 0)), MAX({smile}), "
+            f"MAX({smile} - b.sum_smile / NULLIF(b.n_frames, 0)), "
+            f"CASE WHEN MAX({smile}) >= %s THEN 1 = 1 ELSE 1 = 0 END "
+            f"{join} GROUP BY {summary_keys}",
+            [SMILE_THRESHOLD, *(study_ids or [])],
+        )
+        counts[summaries] = cursor.rowcount
+    return counts

@@ -1,0 +1,188 @@
+"""Who may see what, which filters a request asks for, and the quotas a study is measured against.
+
+The access rule lives in `studies_visible_to()` alone; `check_can_view_study()` and every view, export and
+socket go through it, so the permission model of issue 6 replaces one function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import date
+
+from django.apps import apps
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import QueryDict
+
+from research_portal.analytics.definitions import MEASURES, QUALITY_LEVELS, quality_level
+from research_portal.capture.models import ParticipantSession
+from research_portal.studies.models import Ad, Study
+
+DEVICE_TYPES = tuple(choice for choice, _label in ParticipantSession.DeviceType.choices)
+
+
+# ---- access ----------------------------------------------------------------------------------------------
+
+
+def studies_visible_to(user) -> QuerySet[Study]:
+    """THE access rule: superusers see every study; any other signed-in user the studies of the organisations
+    they are an analyst of (analytics.OrganizationAnalyst); anonymous users none."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return Study.objects.none()
+    if user.is_superuser:
+        return Study.objects.all()
+    return Study.objects.filter(organization__analysts__user=user).distinct()
+
+
+def check_can_view_study(user, study: Study) -> None:
+    """Raise PermissionDenied unless `user` may see the study's dashboards, live feed and exports."""
+    if not studies_visible_to(user).filter(pk=study.pk).exists():
+        raise PermissionDenied("You are not an analyst of this study's organisation.")
+
+
+# ---- quotas ----------------------------------------------------------------------------------------------
+
+
+def get_country_quotas(study: Study) -> dict[str, int]:
+    """Target of validated completes per country, read from studies.CountryQuota (issue 4) when that model
+    exists; {} otherwise, and the overview then shows no quota column."""
+    try:
+        quota_model = apps.get_model("studies", "CountryQuota")
+    except LookupError:
+        return {}
+    return dict(quota_model.objects.filter(study=study).values_list("country", "target"))
+
+
+# ---- filters ---------------------------------------------------------------------------------------------
+
+
+class InvalidFilters(ValueError):
+    """A filter value the dashboards do not offer; the message is shown to the analyst."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a dashboard, export or live feed is computed for. Empty tuples mean "all"."""
+
+    countries: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    date_from: date | None = None
+    date_to: date | None = None
+    quality: float = 0.0
+    completed_only: bool = False
+    baseline: bool = False
+    measure: str = "smile"
+    compare: tuple[str, str] | None = None
+    correction: str = "bh"
+    layout: str = "overlay"
+    model_version: str = ""
+
+    @property
+    def level(self) -> int:
+        return quality_level(self.quality)
+
+    def with_model(self, model_version: str) -> Filters:
+        return replace(self, model_version=model_version)
+
+    def to_query(self) -> dict[str, object]:
+        """The query parameters that reproduce these filters (for links and the live socket)."""
+        query: dict[str, object] = {
+            "country": list(self.countries),
+            "device": list(self.devices),
+            "from": self.date_from.isoformat() if self.date_from else "",
+            "to": self.date_to.isoformat() if self.date_to else "",
+            "quality": str(self.quality),
+            "completed": "1" if self.completed_only else "",
+            "baseline": "1" if self.baseline else "",
+            "measure": self.measure,
+            "compare": list(self.compare or ()),
+            "correction": self.correction,
+            "layout": self.layout,
+            "model": self.model_version,
+        }
+        return {key: value for key, value in query.items() if value not in ("", [])}
+
+
+def _parse_date(value: str, name: str) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError as error:
+        raise InvalidFilters(f"{name} must be a date like 2026-03-31.") from error
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "on", "yes"}
+
+
+def _codes(query: QueryDict, name: str) -> list[str]:
+    """Repeated parameters (?country=DE&country=US) or one comma-separated value."""
+    values = []
+    for raw in query.getlist(name):
+        values += [part.strip() for part in raw.split(",") if part.strip()]
+    return values
+
+
+def check_filters(query: QueryDict | dict) -> Filters:
+    """Validate dashboard query parameters; raise InvalidFilters with a readable message."""
+    if isinstance(query, dict):
+        data = QueryDict(mutable=True)
+        for key, value in query.items():
+            data.setlist(key, [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)])
+        query = data
+    countries = _codes(query, "country")
+    if any(len(code) != 2 or not code.isascii() or not code.isalpha() for code in countries):
+        raise InvalidFilters("Countries are two-letter codes, e.g. DE.")
+    devices = _codes(query, "device")
+    if any(device not in DEVICE_TYPES for device in devices):
+        raise InvalidFilters(f"Device types are {', '.join(DEVICE_TYPES)}.")
+    date_from, date_to = _parse_date(query.get("from", ""), "From"), _parse_date(query.get("to", ""), "To")
+    if date_from and date_to and date_from > date_to:
+        raise InvalidFilters("The date range ends before it starts.")
+    try:
+        quality = float(query.get("quality") or 0.0)
+        quality_level(quality)
+    except ValueError as error:
+        offered = ", ".join(str(level) for level in QUALITY_LEVELS)
+        raise InvalidFilters(f"Quality must be one of {offered}.") from error
+    measure = query.get("measure") or "smile"
+    if measure not in MEASURES:
+        raise InvalidFilters(f"Measure must be one of {', '.join(MEASURES)}.")
+    compare = [code.upper() for code in _codes(query, "compare")]
+    if compare and (len(compare) != 2 or compare[0] == compare[1] or any(len(c) != 2 for c in compare)):
+        raise InvalidFilters("Compare two different countries, e.g. compare=DE&compare=US.")
+    correction = query.get("correction") or "bh"
+    if correction not in {"bh", "holm"}:
+        raise InvalidFilters("Correction must be bh (Benjamini-Hochberg) or holm.")
+    layout = query.get("layout") or "overlay"
+    if layout not in {"overlay", "multiples"}:
+        raise InvalidFilters("Layout must be overlay or multiples.")
+    model_version = (query.get("model") or "")[:64]
+    return Filters(
+        countries=tuple(sorted({code.upper() for code in countries})),
+        devices=tuple(sorted(set(devices))),
+        date_from=date_from,
+        date_to=date_to,
+        quality=QUALITY_LEVELS[quality_level(quality)],
+        completed_only=_truthy(query.get("completed")),
+        baseline=_truthy(query.get("baseline")),
+        measure=measure,
+        compare=(compare[0], compare[1]) if compare else None,
+        correction=correction,
+        layout=layout,
+        model_version=model_version,
+    )
+
+
+def visible_ad(user, ad_id: int) -> Ad:
+    """The ad with its study, or Ad.DoesNotExist; PermissionDenied when the user may not see its study."""
+    ad = Ad.objects.select_related("study", "study__organization").get(pk=ad_id)
+    check_can_view_study(user, ad.study)
+    return ad
+
+
+def visible_study(user, study_id: int) -> Study:
+    study = Study.objects.select_related("organization").get(pk=study_id)
+    check_can_view_study(user, study)
+    return study

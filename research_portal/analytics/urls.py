@@ -1,0 +1,16 @@
+from django.urls import path
+
+from research_portal.analytics import views
+
+app_name = "analytics"
+
+urlpatterns = [
+    path("", views.study_list, name="studies"),
+    path("plotly.min.js", views.plotly_js, name="plotly-js"),
+    path("studies/<int:study_id>/", views.study_overview, name="study"),
+    path("studies/<int:study_id>/data.json", views.study_overview_data, name="study-data"),
+    path("ads/<int:ad_id>/", views.ad_dashboard, name="ad"),
+    path("ads/<int:ad_id>/data.json", views.ad_dashboard_data, name="ad-data"),
+    path("ads/<int:ad_id>/export/<str:kind>.csv", views.ad_export, name="ad-export"),
+    path("ads/<int:ad_id>/video", views.ad_video, name="ad-video"),
+]

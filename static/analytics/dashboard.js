@@ -1,0 +1,356 @@
+// Analyst dashboards (study overview and ad dashboard): render the server's payload with plotly.js, recompute
+// on every filter change (fetch data.json), and take live updates pushed over the WebSocket.
+(function () {
+  "use strict";
+
+  const root = document.getElementById("dashboard");
+  if (!root) return;
+  const kind = root.dataset.kind;
+  let payload = JSON.parse(document.getElementById("dashboard-data").textContent);
+  const form = document.getElementById("filters");
+  const liveStatus = document.getElementById("live-status");
+  const plotConfig = (name) => ({
+    responsive: true,
+    displaylogo: false,
+    toImageButtonOptions: { format: "png", filename: name, scale: 2 },
+    modeBarButtonsToAdd: [{
+      name: "Download plot as SVG",
+      icon: Plotly.Icons.disk,
+      click: (gd) => Plotly.downloadImage(gd, { format: "svg", filename: name }),
+    }],
+  });
+
+  // ---- small DOM helpers ------------------------------------------------------------------------------
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else node.setAttribute(key, value === true ? "" : value);
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+  const fmt = (value, digits = 3) => (value === null || value === undefined ? "—" : Number(value).toFixed(digits));
+  const pct = (value) => (value === null || value === undefined ? "—" : (100 * value).toFixed(1) + " %");
+  function table(node, header, rows) {
+    node.replaceChildren(
+      el("thead", {}, el("tr", {}, header.map((h) => el("th", { text: h })))),
+      el("tbody", {}, rows.map((cells) => el("tr", cells.className ? { class: cells.className } : {},
+        cells.map((c) => (c instanceof Node ? el("td", {}, c) : el("td", { text: c === null ? "—" : c })))))),
+    );
+  }
+
+  // ---- filters ----------------------------------------------------------------------------------------
+  function checkboxGroup(name, label, values, selected) {
+    const box = el("fieldset", { class: "checks" }, el("legend", { text: label }));
+    if (!values.length) box.append(el("span", { class: "muted", text: "none yet" }));
+    for (const value of values) {
+      box.append(el("label", {}, el("input", { type: "checkbox", name, value, checked: selected.includes(value) }),
+        " " + (value || "unknown")));
+    }
+    return box;
+  }
+  function select(name, label, options, selected) {
+    const node = el("select", { name });
+    for (const [value, text] of options) {
+      node.append(el("option", { value, text, selected: String(value) === String(selected) }));
+    }
+    return el("label", { class: "field" }, label, node);
+  }
+  const asList = (value) => (value === undefined ? [] : Array.isArray(value) ? value : [value]);
+
+  function buildFilterForm() {
+    const f = payload.filters || {};
+    const o = payload.options || {};
+    const countries = kind === "ad" ? o.countries : (payload.funnel || []).map((r) => r.country);
+    const allCountries = Array.from(new Set([...(countries || []), ...asList(f.country)])).sort();
+    const devices = kind === "ad" ? o.devices : ["desktop", "mobile", "tablet", "unknown"];
+    const parts = [
+      checkboxGroup("country", "Country", allCountries, asList(f.country)),
+      checkboxGroup("device", "Device", Array.from(new Set([...(devices || []), ...asList(f.device)])),
+        asList(f.device)),
+      el("label", { class: "field" }, "From", el("input", { type: "date", name: "from", value: f.from || "" })),
+      el("label", { class: "field" }, "To", el("input", { type: "date", name: "to", value: f.to || "" })),
+    ];
+    if (kind === "ad") {
+      const compare = asList(f.compare);
+      const countryOptions = [["", "auto"], ...allCountries.map((c) => [c, c])];
+      parts.push(
+        select("quality", "Min. face quality", o.quality_levels.map((q) => [String(q), q === 0 ? "any" : "≥ " + q]),
+          f.quality || "0.0"),
+        el("label", { class: "field check" },
+          el("input", { type: "checkbox", name: "completed", value: "1", checked: f.completed === "1" }),
+          " Validated completes only"),
+        el("label", { class: "field check switch" },
+          el("input", { type: "checkbox", name: "baseline", value: "1", checked: f.baseline === "1" }),
+          " Baseline-corrected"),
+        select("measure", "Compare measure", o.measures, f.measure || "smile"),
+        select("compare", "Country A", countryOptions, compare[0] || ""),
+        select("compare", "Country B", countryOptions, compare[1] || ""),
+        select("correction", "Correction", [["bh", "Benjamini-Hochberg"], ["holm", "Holm"]], f.correction || "bh"),
+        select("layout", "Countries as", [["overlay", "overlay"], ["multiples", "small multiples"]],
+          f.layout || "overlay"),
+      );
+      if ((o.model_versions || []).length > 1) {
+        parts.push(select("model", "Model", o.model_versions.map((m) => [m, m]), payload.model_version));
+      }
+    }
+    parts.push(el("a", { href: "?", class: "reset", text: "Reset" }));
+    form.replaceChildren(...parts);
+  }
+
+  function filterQuery() {
+    const params = new URLSearchParams();
+    const data = new FormData(form);
+    const compare = data.getAll("compare").filter(Boolean);
+    for (const [key, value] of data.entries()) {
+      if (key === "compare" || value === "") continue;
+      params.append(key, value);
+    }
+    if (compare.length === 2 && compare[0] !== compare[1]) compare.forEach((c) => params.append("compare", c));
+    return params;
+  }
+  function filterObject(params) {
+    const out = {};
+    for (const key of new Set(params.keys())) out[key] = params.getAll(key);
+    return out;
+  }
+
+  let requestSerial = 0;
+  async function applyFilters() {
+    const params = filterQuery();
+    history.replaceState(null, "", "?" + params.toString());
+    const serial = ++requestSerial;
+    const response = await fetch(root.dataset.dataUrl + "?" + params.toString(), { credentials: "same-origin" });
+    const body = await response.json();
+    if (serial !== requestSerial) return; // a newer request is on its way
+    const error = document.getElementById("filter-error");
+    if (!response.ok) {
+      error.textContent = body.error || "These filters cannot be applied.";
+      error.hidden = false;
+      return;
+    }
+    error.hidden = true;
+    payload = body;
+    render();
+    subscribe();
+  }
+  form.addEventListener("change", () => applyFilters());
+  form.addEventListener("submit", (event) => { event.preventDefault(); applyFilters(); });
+
+  // ---- figures ----------------------------------------------------------------------------------------
+  const baseShapes = {};
+  let cursorTime = null;
+  function drawFigure(id, figure, name) {
+    const node = document.getElementById(id);
+    if (!node) return;
+    const panel = node.closest(".panel");
+    if (!figure) {
+      if (node.data) Plotly.purge(node);
+      node.replaceChildren();
+      if (panel && id === "fig-difference") panel.hidden = true;
+      return;
+    }
+    if (panel) panel.hidden = false;
+    baseShapes[id] = figure.layout.shapes || [];
+    const layout = Object.assign({}, figure.layout, { shapes: withCursor(id, figure.layout) });
+    Plotly.react(node, figure.data, layout, plotConfig(name));
+    if (!node.dataset.bound) {
+      node.dataset.bound = "1";
+      node.on("plotly_click", (event) => {
+        const video = document.getElementById("ad-video");
+        if (!video || !event.points || !event.points.length) return;
+        // Points sit at the middle of their second; seek to the second's start.
+        video.currentTime = Math.max(0, Math.floor(event.points[0].x));
+        moveCursor(video.currentTime);
+      });
+    }
+    const tools = document.querySelector(`.figure-tools[data-figure="${id}"]`);
+    if (tools && !tools.childElementCount) {
+      for (const format of ["png", "svg"]) {
+        tools.append(el("button", { type: "button", class: "tool", text: format.toUpperCase(),
+          title: `Download this chart as ${format.toUpperCase()}` }));
+        tools.lastChild.addEventListener("click", () =>
+          Plotly.downloadImage(node, { format, filename: `${name}`, scale: format === "png" ? 2 : 1 }));
+      }
+    }
+  }
+  function withCursor(id, layout) {
+    const shapes = (baseShapes[id] || []).slice();
+    if (cursorTime === null) return shapes;
+    for (const axis of ((layout.meta || {}).cursorAxes || [])) {
+      shapes.push({ type: "line", xref: axis, yref: "paper", x0: cursorTime, x1: cursorTime, y0: 0, y1: 1,
+        line: { color: "#c2185b", width: 2 } });
+    }
+    return shapes;
+  }
+  function moveCursor(seconds) {
+    cursorTime = seconds;
+    document.getElementById("video-time").textContent = seconds.toFixed(1);
+    for (const id of ["fig-trace", "fig-countries", "fig-difference"]) {
+      const node = document.getElementById(id);
+      if (node && node.layout) Plotly.relayout(node, { shapes: withCursor(id, node.layout) });
+    }
+  }
+
+  // ---- ad dashboard -----------------------------------------------------------------------------------
+  function renderAd() {
+    const p = payload;
+    const name = `ad-${p.ad.id}`;
+    document.getElementById("totals").replaceChildren(
+      card("Participants", p.totals.participants),
+      card("Most per second", p.totals.max_participants_per_second),
+      card("Frames analysed", p.totals.frames),
+      card("Model", p.model_version || "—"),
+      card("Updated", new Date(p.generated_at).toLocaleTimeString()),
+    );
+    drawFigure("fig-trace", p.figures.trace, `${name}-emotions`);
+    drawFigure("fig-countries", p.figures.countries, `${name}-countries`);
+    drawFigure("fig-difference", p.figures.difference, `${name}-difference`);
+
+    table(document.getElementById("moments"), ["Moment", "When", "Mean [95% CI]", "n"],
+      p.moments.map((m) => {
+        const link = el("a", { href: "#", text: m.time });
+        link.addEventListener("click", (event) => { event.preventDefault(); seek(m.second); });
+        return [`${m.kind === "peak" ? "▲ peak" : "▼ drop"} · ${m.label}`, link,
+          `${fmt(m.mean)} [${fmt(m.low)}, ${fmt(m.high)}]`, m.n];
+      }));
+
+    table(document.getElementById("summary"),
+      ["Country", "Participants", "Mean valence [95% CI]", "Peak smile", "Peak at", "Smiled (≥ " +
+        p.options.smile_threshold + ")", "Frames"],
+      p.summary.map((row) => Object.assign([
+        el("span", {}, el("i", { class: "swatch", style: `background:${row.color}` }), " " + row.country),
+        row.participants, `${fmt(row.mean_valence)} [${fmt(row.valence_low)}, ${fmt(row.valence_high)}]`,
+        fmt(row.peak_smile), row.peak_smile_time || "—", pct(row.smiled_share), row.frames,
+      ], { className: row.country === "All" ? "total" : "" })));
+
+    const c = p.comparison;
+    const note = document.getElementById("comparison-note");
+    if (c) {
+      note.textContent = `Welch t-test of ${c.measure_label} per second, ${c.countries[0]} vs ${c.countries[1]}: ` +
+        `${c.significant_seconds.length} of ${c.tested_seconds} testable seconds differ (${c.correction_label}). ` +
+        "Seconds where either country has fewer than 2 participants are not tested.";
+      table(document.getElementById("tests"),
+        ["Second", `n ${c.countries[0]}`, `n ${c.countries[1]}`, `Mean ${c.countries[0]}`, `Mean ${c.countries[1]}`,
+          "Difference [95% CI]", "t", "df", "p", "adjusted p", ""],
+        c.rows.map((r) => Object.assign([`${r.second}–${r.second + 1} s`, r.n_a, r.n_b, fmt(r.mean_a), fmt(r.mean_b),
+          `${fmt(r.difference)} [${fmt(r.low)}, ${fmt(r.high)}]`, fmt(r.t, 2), fmt(r.df, 1), fmt(r.p, 4),
+          fmt(r.p_adjusted, 4), r.significant ? "significant" : ""], { className: r.significant ? "significant" : "" })));
+    } else {
+      note.textContent = "Pick two countries to compare (needs participants from at least two countries).";
+      document.getElementById("tests").replaceChildren();
+    }
+
+    const query = new URLSearchParams(window.location.search).toString();
+    const exports = document.getElementById("exports");
+    exports.replaceChildren(...[
+      ["frames", "Per-frame readings"], ["seconds", "Per second per participant"],
+      ["traces", "Aggregated traces"], ["comparison", "Country test"],
+    ].map(([exportKind, label]) => el("a", {
+      class: "button", href: root.dataset.exportUrl.replace("KIND", exportKind) + (query ? "?" + query : ""),
+      text: label + " (CSV)",
+    })));
+  }
+  function card(label, value) {
+    return el("div", { class: "card" }, el("span", { class: "label", text: label }), el("strong", { text: value }));
+  }
+  function seek(second) {
+    const video = document.getElementById("ad-video");
+    if (video) { video.currentTime = second; moveCursor(second); }
+  }
+
+  // ---- study overview ---------------------------------------------------------------------------------
+  function renderStudy() {
+    const p = payload;
+    const t = p.total;
+    document.getElementById("totals").replaceChildren(
+      card("Started", t.started), card("Consented", t.consented), card("Passed checks", t.checks_passed),
+      card("Completed viewing", t.viewed), card("Validated", t.validated),
+      card("Excluded", t.failed + t.declined + t.over_quota), card("In progress", t.in_progress),
+    );
+    drawFigure("fig-funnel", p.figures.funnel, `study-${p.study.id}-funnel`);
+    drawFigure("fig-quotas", p.figures.quotas, `study-${p.study.id}-quotas`);
+    document.getElementById("no-quotas").hidden = Boolean(p.figures.quotas);
+    const quotas = Object.fromEntries(p.quotas.map((q) => [q.country, q]));
+    const rows = [...p.funnel.map((r) => ({ ...r, country: r.country || "unknown" })), { ...t, country: "All" }];
+    table(document.getElementById("funnel-table"),
+      ["Country", "Started", "Consented", "Passed checks", "Completed viewing", "Validated", "Failed", "Declined",
+        "Over quota", "In progress", "Quota"],
+      rows.map((r) => Object.assign([r.country, r.started, r.consented, r.checks_passed, r.viewed, r.validated,
+        r.failed, r.declined, r.over_quota, r.in_progress,
+        quotas[r.country] ? `${quotas[r.country].validated} / ${quotas[r.country].target}` : "—"],
+      { className: r.country === "All" ? "total" : "" })));
+    table(document.getElementById("exclusions-table"), ["Outcome", "Reason", "Participants", "By country", "Examples"],
+      p.exclusions.map((x) => [x.state, x.reason, x.count,
+        Object.entries(x.countries).map(([c, n]) => `${c}: ${n}`).join(", "), x.examples.join(" · ") || "—"]));
+    document.getElementById("ads").replaceChildren(...p.ads.map((ad) => el("li", {},
+      el("a", { href: ad.url, text: ad.title }), ` — ${ad.participants} participants, ${ad.duration_s.toFixed(1)} s`)));
+  }
+
+  function render() {
+    if (kind === "ad") renderAd(); else renderStudy();
+    root.dataset.rendered = String(Number(root.dataset.rendered || 0) + 1);
+  }
+
+  // ---- live updates -----------------------------------------------------------------------------------
+  let socket = null;
+  let retry = 1000;
+  function setLive(text, state) {
+    liveStatus.textContent = text;
+    liveStatus.dataset.state = state;
+  }
+  function subscribe() {
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify({ type: "subscribe", filters: filterObject(filterQuery()) }));
+    }
+  }
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    socket = new WebSocket(`${scheme}://${location.host}${root.dataset.socketPath}`);
+    socket.addEventListener("open", () => { retry = 1000; setLive("live", "open"); subscribe(); });
+    socket.addEventListener("message", (event) => {
+      const message = JSON.parse(event.data);
+      if (message.type === "update") {
+        payload = message.data;
+        render();
+        root.dataset.liveUpdates = String(Number(root.dataset.liveUpdates || 0) + 1);
+        setLive("live · updated " + new Date().toLocaleTimeString(), "open");
+      } else if (message.type === "error") {
+        setLive("live · " + message.detail, "error");
+      }
+    });
+    socket.addEventListener("close", (event) => {
+      if (event.code === 4001 || event.code === 4003 || event.code === 4004) {
+        setLive("live view not available", "closed");
+        return;
+      }
+      setLive("reconnecting…", "closed");
+      setTimeout(connect, retry);
+      retry = Math.min(retry * 2, 30000);
+    });
+  }
+
+  // ---- video cursor -----------------------------------------------------------------------------------
+  const video = document.getElementById("ad-video");
+  if (video) {
+    let frame = null;
+    const follow = () => {
+      // Redraw the cursor about ten times a second while playing, not on every animation frame.
+      if (cursorTime === null || Math.abs(video.currentTime - cursorTime) >= 0.1) moveCursor(video.currentTime);
+      frame = video.paused ? null : requestAnimationFrame(follow);
+    };
+    video.addEventListener("play", () => { if (frame === null) frame = requestAnimationFrame(follow); });
+    video.addEventListener("seeked", () => moveCursor(video.currentTime));
+    video.addEventListener("timeupdate", () => { if (frame === null) moveCursor(video.currentTime); });
+  }
+
+  buildFilterForm();
+  render();
+  connect();
+})();
