@@ -11,14 +11,17 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from inference.detect import Detection, FaceDetector
+from inference.mean_face import SIZE as TEMPLATE_SIZE
+from inference.mean_face import mean_face
 
 
 def face_geometry(
     detections: Sequence[Detection], detector: FaceDetector, margin: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Crop centres [N, 2], sides [N] and roll angles [N] (degrees) for the detections of one frame.
+    """Crop centres [N, 2], sides [N] and landmark roll angles [N] (degrees) for the detections of one frame.
 
     `margin` widens the crop beyond FER2013's framing (0.1 = 10 % larger side).
     """
@@ -93,11 +96,13 @@ def crop_faces(
     channels: int = 1,
     margin: float = 0.0,
     image_scale: float = 1.0,
+    angles: np.ndarray | None = None,
 ) -> np.ndarray:
     """uint8 crops [N, size, size] (channels 1) or [N, size, size, 3] (BGR) of the faces in `image`.
 
     `image_scale`: `image` is the frame the detections refer to, resized by this factor (0.5 when a JPEG was
-    decoded at half size); the crops frame the same face regions.
+    decoded at half size); the crops frame the same face regions. `angles`: the roll per face to undo
+    (default: the landmarks' eye line, see `roll_angles`; `RollRefiner` gives better ones).
 
     Pixels outside the frame are filled by replicating the border, as FER2013's own crops near the edge
     look more like a smeared edge than a black bar.
@@ -111,7 +116,8 @@ def crop_faces(
         source = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     elif channels == 3 and image.ndim == 2:
         source = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    centres, sides, angles = face_geometry(detections, detector, margin)
+    centres, sides, landmark_angles = face_geometry(detections, detector, margin)
+    angles = landmark_angles if angles is None else np.asarray(angles, np.float32)
     centres, sides = centres * np.float32(image_scale), sides * np.float32(image_scale)
     matrices = crop_matrices(centres, sides, angles)
     for index, (matrix, side) in enumerate(zip(matrices, sides, strict=True)):
@@ -122,3 +128,107 @@ def crop_faces(
         interpolation = cv2.INTER_AREA if side_px > size else cv2.INTER_LINEAR
         crops[index] = cv2.resize(face, (size, size), interpolation=interpolation)
     return crops
+
+
+class RollRefiner:
+    """Head roll from the face crop itself, by matching it against rotated copies of the FER2013 mean face.
+
+    Why: YuNet's landmarks regress towards an upright face unless the face is large in YuNet's input (the eye
+    line of a face rolled 20 degrees reads ~5 degrees with a 95 px face, ~13 with 140 px, ~18 with 190 px),
+    and the pipeline detects on a downscaled frame for speed. The crop already framed like FER2013 (and
+    rotated by the landmarks' estimate) is compared with the symmetric mean face rotated by -36..+36 degrees
+    (normalised cross-correlation of high-passed images, small shifts allowed): coarse at 24 px in 4 degree
+    steps, then at 48 px in 1 degree steps around the best, with a parabolic fit. On the shared clip rotated
+    by up to 30 degrees the error is ~2 degrees on average (p90 ~5) for 100-300 px faces, and the readings
+    match those of the upright frames as well as with the true angle. ~0.25 ms per face on one core.
+    """
+
+    HIGH_PASS_SIGMA = 3.0  # px at 48: removes shading, keeps eyes, brows, nose and mouth
+    INNER = 32  # compared window (of 48): the inner face, little background
+    COARSE_STEP, SPAN = 4.0, 36.0  # degrees
+    COARSE_SHIFT, FINE_SHIFT = 3, 2  # px of translation searched at 24 px, then at 48 px
+    MIN_SCORE = 0.3  # faces score 0.4-0.8, noise ~0.05, background 0.2-0.4: below, keep the prior
+    MIN_CORRECTION = 3.0  # degrees: smaller residuals are within the estimator's noise and are ignored
+
+    def __init__(self) -> None:
+        template = self._high_pass(mean_face().astype(np.float32))
+        self.coarse_angles = np.arange(-self.SPAN, self.SPAN + 1e-6, self.COARSE_STEP, dtype=np.float32)
+        self.fine_angles = np.arange(
+            -self.SPAN - self.COARSE_STEP, self.SPAN + self.COARSE_STEP + 1e-6, 1.0, dtype=np.float32
+        )
+        half = cv2.resize(template, (TEMPLATE_SIZE // 2,) * 2, interpolation=cv2.INTER_AREA)
+        self._coarse_bank = self._bank(half, self.INNER // 2, self.coarse_angles)
+        self._fine_bank = self._bank(template, self.INNER, self.fine_angles)
+
+    @classmethod
+    def _high_pass(cls, image: np.ndarray) -> np.ndarray:
+        return image - cv2.GaussianBlur(image, (0, 0), cls.HIGH_PASS_SIGMA)
+
+    @staticmethod
+    def _bank(template: np.ndarray, inner: int, angles: np.ndarray) -> np.ndarray:
+        """[len(angles), inner * inner] zero-mean unit-norm centre windows of the rotated template."""
+        size = template.shape[0]
+        centre, offset = (size - 1) / 2, (size - inner) // 2
+        rows = []
+        for angle in angles:
+            matrix = cv2.getRotationMatrix2D((centre, centre), float(angle), 1.0)
+            rotated = cv2.warpAffine(template, matrix, (size, size), borderMode=cv2.BORDER_REPLICATE)
+            window = rotated[offset : offset + inner, offset : offset + inner].ravel()
+            window = window - window.mean()
+            rows.append(window / max(float(np.linalg.norm(window)), 1e-6))
+        return np.asarray(rows, np.float32)
+
+    @staticmethod
+    def _windows(image: np.ndarray, inner: int, shift: int, dy: int, dx: int) -> tuple[np.ndarray, int, int]:
+        """Zero-mean unit-norm inner x inner windows around the centre offset by (dy, dx), +-shift px."""
+        size = image.shape[0]
+        limit = size - inner - 2 * shift
+        y0 = min(max((size - inner) // 2 + dy - shift, 0), limit)
+        x0 = min(max((size - inner) // 2 + dx - shift, 0), limit)
+        region = image[y0 : y0 + inner + 2 * shift, x0 : x0 + inner + 2 * shift]
+        windows = sliding_window_view(region, (inner, inner)).reshape(-1, inner * inner)
+        windows = windows - windows.mean(axis=1, keepdims=True)
+        windows /= np.linalg.norm(windows, axis=1, keepdims=True) + 1e-6
+        return windows, y0 - (size - inner) // 2, x0 - (size - inner) // 2
+
+    def residual(self, crop: np.ndarray) -> tuple[float, float]:
+        """(roll in degrees still present in a 48 px grey crop, match score in [-1, 1]).
+
+        Same sign convention as `roll_angles`: add the residual to the angle the crop was rotated by.
+        """
+        if crop.shape != (TEMPLATE_SIZE, TEMPLATE_SIZE):
+            raise ValueError(
+                f"RollRefiner needs {TEMPLATE_SIZE}x{TEMPLATE_SIZE} grey crops, got {crop.shape}"
+            )
+        probe = self._high_pass(crop.astype(np.float32))
+        half = cv2.resize(probe, (TEMPLATE_SIZE // 2,) * 2, interpolation=cv2.INTER_AREA)
+        windows, oy, ox = self._windows(half, self.INNER // 2, self.COARSE_SHIFT, 0, 0)
+        scores = windows @ self._coarse_bank.T  # [shifts, angles]
+        best_window, best_angle = np.unravel_index(int(np.argmax(scores)), scores.shape)
+        dy, dx = divmod(int(best_window), 2 * self.COARSE_SHIFT + 1)
+        dy, dx = dy + oy, dx + ox
+        near = np.flatnonzero(
+            np.abs(self.fine_angles - self.coarse_angles[best_angle]) <= self.COARSE_STEP / 2 + 1e-6
+        )
+        windows, _, _ = self._windows(probe, self.INNER, self.FINE_SHIFT, 2 * dy, 2 * dx)
+        fine = (windows @ self._fine_bank[near].T).max(axis=0)
+        index = int(np.argmax(fine))
+        angle = float(self.fine_angles[near][index])
+        if 0 < index < len(fine) - 1:  # parabola through the peak and its neighbours
+            left, peak, right = (float(v) for v in fine[index - 1 : index + 2])
+            curvature = left - 2 * peak + right
+            if curvature < 0:
+                angle += 0.5 * (left - right) / curvature
+        score = float(fine[index])
+        # The template rotated by +a (counter-clockwise on screen) matches a face whose eye line is at -a.
+        return (-angle if score >= self.MIN_SCORE else 0.0), score
+
+    def residuals(self, crops: np.ndarray) -> np.ndarray:
+        """Residual roll [N] per 48 px grey crop; 0 where it is under `MIN_CORRECTION` (estimator noise)."""
+        values = np.array([self.residual(crop)[0] for crop in crops], np.float32)
+        values[np.abs(values) < self.MIN_CORRECTION] = 0.0
+        return values
+
+    def refine(self, crops: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        """Roll angles [N] for faces whose 48 px grey `crops` were cut with rotation `prior` [N]."""
+        return np.asarray(prior, np.float32) + self.residuals(crops)

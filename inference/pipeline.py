@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from inference import EMOTIONS
-from inference.align import crop_faces, face_geometry, roll_angles, yaw_angles
+from inference.align import TEMPLATE_SIZE, RollRefiner, crop_faces, face_geometry, roll_angles, yaw_angles
 from inference.detect import Detection, FaceDetector, create_detector, scale_detections
 from inference.model import EmotionModel
 from inference.quality import FaceQuality, crop_statistics, face_qualities
@@ -186,6 +186,8 @@ class Pipeline:
     once more at the retry size on frames where it found nothing. `decode_min_side`: JPEGs are decoded at
     1/2, 1/4 or 1/8 scale when that keeps the long side >= this many px (None: always full size); a frame
     whose face crop would then have fewer pixels than the model's input is decoded again at full size.
+    `refine_roll`: level the eyes with `RollRefiner` (the landmarks alone under-read the roll of faces that
+    are small in the detector's input); False: the landmarks' eye line only.
     """
 
     def __init__(
@@ -200,6 +202,7 @@ class Pipeline:
         detection_max_side: int | None = 160,
         detection_retry_side: int | None = 320,
         decode_min_side: int | None = 320,
+        refine_roll: bool = True,
     ) -> None:
         self.model = EmotionModel(model_path or default_model_path(), intra_op_threads=intra_op_threads)
         if detector_path is None:
@@ -216,6 +219,7 @@ class Pipeline:
         self.min_face_px = min_face_px
         self.margin = margin
         self.decode_min_side = decode_min_side
+        self.roll_refiner = RollRefiner() if refine_roll else None
 
     @property
     def model_version(self) -> str:
@@ -273,10 +277,11 @@ class Pipeline:
 
     def _analyze(self, frames: Sequence[_Frame | str], timings: StageTimings | None) -> list[FrameReading]:
         clock = time.perf_counter
-        size, channels = self.model.input_size, self.model.input_channels
+        size = self.model.input_size
         per_frame: list[list[Detection] | str] = []
         crops: list[np.ndarray] = []
         frame_areas: list[np.ndarray] = []  # per face: its frame's pixel count (for face_fraction)
+        rolls: list[np.ndarray] = []  # per face: the roll undone by alignment
         decode_s = detect_s = align_s = 0.0
         for frame in frames:
             if isinstance(frame, str):
@@ -291,19 +296,12 @@ class Pipeline:
                     if full is not None and full.shape[:2] == (frame.height, frame.width):
                         frame = _Frame(full, frame.height, frame.width)
                 redecoded = clock()
-                face_crops = crop_faces(
-                    frame.image,
-                    detections,
-                    self.detector,
-                    size,
-                    channels,
-                    self.margin,
-                    image_scale=1.0 / frame.reduction,
-                )
+                face_crops, face_rolls = self._aligned_crops(frame, detections)
             except cv2.error as error:  # one odd frame must not sink the whole batch
                 per_frame.append(f"face detection failed: {error.err or error}")
                 continue
             crops.append(face_crops)
+            rolls.append(face_rolls)
             detect_s += detected - started
             decode_s += redecoded - detected
             align_s += clock() - redecoded
@@ -316,7 +314,7 @@ class Pipeline:
         valences = self.model.valence(probabilities)
         classify_s = clock() - started
         started = clock()
-        qualities = self._qualities(per_frame, all_crops, frame_areas)
+        qualities = self._qualities(per_frame, all_crops, frame_areas, rolls)
         align_s += clock() - started  # quality signals are crop post-processing: count them with alignment
         readings: list[FrameReading] = []
         offset = 0
@@ -346,9 +344,43 @@ class Pipeline:
             timings.faces += offset
         return readings
 
+    def _aligned_crops(self, frame: _Frame, detections: list[Detection]) -> tuple[np.ndarray, np.ndarray]:
+        """Model-sized crops of the faces of one frame, eyes levelled, and the roll angles undone."""
+        size, channels = self.model.input_size, self.model.input_channels
+        scale = 1.0 / frame.reduction
+        angles = roll_angles(detections)
+
+        grey = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)  # once per frame, not once per crop
+
+        def crop(side: int, colours: int, margin: float, which: list[int] | None = None) -> np.ndarray:
+            chosen = detections if which is None else [detections[i] for i in which]
+            rolls = angles if which is None else angles[which]
+            source = grey if colours == 1 else frame.image
+            return crop_faces(
+                source, chosen, self.detector, side, colours, margin, image_scale=scale, angles=rolls
+            )
+
+        if self.roll_refiner is None or not detections:
+            return crop(size, channels, self.margin), angles
+        # The refiner compares FER2013-framed 48 px grey crops with the FER2013 mean face; for such a
+        # model (and no margin) the probes are the model's crops, re-cut only where the roll changes.
+        reuse = (size, channels, self.margin) == (TEMPLATE_SIZE, 1, 0.0)
+        probes = crop(TEMPLATE_SIZE, 1, 0.0)
+        residuals = self.roll_refiner.residuals(probes)
+        angles = angles + residuals
+        if not reuse:
+            return crop(size, channels, self.margin), angles
+        changed = np.flatnonzero(residuals).tolist()
+        if changed:
+            probes[changed] = crop(size, channels, self.margin, changed)
+        return probes, angles
+
     @staticmethod
     def _qualities(
-        per_frame: list[list[Detection] | str], crops: np.ndarray, frame_areas: list[np.ndarray]
+        per_frame: list[list[Detection] | str],
+        crops: np.ndarray,
+        frame_areas: list[np.ndarray],
+        rolls: list[np.ndarray],
     ) -> list[FaceQuality]:
         """Quality signals for every face of the batch, computed together."""
         detections = [d for item in per_frame if not isinstance(item, str) for d in item]
@@ -359,7 +391,7 @@ class Pipeline:
             crop_statistics(crops),
             boxes,
             np.concatenate(frame_areas),
-            roll_angles(detections),
+            np.concatenate(rolls),
             yaw_angles(detections),
         )
 

@@ -81,7 +81,7 @@ class FaceQuality:
     contrast: float  # intensity standard deviation, 0..0.5
     sharpness: float  # mean absolute Laplacian of the 48 px grey crop, 0..1 scale (blur or heavy JPEG: low)
     face_fraction: float  # face box area / frame area (far from the camera: small)
-    roll_degrees: float  # head roll corrected by alignment (0 without landmarks)
+    roll_degrees: float  # head roll undone by alignment (eye line refined by align.RollRefiner)
     face_px: float = 0.0  # sqrt(box w * box h) in frame pixels
     yaw_degrees: float = 0.0  # rough head yaw from the landmarks, + = nose towards image right (0 without)
 
