@@ -15,7 +15,14 @@ from django.db.models import F
 from django.utils import timezone
 
 from inference.pipeline import FrameReading, get_pipeline
-from inference.quality import quality_problems
+from inference.quality import (
+    NO_FACE,
+    TOO_BRIGHT,
+    TOO_BRIGHT_ABOVE,
+    TOO_DARK,
+    TOO_DARK_BELOW,
+    quality_problems,
+)
 from research_portal.capture.models import ParticipantSession, SessionEvent
 from research_portal.capture.participation import do_end_session, do_record_event
 
@@ -27,7 +34,6 @@ CENTRE_TOLERANCE = 0.22
 BACKLIT_FACE_TO_FRAME = 0.6
 BACKLIT_FACE_MAX_BRIGHTNESS = 0.35
 
-NO_FACE = "no_face"
 NOT_CENTRED = "not_centred"
 BACKLIT = "backlit"
 LOW_FRAME_RATE = "low_frame_rate"
@@ -52,6 +58,12 @@ def face_check_problems(
     if image is None or reading.error:
         return [*problems, UNREADABLE]
     if face is None:
+        # In a dark (or glaring) room the detector finds nothing; say what the participant can fix.
+        frame_brightness = float(image.mean()) / 255.0
+        if frame_brightness < TOO_DARK_BELOW:
+            problems.append(TOO_DARK)
+        elif frame_brightness > TOO_BRIGHT_ABOVE:
+            problems.append(TOO_BRIGHT)
         return [*problems, NO_FACE]
     height, width = image.shape[:2]
     x, y, w, h = face.box

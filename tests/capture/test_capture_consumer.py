@@ -7,10 +7,10 @@ import json
 import time
 
 import pytest
-from django.utils import timezone
 from channels.db import database_sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
+from django.utils import timezone
 
 from research_portal.capture.models import FrameResult, ParticipantSession, SessionEvent
 from research_portal.capture.routing import capture_socket_path, websocket_urlpatterns

@@ -9,6 +9,7 @@ import pytest
 
 from inference.resources import REPO_ROOT
 from research_portal.capture.models import FrameResult, ParticipantSession
+from tests.e2e.conftest import walk_through_study
 
 pytestmark = pytest.mark.e2e
 
@@ -26,23 +27,24 @@ def wait_for_rows(session: ParticipantSession, expected: int, timeout: float = 6
 
 
 def test_participant_link_to_stored_readings(acme, celery_worker, asgi_server, browser):
-    ARTIFACTS.mkdir(exist_ok=True)
+    acme.study.redirect_complete_url = f"{asgi_server}/panel-return/?status=complete&pid={{pid}}"
+    acme.study.save()
     page = browser.new_page(viewport={"width": 1000, "height": 800})
-    page.goto(f"{asgi_server}/s/{acme.study.public_id}/?pid=e2e-1&c=DE")
-    page.wait_for_selector("#accept")
-    page.screenshot(path=ARTIFACTS / "1-consent.png")
-    page.click("#accept")
-    page.wait_for_selector("#start")
-    page.click("#start")
-    page.wait_for_function("Number(document.body.dataset.framesSent) >= 5", timeout=20_000)
-    page.screenshot(path=ARTIFACTS / "2-watching.png")
-    page.wait_for_url("**/thanks/", timeout=60_000)
-    page.screenshot(path=ARTIFACTS / "3-thanks.png")
+    walk_through_study(
+        page,
+        f"{asgi_server}/s/{acme.study.public_id}/?pid=e2e-1&c=DE",
+        ARTIFACTS / "desktop",
+        end_url_glob="**/panel-return/?status=complete&pid=e2e-1",
+    )
 
     session = ParticipantSession.objects.get(external_participant_id="e2e-1")
     assert session.state == "completed" and session.country == "DE" and session.consent_at is not None
+    assert session.checks_passed_at is not None
+    baseline = list(FrameResult.objects.filter(session=session, ad=None))
+    assert len(baseline) >= 15 and sum(row.face_found for row in baseline) >= 0.8 * len(baseline)
     # A 4 s ad at 5 fps: about 20 frames, every one acked before the page moved on.
     rows = wait_for_rows(session, 15)
+    rows = [row for row in rows if row.ad_id is not None]
     assert len(rows) >= 15, celery_worker.log()[-3000:]
     assert len({row.seq for row in rows}) == len(rows)
     faces = [row for row in rows if row.face_found]
@@ -51,6 +53,7 @@ def test_participant_link_to_stored_readings(acme, celery_worker, asgi_server, b
     assert min(media_times) <= 1000 and max(media_times) >= acme.ad.duration_ms - 1000
     assert {row.ad_id for row in rows} == {acme.ad.pk}
     assert all(row.model_version and row.error == "" for row in rows)
+    assert all(row.smile == row.happy and -1 <= row.valence <= 1 and 0 <= row.quality <= 1 for row in faces)
     assert all(
         abs(
             sum(getattr(row, e) for e in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"))
