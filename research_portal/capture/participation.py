@@ -92,6 +92,19 @@ def language_for(country: str, browser_language: str) -> str:
     return "en"
 
 
+def device_type_from_user_agent(user_agent: str) -> str:
+    """A coarse device class for analysis filters; tablets first, since iPads and Android tablets say 'Mobile'
+    rarely and 'Tablet'/'iPad' often."""
+    agent = user_agent.lower()
+    if "ipad" in agent or "tablet" in agent or ("android" in agent and "mobile" not in agent):
+        return ParticipantSession.DeviceType.TABLET
+    if "mobi" in agent or "iphone" in agent:
+        return ParticipantSession.DeviceType.MOBILE
+    if any(system in agent for system in ("windows", "macintosh", "x11", "linux", "cros")):
+        return ParticipantSession.DeviceType.DESKTOP
+    return ParticipantSession.DeviceType.UNKNOWN
+
+
 def find_returning_session(study: Study, participant_id: str) -> ParticipantSession | None:
     """The session a panel participant already has in this study: coming back resumes it."""
     if not participant_id:
@@ -144,7 +157,9 @@ def validated_completes(study: Study, country: str) -> int:
 
 
 @transaction.atomic
-def do_start_session(study: Study, participant_id: str, country: str, language: str) -> ParticipantSession:
+def do_start_session(
+    study: Study, participant_id: str, country: str, language: str, device_type: str = "unknown"
+) -> ParticipantSession:
     """Start a new session with its own ad order (fixed by position, or shuffled once)."""
     ad_ids = list(study.ads.order_by("position", "id").values_list("id", flat=True))
     if study.ad_order == Study.AdOrder.RANDOM:
@@ -154,6 +169,7 @@ def do_start_session(study: Study, participant_id: str, country: str, language: 
         external_participant_id=participant_id,
         country=country,
         language=language,
+        device_type=device_type,
         ad_sequence=ad_ids,
     )
 

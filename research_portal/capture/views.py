@@ -18,6 +18,7 @@ from research_portal.capture.models import ParticipantSession
 from research_portal.capture.participation import (
     EntryRefused,
     check_entry,
+    device_type_from_user_agent,
     do_decline,
     do_record_consent,
     do_start_session,
@@ -89,7 +90,8 @@ def study_entry(request: HttpRequest, public_id: str) -> HttpResponse:
         except EntryRefused as refused:
             next_url = panel_redirect_url(study, refused.outcome, participant_id) if refused.outcome else ""
             return message_page(request, refused.status, refused.title, refused.detail, next_url)
-    session = do_start_session(study, participant_id, country, language)
+    device_type = device_type_from_user_agent(request.headers.get("User-Agent", ""))
+    session = do_start_session(study, participant_id, country, language, device_type)
     return redirect(page_for_state(session))
 
 

@@ -2,7 +2,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin
 
-from research_portal.studies.models import Ad, Study
+from research_portal.studies.models import Ad, ConsentVersion, CountryQuota, Study
 from research_portal.studies.services import check_ad_video
 
 
@@ -26,17 +26,70 @@ class AdInline(admin.TabularInline):
     readonly_fields = ["duration_ms"]
 
 
+class CountryQuotaInline(admin.TabularInline):
+    model = CountryQuota
+    extra = 1
+
+
+class ConsentVersionInline(admin.TabularInline):
+    """The texts participants agreed to; a new version appears when the consent text changes."""
+
+    model = ConsentVersion
+    extra = 0
+    can_delete = False
+    readonly_fields = ["version", "text", "created_at"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(Study)
 class StudyAdmin(admin.ModelAdmin):
     list_display = ["name", "organization", "status", "created_at"]
     list_filter = ["status", "organization"]
     search_fields = ["name"]
     readonly_fields = ["public_id", "participant_link"]
-    inlines = [AdInline]
+    inlines = [AdInline, CountryQuotaInline, ConsentVersionInline]
+    fieldsets = [
+        (None, {"fields": ["organization", "name", "status", "public_id", "participant_link"]}),
+        (
+            "Participants",
+            {"fields": ["allowed_countries", "participant_id_param", "country_param", "consent_text"]},
+        ),
+        (
+            "Panel redirects ({pid} is replaced by the participant id)",
+            {
+                "fields": [
+                    "redirect_complete_url",
+                    "redirect_failed_url",
+                    "redirect_declined_url",
+                    "redirect_over_quota_url",
+                ]
+            },
+        ),
+        (
+            "Capture and quality",
+            {
+                "fields": [
+                    "capture_fps",
+                    "store_frames",
+                    "ad_order",
+                    "baseline_seconds",
+                    "max_check_attempts",
+                    "check_attempt_seconds",
+                    "min_usable_frame_ratio",
+                    "min_face_quality",
+                ]
+            },
+        ),
+    ]
 
     @admin.display(description="Participant link")
     def participant_link(self, study: Study) -> str:
-        return f"{settings.SITE_URL}/s/{study.public_id}/?pid=PARTICIPANT_ID&c=COUNTRY"
+        return (
+            f"{settings.SITE_URL}/s/{study.public_id}/"
+            f"?{study.participant_id_param}=PARTICIPANT_ID&{study.country_param}=COUNTRY"
+        )
 
 
 @admin.register(Ad)

@@ -24,9 +24,9 @@ def completed(study, country, n, state="completed"):
 def test_full_country_quota_refuses_new_participants_with_the_over_quota_redirect(client, postgres, acme):
     acme.study.redirect_over_quota_url = "https://panel.example/oq?id={pid}"
     acme.study.save()
-    CountryQuota.objects.create(study=acme.study, country="DE", target=2)
-    completed(acme.study, "DE", 2)
-    response = enter(client, acme.study, "late-1", "DE")
+    CountryQuota.objects.create(study=acme.study, country="US", target=2)
+    completed(acme.study, "US", 2)
+    response = enter(client, acme.study, "late-1", "US")
     assert response.status_code == 403
     assert b"This study is full" in response.content
     assert b'content="5;url=https://panel.example/oq?id=late-1"' in response.content
@@ -135,3 +135,19 @@ def test_participant_pages_are_served_in_the_sessions_language(client, postgres,
     response = client.get(f"/p/{session.token}/consent/")
     assert response["Content-Language"] == "fr"
     assert '<html lang="fr">' in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    "user_agent, device_type",
+    [
+        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0 Safari/537.36", "desktop"),
+        ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Mobile/15E148", "mobile"),
+        ("Mozilla/5.0 (Linux; Android 14; Pixel 8) Chrome/131.0 Mobile Safari/537.36", "mobile"),
+        ("Mozilla/5.0 (iPad; CPU OS 17_0 like Mac OS X) Mobile/15E148", "tablet"),
+        ("Mozilla/5.0 (Linux; Android 14; SM-X710) Chrome/131.0 Safari/537.36", "tablet"),
+        ("curl/8.0", "unknown"),
+    ],
+)
+def test_device_type_is_recorded_at_entry(client, postgres, acme, user_agent, device_type):
+    enter(client, acme.study, "dev-1", "DE", HTTP_USER_AGENT=user_agent)
+    assert ParticipantSession.objects.get().device_type == device_type

@@ -28,38 +28,64 @@ def test_admin_upload_of_a_non_video_is_refused(admin_client, acme):
     assert not Ad.objects.filter(title="Broken").exists()
 
 
-def test_admin_can_create_a_study(admin_client, acme):
-    response = admin_client.post(
-        "/admin/studies/study/add/",
-        {
-            "organization": acme.organization.pk,
-            "name": "Summer",
-            "status": "draft",
-            "allowed_countries": '["DE"]',
-            "consent_text": "ok",
-            "capture_fps": 5,
-            "ads-TOTAL_FORMS": 0,
-            "ads-INITIAL_FORMS": 0,
+def study_form(organization, **fields) -> dict:
+    """What the admin's study form posts: every field plus the three inline formsets' management data."""
+    data = {
+        "organization": organization.pk,
+        "name": "Summer",
+        "status": "draft",
+        "allowed_countries": '["DE"]',
+        "participant_id_param": "pid",
+        "country_param": "c",
+        "consent_text": "ok",
+        "capture_fps": 5,
+        "ad_order": "fixed",
+        "baseline_seconds": 5,
+        "max_check_attempts": 3,
+        "check_attempt_seconds": 20,
+        "min_usable_frame_ratio": 0.6,
+        "min_face_quality": 0.3,
+    }
+    for prefix in ("ads", "quotas", "consent_versions"):
+        data.update({f"{prefix}-TOTAL_FORMS": 0, f"{prefix}-INITIAL_FORMS": 0})
+    data.update(fields)
+    return data
+
+
+def test_admin_can_create_a_study_with_quotas(admin_client, acme):
+    form = study_form(
+        acme.organization,
+        **{
+            "quotas-TOTAL_FORMS": 1,
+            "quotas-0-country": "DE",
+            "quotas-0-target": 150,
+            "redirect_complete_url": "https://panel.example/c?id={pid}",
         },
     )
+    response = admin_client.post("/admin/studies/study/add/", form)
     assert response.status_code == 302, response.content.decode()[:3000]
-    assert acme.organization.studies.filter(name="Summer").exists()
+    study = acme.organization.studies.get(name="Summer")
+    assert list(study.quotas.values_list("country", "target")) == [("DE", 150)]
+    assert study.redirect_complete_url == "https://panel.example/c?id={pid}"
 
 
 def test_allowed_countries_must_be_two_letter_codes(admin_client, acme):
-    response = admin_client.post(
-        f"/admin/studies/study/{acme.study.pk}/change/",
-        {
-            "organization": acme.organization.pk,
-            "name": "Spring campaign",
-            "status": "live",
-            "allowed_countries": '["Germany"]',
-            "consent_text": "ok",
-            "capture_fps": 5,
-            "ads-TOTAL_FORMS": 0,
-            "ads-INITIAL_FORMS": 0,
-        },
+    form = study_form(
+        acme.organization, name="Spring campaign", status="live", allowed_countries='["Germany"]'
     )
+    response = admin_client.post(f"/admin/studies/study/{acme.study.pk}/change/", form)
     assert response.status_code == 200 and b"two-letter country codes" in response.content
     acme.study.refresh_from_db()
     assert acme.study.allowed_countries == ["DE", "US", "JP"]
+
+
+def test_admin_lists_participant_sessions_read_only_without_tokens(admin_client, acme):
+    from research_portal.capture.models import ParticipantSession
+
+    session = ParticipantSession.objects.create(
+        study=acme.study, external_participant_id="panel-77", country="DE"
+    )
+    listing = admin_client.get("/admin/capture/participantsession/").content.decode()
+    assert "panel-77" in listing
+    detail = admin_client.get(f"/admin/capture/participantsession/{session.pk}/change/").content.decode()
+    assert session.token not in detail and "panel-77" in detail
