@@ -107,7 +107,6 @@ class EmotionModel:
         # Column order that turns the model's output into EMOTIONS order. Extra classes a model may have
         # (e.g. FER+'s contempt) are dropped and the rest renormalised.
         self._emotion_columns = np.array([self.metadata.labels.index(label) for label in EMOTIONS])
-        self._renormalise = len(self.metadata.labels) != len(EMOTIONS)
         weights = self.metadata.valence_weights
         self._valence_weights = (
             np.array([float(weights.get(label, 0.0)) for label in EMOTIONS], np.float32) if weights else None
@@ -166,6 +165,13 @@ class EmotionModel:
         raw = np.concatenate(parts).astype(np.float32, copy=False)
         probabilities = _softmax(raw) if self.outputs_logits else raw
         probabilities = probabilities[:, self._emotion_columns]
-        if self._renormalise:
-            probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
+        # Always renormalise: extra classes (dropped above) and quantised models (an int8 softmax moves in
+        # steps of 1/255, so its rows sum to 0.99..1.0) would otherwise break "probabilities sum to 1".
+        totals = probabilities.sum(axis=1, keepdims=True)
+        probabilities = np.divide(
+            probabilities,
+            totals,
+            out=np.full_like(probabilities, 1.0 / len(EMOTIONS)),  # a row of zeros reads as "no idea"
+            where=totals > 0,
+        )
         return np.ascontiguousarray(probabilities, dtype=np.float32)

@@ -77,6 +77,7 @@ def build_contract_model(
     output_name: str = "probabilities",
     extra_props: dict[str, str] | None = None,
     channels: int = 1,
+    output_scale: float = 1.0,
 ) -> Path:
     """A tiny ONNX model honouring the metadata contract: softmax(mean(normalised input) * w + b).
 
@@ -91,7 +92,9 @@ def build_contract_model(
             helper.make_node("Reshape", ["mean", "shape"], ["flat"]),
             helper.make_node("MatMul", ["flat", "weights"], ["scaled"]),
             helper.make_node("Add", ["scaled", "biases"], ["scores"]),
-            helper.make_node("Softmax", ["scores"], [output_name], axis=1),
+            helper.make_node("Softmax", ["scores"], ["softmax"], axis=1),
+            # output_scale != 1 imitates a quantised model whose probabilities do not quite sum to 1
+            helper.make_node("Mul", ["softmax", "output_scale"], [output_name]),
         ],
         "contract_model",
         [helper.make_tensor_value_info("input", tensor_proto.FLOAT, ["N", channels, input_size, input_size])],
@@ -100,6 +103,7 @@ def build_contract_model(
             helper.make_tensor("shape", tensor_proto.INT64, [2], [-1, 1]),
             helper.make_tensor("weights", tensor_proto.FLOAT, [1, count], weights),
             helper.make_tensor("biases", tensor_proto.FLOAT, [count], biases),
+            helper.make_tensor("output_scale", tensor_proto.FLOAT, [], [output_scale]),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

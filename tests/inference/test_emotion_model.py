@@ -63,6 +63,19 @@ def test_probabilities_sum_to_one_and_batch_equals_single(contract_model_path: P
     assert model.predict(crops[:0]).shape == (0, 7)
 
 
+def test_probabilities_are_renormalised_for_quantised_models(tmp_path: Path) -> None:
+    """An int8 softmax moves in steps of 1/255: its rows sum to 0.99..1.0; readings must still sum to 1."""
+    weights = [0.0, 0.0, 0.0, 3.0, -3.0, 0.0, 0.0]
+    exact = build_contract_model(tmp_path / "exact.onnx", list(EMOTIONS), weights, [0.0] * 7)
+    short = build_contract_model(
+        tmp_path / "short.onnx", list(EMOTIONS), weights, [0.0] * 7, output_scale=0.99
+    )
+    crops = np.random.default_rng(0).integers(0, 256, (6, 48, 48), dtype=np.uint8)
+    quantised = EmotionModel(short).predict(crops)
+    np.testing.assert_allclose(quantised.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(quantised, EmotionModel(exact).predict(crops), atol=1e-6)
+
+
 def test_a_model_without_contract_metadata_is_rejected(contract_model_path: Path, tmp_path: Path) -> None:
     onnx = pytest.importorskip("onnx")
     model = onnx.load(str(contract_model_path))
