@@ -15,9 +15,18 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def write_card(path: str | Path, *, version: str, cfg: dict[str, Any], config_path: str,
-               summary: dict[str, Any], metrics: dict[str, Any], command: str,
-               hardware: str, notes: str = "") -> Path:
+def write_card(
+    path: str | Path,
+    *,
+    version: str,
+    cfg: dict[str, Any],
+    config_path: str,
+    summary: dict[str, Any],
+    metrics: dict[str, Any],
+    command: str,
+    hardware: str,
+    notes: str = "",
+) -> Path:
     fer = metrics["fer2013"]
     pub = metrics.get("public", {}).get("fer2013", {})
     fp = metrics.get("ferplus", {})
@@ -36,7 +45,8 @@ def write_card(path: str | Path, *, version: str, cfg: dict[str, Any], config_pa
             f"- Ensemble of {len(summary['members'])} members whose probabilities are averaged inside the "
             f"graph; member overrides of the base config: {json.dumps(cfg.get('members'))}; member "
             "PublicTest accuracies (fp32, before merging): "
-            + ", ".join(f"{m['public_fer_acc']:.4f}" for m in summary["members"]) + ".\n"
+            + ", ".join(f"{m['public_fer_acc']:.4f}" for m in summary["members"])
+            + ".\n"
         )
     teacher = cfg.get("teacher")
     if teacher:
@@ -50,7 +60,7 @@ def write_card(path: str | Path, *, version: str, cfg: dict[str, Any], config_pa
         )
     text = f"""# Emotion classifier `{version}`
 
-File: `inference/models/emotion.onnx` ({metrics['size_bytes'] / 1e6:.2f} MB). Loaded by `inference/model.py`
+File: `inference/models/emotion.onnx` ({metrics["size_bytes"] / 1e6:.2f} MB). Loaded by `inference/model.py`
 through its ONNX metadata (see docs/architecture.md, "Inference contract").
 
 ## What it does
@@ -71,16 +81,16 @@ Derived scores (conventions of this card, computed by the consumer):
 - Trained on `Training` (28,709 rows minus those whose FER+ majority is unknown/not-a-face), model
   and epoch selected on `PublicTest` (EMA weights, best PublicTest FER2013 accuracy; temperature for
   calibration fitted on PublicTest), reported once on `PrivateTest`. PrivateTest was never used for tuning.
-- Architecture: plain VGG-style CNN, widths {model['widths']}, depths {model['depths']}, stem stride
-  {model.get('stem_stride', 1)}, global average pooling, two linear heads; {summary['params'] / 1e6:.2f}M parameters;
+- Architecture: plain VGG-style CNN, widths {model["widths"]}, depths {model["depths"]}, stem stride
+  {model.get("stem_stride", 1)}, global average pooling, two linear heads; {summary["params"] / 1e6:.2f}M parameters;
   BatchNorm folded into the convolutions at export; horizontal-flip averaging in the graph:
-  {cfg['export'].get('flip_tta', False)}.
-{quant_line}- Training: {cfg['train']['epochs']} epochs (ran {summary['epochs_run']}, selected epoch {summary['epoch']}),
-  {cfg['train'].get('optimizer', 'sgd')} lr {cfg['train']['lr']}, batch {cfg['train']['batch_size']}, cosine schedule,
-  label smoothing {cfg['train'].get('label_smoothing', 0.1)}, mixup p {cfg['train'].get('mixup_p', 0)},
+  {cfg["export"].get("flip_tta", False)}.
+{quant_line}- Training: {cfg["train"]["epochs"]} epochs (ran {summary["epochs_run"]}, selected epoch {summary["epoch"]}),
+  {cfg["train"].get("optimizer", "sgd")} lr {cfg["train"]["lr"]}, batch {cfg["train"]["batch_size"]}, cosine schedule,
+  label smoothing {cfg["train"].get("label_smoothing", 0.1)}, mixup p {cfg["train"].get("mixup_p", 0)},
   augmentation on the device (flip, rotation, scale, shift, brightness/contrast, erasing), loss =
-  CE(FER2013 labels) + {cfg['train'].get('ferplus_weight', 1.0)} x CE(FER+ vote distribution), seed {cfg['seed']}.
-  Training took {summary['train_seconds']:.0f} s.
+  CE(FER2013 labels) + {cfg["train"].get("ferplus_weight", 1.0)} x CE(FER+ vote distribution), seed {cfg["seed"]}.
+  Training took {summary["train_seconds"]:.0f} s.
 
 ## Reproduce
 ```
@@ -90,19 +100,19 @@ Config: `{config_path}`. Hardware of the shipped run: {hardware}.
 {notes}
 Re-measure the shipped file without torch: `python -m inference.training.evaluate inference/models/emotion.onnx`.
 
-## Metrics (FER2013 PrivateTest, n={fer['n']}, measured from the ONNX file)
+## Metrics (FER2013 PrivateTest, n={fer["n"]}, measured from the ONNX file)
 | metric | value |
 |---|---|
-| FER2013 accuracy (7 classes) | {_pct(fer['accuracy'])} |
-| FER2013 macro-F1 | {fer['macro_f1']:.4f} |
-| FER+ majority-vote accuracy (8 classes, unknown/NF dropped, n={fp.get('n', 0)}) | {_pct(fp['accuracy']) if fp else 'n/a'} |
-| happy-vs-rest accuracy (argmax) | {_pct(fer['happy_vs_rest_accuracy'])} |
-| happy-vs-rest ROC AUC (p_happy) | {fer['happy_vs_rest_auc']:.4f} |
-| ECE (15 bins, top-1) | {fer['ece']:.4f} |
-| NLL | {fer['nll']:.4f} |
-| PublicTest accuracy (selection split) | {_pct(pub['accuracy']) if pub else 'n/a'} |
-| size | {metrics['size_bytes']:,} bytes |
-| CPU speed, batch 32, onnxruntime, 1 thread | {f'{speed:.0f} crops/s' if speed else 'n/a'} ({metrics.get('speed_hardware', 'n/a')}) |
+| FER2013 accuracy (7 classes) | {_pct(fer["accuracy"])} |
+| FER2013 macro-F1 | {fer["macro_f1"]:.4f} |
+| FER+ majority-vote accuracy (8 classes, unknown/NF dropped, n={fp.get("n", 0)}) | {_pct(fp["accuracy"]) if fp else "n/a"} |
+| happy-vs-rest accuracy (argmax) | {_pct(fer["happy_vs_rest_accuracy"])} |
+| happy-vs-rest ROC AUC (p_happy) | {fer["happy_vs_rest_auc"]:.4f} |
+| ECE (15 bins, top-1) | {fer["ece"]:.4f} |
+| NLL | {fer["nll"]:.4f} |
+| PublicTest accuracy (selection split) | {_pct(pub["accuracy"]) if pub else "n/a"} |
+| size | {metrics["size_bytes"]:,} bytes |
+| CPU speed, batch 32, onnxruntime, 1 thread | {f"{speed:.0f} crops/s" if speed else "n/a"} ({metrics.get("speed_hardware", "n/a")}) |
 
 Per-class recall (PrivateTest):
 
@@ -117,6 +127,10 @@ Per-class recall (PrivateTest):
   participants is unmeasured. Readings are estimates of displayed expressions, not of felt emotions.
 - Demographic balance of FER2013 is undocumented; performance across groups is unmeasured.
 - Probabilities were temperature-calibrated on PublicTest; calibration on webcam data is unknown.
+- The int8 speed relies on onnxruntime's integer kernels (AVX-512 VNNI / AMX on the measuring CPU);
+  on CPUs without VNNI the same file runs markedly slower (re-measure with `evaluate`).
+- Single run, single seed: differences of a few tenths of a percent between runs are noise
+  (PrivateTest n=3589 gives a 95% interval of about ±1.5 points on accuracy).
 """
     p = Path(path)
     p.write_text(text)

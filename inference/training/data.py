@@ -50,9 +50,15 @@ def load_data(path: str | os.PathLike[str] | None = None) -> FerData:
         p = p / PACK_NAME
     if p.is_file():
         with np.load(p) as z:
-            images = z["images"] if "images" in z.files else _med_decode(
-                np.frombuffer(lzma.decompress(z["residual_xz"].tobytes()), np.uint8).reshape(
-                    tuple(z["shape"])))
+            images = (
+                z["images"]
+                if "images" in z.files
+                else _med_decode(
+                    np.frombuffer(lzma.decompress(z["residual_xz"].tobytes()), np.uint8).reshape(
+                        tuple(z["shape"])
+                    )
+                )
+            )
             return FerData(images, z["labels"].astype(np.int64), z["usage"], z["votes"])
     with np.load(p / "fer2013.npz", allow_pickle=False) as z:
         images, labels, usage_s = z["images"], z["labels"].astype(np.int64), z["usage"]
@@ -112,8 +118,14 @@ def pack(data: FerData, out: str | os.PathLike[str], splits: tuple[int, ...] = (
     out_p = Path(out)
     out_p.parent.mkdir(parents=True, exist_ok=True)
     xz = np.frombuffer(lzma.compress(res.tobytes(), preset=6), np.uint8)
-    np.savez(out_p, residual_xz=xz, shape=np.array(res.shape), labels=data.labels[keep].astype(
-        np.int8), usage=data.usage[keep], votes=data.votes[keep])
+    np.savez(
+        out_p,
+        residual_xz=xz,
+        shape=np.array(res.shape),
+        labels=data.labels[keep].astype(np.int8),
+        usage=data.usage[keep],
+        votes=data.votes[keep],
+    )
     return out_p
 
 

@@ -56,8 +56,9 @@ def merge_average(paths: list[str | Path], out: str | Path) -> Path:
             nodes.append(helper.make_node("Add", [acc, f"m{i}/{o}"], [nxt], name=f"ens/add_{o}{i}"))
             acc = nxt
         nodes.append(helper.make_node("Mul", [acc, "ens/weight"], [o], name=f"ens/mean_{o}"))
-    graph = helper.make_graph(nodes, "emotion_ensemble", list(base.graph.input),
-                              list(base.graph.output), inits)
+    graph = helper.make_graph(
+        nodes, "emotion_ensemble", list(base.graph.input), list(base.graph.output), inits
+    )
     model = helper.make_model(graph, opset_imports=list(base.opset_import))
     model.ir_version = base.ir_version
     onnx.checker.check_model(model)
@@ -69,18 +70,35 @@ def combine_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """One summary for card/metadata: member 0's fields plus per-member records."""
     s = copy.deepcopy(summaries[0])
     s["params"] = sum(m["params"] for m in summaries)
-    s["members"] = [{k: m.get(k) for k in ("epoch", "public_fer_acc", "public_ferplus_acc",
-                                          "epochs_run", "train_seconds", "params",
-                                          "temperature_fer")}
-                    | {"teacher_public_fer_acc": m.get("teacher", {}).get("public_fer_acc")}
-                    for m in summaries]
+    s["members"] = [
+        {
+            k: m.get(k)
+            for k in (
+                "epoch",
+                "public_fer_acc",
+                "public_ferplus_acc",
+                "epochs_run",
+                "train_seconds",
+                "params",
+                "temperature_fer",
+            )
+        }
+        | {"teacher_public_fer_acc": m.get("teacher", {}).get("public_fer_acc")}
+        for m in summaries
+    ]
     s["train_seconds"] = sum(m["train_seconds"] for m in summaries) + sum(
-        m.get("teacher", {}).get("train_seconds", 0) for m in summaries)
+        m.get("teacher", {}).get("train_seconds", 0) for m in summaries
+    )
     return s
 
 
-def build(member_files: list[tuple[Path, dict[str, Any]]], cfg: dict[str, Any], out: Path,
-          data_path: str | None, work: Path) -> dict[str, Any]:
+def build(
+    member_files: list[tuple[Path, dict[str, Any]]],
+    cfg: dict[str, Any],
+    out: Path,
+    data_path: str | None,
+    work: Path,
+) -> dict[str, Any]:
     """Merge fp32 members, quantize per cfg (calibrated on Training rows), return summary."""
     import numpy as np
 
@@ -93,11 +111,11 @@ def build(member_files: list[tuple[Path, dict[str, Any]]], cfg: dict[str, Any], 
     if cfg["export"].get("quantize") == "int8":
         data = load_data(data_path)
         rng = np.random.default_rng(int(cfg["seed"]))
-        rows = rng.choice(data.split(TRAIN), int(cfg["export"].get("calib_rows", 1024)),
-                          replace=False)
+        rows = rng.choice(data.split(TRAIN), int(cfg["export"].get("calib_rows", 1024)), replace=False)
         norm = summary["normalization"]
-        calib = ((data.images[rows].astype(np.float32)[:, None] * norm["scale"] - norm["mean"])
-                 / norm["std"]).astype(np.float32)
+        calib = (
+            (data.images[rows].astype(np.float32)[:, None] * norm["scale"] - norm["mean"]) / norm["std"]
+        ).astype(np.float32)
         quantize_int8(merged, out, calib)
     else:
         out.write_bytes(merged.read_bytes())
@@ -108,8 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     from .pipeline import finalize
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--summary", nargs="+", required=True,
-                    help="member summary JSONs (each next to its <name>.fp32.onnx)")
+    ap.add_argument(
+        "--summary", nargs="+", required=True, help="member summary JSONs (each next to its <name>.fp32.onnx)"
+    )
     ap.add_argument("--out", required=True)
     ap.add_argument("--config", required=True, help="the ensemble config (with `members`)")
     ap.add_argument("--data", default=None)
@@ -125,8 +144,16 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(a.out)
     summary = build([(p, s["summary"]) for p, s in files], cfg, out, a.data, out.parent)
     (out.parent / "ensemble.fp32.onnx").unlink(missing_ok=True)
-    metrics = finalize(out, summary=summary, cfg=cfg, config_path=config_path, data_path=a.data,
-                       hardware=summary["hardware"], device=summary["device"], notes=a.notes)
+    metrics = finalize(
+        out,
+        summary=summary,
+        cfg=cfg,
+        config_path=config_path,
+        data_path=a.data,
+        hardware=summary["hardware"],
+        device=summary["device"],
+        notes=a.notes,
+    )
     print(json.dumps(metrics, indent=2))
 
 

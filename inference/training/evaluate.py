@@ -46,7 +46,7 @@ def predict(sess: Any, x: np.ndarray, batch: int = 512) -> dict[str, np.ndarray]
     names = [o.name for o in sess.get_outputs()]
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for i in range(0, len(x), batch):
-        for n, y in zip(names, sess.run(names, {"input": x[i:i + batch]}), strict=True):
+        for n, y in zip(names, sess.run(names, {"input": x[i : i + batch]}), strict=True):
             parts[n].append(y)
     return {n: np.concatenate(v) for n, v in parts.items()}
 
@@ -98,8 +98,9 @@ def fer_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str]) -> dict[str
     return {
         "accuracy": float((pred == y).mean()),
         "macro_f1": macro_f1(y, pred, k),
-        "per_class_recall": {lab: float(r) for lab, r in zip(labels, per_class_recall(y, pred, k),
-                                                             strict=True)},
+        "per_class_recall": {
+            lab: float(r) for lab, r in zip(labels, per_class_recall(y, pred, k), strict=True)
+        },
         "happy_vs_rest_accuracy": float(((pred == HAPPY) == happy_true).mean()),
         "happy_vs_rest_auc": roc_auc(happy_true, probs[:, HAPPY]),
         "ece": ece(probs, y),
@@ -116,8 +117,9 @@ def ferplus_metrics(probs8: np.ndarray, votes: np.ndarray) -> dict[str, Any]:
     return {"accuracy": float((pred == maj[keep]).mean()), "n": int(keep.sum())}
 
 
-def cpu_throughput(onnx_path: str | os.PathLike[str], batch: int = 32, threads: int = 1,
-                   seconds: float = 3.0) -> float:
+def cpu_throughput(
+    onnx_path: str | os.PathLike[str], batch: int = 32, threads: int = 1, seconds: float = 3.0
+) -> float:
     """Face crops per second at a given batch on `threads` CPU threads (median of repeats)."""
     sess = _session(onnx_path, threads)
     x = np.random.default_rng(0).random((batch, 1, 48, 48), dtype=np.float32)
@@ -132,9 +134,14 @@ def cpu_throughput(onnx_path: str | os.PathLike[str], batch: int = 32, threads: 
     return float(batch / np.median(times))
 
 
-def evaluate_model(onnx_path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None,
-                   *, split: int = PRIVATE, speed: bool = True,
-                   data: FerData | None = None) -> dict[str, Any]:
+def evaluate_model(
+    onnx_path: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    split: int = PRIVATE,
+    speed: bool = True,
+    data: FerData | None = None,
+) -> dict[str, Any]:
     """All product-facing metrics of an emotion ONNX file on a FER2013 split (default PrivateTest)."""
     sess = _session(onnx_path, threads=os.cpu_count() or 1)
     meta = dict(sess.get_modelmeta().custom_metadata_map)
@@ -160,8 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     ap = argparse.ArgumentParser(description="Evaluate an emotion ONNX model (no torch needed).")
-    ap.add_argument("model", nargs="?", default=str(Path(__file__).resolve().parents[1]
-                                                    / "models" / "emotion.onnx"))
+    ap.add_argument(
+        "model", nargs="?", default=str(Path(__file__).resolve().parents[1] / "models" / "emotion.onnx")
+    )
     ap.add_argument("--data", default=None, help="data dir or packed npz (default: shared data)")
     ap.add_argument("--no-speed", action="store_true")
     a = ap.parse_args(argv)

@@ -14,8 +14,7 @@ from . import FER_LABELS, FERPLUS_LABELS
 from .model import EmotionNet, ExportWrapper
 
 
-def export_onnx(net: EmotionNet, path: str | Path, *, flip_tta: bool, t_fer: float,
-                t_ferplus: float) -> Path:
+def export_onnx(net: EmotionNet, path: str | Path, *, flip_tta: bool, t_fer: float, t_ferplus: float) -> Path:
     """Write the inference graph: input `input` [N,1,48,48] -> `probabilities` [N,7] (+FER+)."""
     wrapper = ExportWrapper(net.cpu().float().eval(), flip_tta, t_fer, t_ferplus).eval()
     path = Path(path)
@@ -23,11 +22,15 @@ def export_onnx(net: EmotionNet, path: str | Path, *, flip_tta: bool, t_fer: flo
     with torch.no_grad():
         # TorchScript exporter: no onnxscript dependency, stable op set for onnxruntime
         torch.onnx.export(
-            wrapper, (torch.zeros(1, 1, 48, 48),), str(path), input_names=["input"],
+            wrapper,
+            (torch.zeros(1, 1, 48, 48),),
+            str(path),
+            input_names=["input"],
             output_names=["probabilities", "ferplus_probabilities"],
-            dynamic_axes={"input": {0: "N"}, "probabilities": {0: "N"},
-                          "ferplus_probabilities": {0: "N"}},
-            opset_version=17, do_constant_folding=True, dynamo=False,
+            dynamic_axes={"input": {0: "N"}, "probabilities": {0: "N"}, "ferplus_probabilities": {0: "N"}},
+            opset_version=17,
+            do_constant_folding=True,
+            dynamo=False,
         )
     return path
 
@@ -44,8 +47,9 @@ def set_metadata(path: str | Path, meta: dict[str, Any]) -> None:
     onnx.save(m, str(path))
 
 
-def contract_metadata(normalization: dict[str, float], version: str, metrics: dict[str, Any],
-                      trained_on: str) -> dict[str, Any]:
+def contract_metadata(
+    normalization: dict[str, float], version: str, metrics: dict[str, Any], trained_on: str
+) -> dict[str, Any]:
     return {
         "labels": list(FER_LABELS),
         "input_size": "48",
@@ -65,13 +69,17 @@ def contract_metadata(normalization: dict[str, float], version: str, metrics: di
 # valence = sum_k p_k * w_k over the FER2013 output; happy positive, surprise mildly positive
 # (ambiguous), neutral 0, negative emotions negative. A convention, documented in the card.
 VALENCE_WEIGHTS: dict[str, float] = {
-    "angry": -0.8, "disgust": -0.9, "fear": -0.7, "happy": 1.0, "sad": -0.8,
-    "surprise": 0.2, "neutral": 0.0,
+    "angry": -0.8,
+    "disgust": -0.9,
+    "fear": -0.7,
+    "happy": 1.0,
+    "sad": -0.8,
+    "surprise": 0.2,
+    "neutral": 0.0,
 }
 
 
-def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray,
-                  batch: int = 32) -> Path:
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray, batch: int = 32) -> Path:
     """Static int8 quantization (QDQ, per-channel weights) calibrated on normalised face crops.
 
     Why: onnxruntime's QLinearConv on x86 (VNNI) runs these convs ~3x faster than fp32 and the
@@ -92,11 +100,17 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray
         def get_next(self) -> dict[str, np.ndarray] | None:
             if self.i >= len(calib):
                 return None
-            b = calib[self.i:self.i + batch]
+            b = calib[self.i : self.i + batch]
             self.i += batch
             return {"input": b}
 
-    quantize_static(str(fp32_path), str(out_path), _Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, weight_type=QuantType.QInt8,
-                    activation_type=QuantType.QUInt8)
+    quantize_static(
+        str(fp32_path),
+        str(out_path),
+        _Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+    )
     return Path(out_path)

@@ -25,9 +25,17 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     s = json.loads(Path(a.summary).read_text())
     summary, cfg = s["summary"], s["config"]
-    metrics = finalize(Path(a.onnx), summary=summary, cfg=cfg, config_path=s["config_path"],
-                       data_path=a.data, hardware=summary["hardware"], device=summary["device"],
-                       card_path=Path(a.card) if a.card else None, notes=a.notes)
+    metrics = finalize(
+        Path(a.onnx),
+        summary=summary,
+        cfg=cfg,
+        config_path=s["config_path"],
+        data_path=a.data,
+        hardware=summary["hardware"],
+        device=summary["device"],
+        card_path=Path(a.card) if a.card else None,
+        notes=a.notes,
+    )
     print(json.dumps(metrics, indent=2))
 
 

@@ -15,8 +15,9 @@ from torch import nn
 
 class ConvBNReLU(nn.Sequential):
     def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        )
 
     def fused(self) -> nn.Sequential:
         """Conv with BN folded in (eval statistics) + ReLU, for export."""
@@ -36,8 +37,15 @@ class EmotionNet(nn.Module):
     vote distributions). `stem_stride=2` halves the resolution in the first conv (cheaper).
     """
 
-    def __init__(self, widths: list[int], depths: list[int], dropout: float = 0.3,
-                 stem_stride: int = 1, n_fer: int = 7, n_ferplus: int = 8) -> None:
+    def __init__(
+        self,
+        widths: list[int],
+        depths: list[int],
+        dropout: float = 0.3,
+        stem_stride: int = 1,
+        n_fer: int = 7,
+        n_ferplus: int = 8,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         cin = 1
@@ -62,8 +70,7 @@ class EmotionNet(nn.Module):
 
 
 def build_model(cfg: dict[str, Any]) -> EmotionNet:
-    return EmotionNet(cfg["widths"], cfg["depths"], cfg.get("dropout", 0.3),
-                      cfg.get("stem_stride", 1))
+    return EmotionNet(cfg["widths"], cfg["depths"], cfg.get("dropout", 0.3), cfg.get("stem_stride", 1))
 
 
 class ExportWrapper(nn.Module):

@@ -1,6 +1,6 @@
 """Pack the shared data into one compressed file for carrying to the GPU machine.
 
-    python -m inference.training.pack --out .gpu/fer_pack.npz
+python -m inference.training.pack --out .gpu/fer_pack.npz
 """
 
 from __future__ import annotations

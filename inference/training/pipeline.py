@@ -53,9 +53,15 @@ def metadata_metrics(m: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def measure_and_stamp(onnx_path: Path, data_path: str | None, *, version: str,
-                      normalization: dict[str, float], trained_on: str,
-                      speed: bool) -> dict[str, Any]:
+def measure_and_stamp(
+    onnx_path: Path,
+    data_path: str | None,
+    *,
+    version: str,
+    normalization: dict[str, float],
+    trained_on: str,
+    speed: bool,
+) -> dict[str, Any]:
     """Evaluate the exported file and write the full metadata contract into it."""
     data = load_data(data_path)
     meta0 = contract_metadata(normalization, version, {}, trained_on)
@@ -65,30 +71,53 @@ def measure_and_stamp(onnx_path: Path, data_path: str | None, *, version: str,
     if speed:
         metrics["speed_hardware"] = f"{cpu_name()}, 1 thread, onnxruntime"
     for _ in range(2):  # the size depends on the metrics string itself; converge
-        set_metadata(onnx_path, contract_metadata(normalization, version,
-                                                  metadata_metrics(metrics), trained_on))
+        set_metadata(
+            onnx_path, contract_metadata(normalization, version, metadata_metrics(metrics), trained_on)
+        )
         metrics["size_bytes"] = onnx_path.stat().st_size
-    set_metadata(onnx_path, contract_metadata(normalization, version, metadata_metrics(metrics),
-                                              trained_on))
+    set_metadata(onnx_path, contract_metadata(normalization, version, metadata_metrics(metrics), trained_on))
     return metrics
 
 
-def finalize(onnx_path: Path, *, summary: dict[str, Any], cfg: dict[str, Any], config_path: str,
-             data_path: str | None, hardware: str, device: str, speed: bool = True,
-             card_path: Path | None = None, notes: str = "") -> dict[str, Any]:
+def finalize(
+    onnx_path: Path,
+    *,
+    summary: dict[str, Any],
+    cfg: dict[str, Any],
+    config_path: str,
+    data_path: str | None,
+    hardware: str,
+    device: str,
+    speed: bool = True,
+    card_path: Path | None = None,
+    notes: str = "",
+) -> dict[str, Any]:
     """Measure the exported file on PrivateTest (+PublicTest), stamp its metadata, write the card."""
     from .data import repo_root
 
-    trained_on = (f"FER2013 Training + FER+ votes; selected on PublicTest; {hardware}; "
-                  f"config {Path(config_path).name}")
-    metrics = measure_and_stamp(onnx_path, data_path, version=cfg["export"]["version"],
-                                normalization=summary["normalization"], trained_on=trained_on,
-                                speed=speed)
+    trained_on = (
+        f"FER2013 Training + FER+ votes; selected on PublicTest; {hardware}; config {Path(config_path).name}"
+    )
+    metrics = measure_and_stamp(
+        onnx_path,
+        data_path,
+        version=cfg["export"]["version"],
+        normalization=summary["normalization"],
+        trained_on=trained_on,
+        speed=speed,
+    )
     rel = os.path.relpath(Path(config_path).resolve(), repo_root())
-    write_card(card_path or onnx_path.with_suffix(".md"), version=cfg["export"]["version"],
-               cfg=cfg, config_path=rel, summary=summary, metrics=metrics,
-               command=f"python -m inference.training --config {rel} --device {device}",
-               hardware=hardware, notes=notes)
+    write_card(
+        card_path or onnx_path.with_suffix(".md"),
+        version=cfg["export"]["version"],
+        cfg=cfg,
+        config_path=rel,
+        summary=summary,
+        metrics=metrics,
+        command=f"python -m inference.training --config {rel} --device {device}",
+        hardware=hardware,
+        notes=notes,
+    )
     return metrics
 
 
@@ -106,22 +135,32 @@ def member_config(cfg: dict[str, Any], k: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m inference.training",
-                                 description="Train, select, export and document the emotion model.")
+    ap = argparse.ArgumentParser(
+        prog="python -m inference.training",
+        description="Train, select, export and document the emotion model.",
+    )
     ap.add_argument("--config", required=True)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--data", default=None,
-                    help="shared data dir or packed npz (default $PORTAL_SHARED_DIR/data)")
+    ap.add_argument(
+        "--data", default=None, help="shared data dir or packed npz (default $PORTAL_SHARED_DIR/data)"
+    )
     ap.add_argument("--out", default=None, help="model dir (default inference/models)")
     ap.add_argument("--name", default="emotion")
     ap.add_argument("--workdir", default=None, help="logs/summary (default var/training)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--no-speed", action="store_true", help="skip the CPU speed measurement")
-    ap.add_argument("--no-eval", action="store_true",
-                    help="export only (data without PrivateTest); run inference.training.finalize later")
+    ap.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="export only (data without PrivateTest); run inference.training.finalize later",
+    )
     ap.add_argument("--hardware", default=None, help="free text for the card")
-    ap.add_argument("--member", type=int, default=None,
-                    help="ensemble configs: train only this member and write its fp32 file")
+    ap.add_argument(
+        "--member",
+        type=int,
+        default=None,
+        help="ensemble configs: train only this member and write its fp32 file",
+    )
     a = ap.parse_args(argv)
 
     import torch
@@ -135,9 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(a.out) if a.out else Path(__file__).resolve().parents[1] / "models"
     work = Path(a.workdir) if a.workdir else repo_root() / "var" / "training"
     work.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        handlers=[logging.StreamHandler(),
-                                  logging.FileHandler(work / f"{a.name}.log", mode="w")])
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(message)s",
+        handlers=[logging.StreamHandler(), logging.FileHandler(work / f"{a.name}.log", mode="w")],
+    )
     cfg = load_config(a.config)
     log.info("config %s: %s", a.config, json.dumps(cfg))
     if device == "cuda":
@@ -158,11 +199,18 @@ def main(argv: list[str] | None = None) -> None:
             net, msum = train(mcfg, data, device)
             msum.update(hardware=hardware, device=device)
             fp = work / f"{a.name}.m{k}.fp32.onnx"
-            export_onnx(net, fp, flip_tta=mcfg["export"].get("flip_tta", False),
-                        t_fer=msum["temperature_fer"], t_ferplus=msum["temperature_ferplus"])
-            (work / f"{a.name}.m{k}.summary.json").write_text(json.dumps(
-                {"summary": msum, "config": cfg, "member_config": mcfg,
-                 "config_path": a.config}, indent=2))
+            export_onnx(
+                net,
+                fp,
+                flip_tta=mcfg["export"].get("flip_tta", False),
+                t_fer=msum["temperature_fer"],
+                t_ferplus=msum["temperature_ferplus"],
+            )
+            (work / f"{a.name}.m{k}.summary.json").write_text(
+                json.dumps(
+                    {"summary": msum, "config": cfg, "member_config": mcfg, "config_path": a.config}, indent=2
+                )
+            )
             files.append((fp, msum))
         if a.member is not None:
             log.info("member %d written to %s", a.member, work)
@@ -175,30 +223,44 @@ def main(argv: list[str] | None = None) -> None:
         summary.update(hardware=hardware, device=device)
         quant = cfg["export"].get("quantize")
         fp32_path = work / f"{a.name}.fp32.onnx" if quant else onnx_path
-        export_onnx(net, fp32_path, flip_tta=cfg["export"].get("flip_tta", False),
-                    t_fer=summary["temperature_fer"], t_ferplus=summary["temperature_ferplus"])
+        export_onnx(
+            net,
+            fp32_path,
+            flip_tta=cfg["export"].get("flip_tta", False),
+            t_fer=summary["temperature_fer"],
+            t_ferplus=summary["temperature_ferplus"],
+        )
         if quant == "int8":
             from .data import TRAIN
             from .export import quantize_int8
 
             # fixed, seeded calibration subset of Training rows (never test data)
             rng = np.random.default_rng(int(cfg["seed"]))
-            rows = rng.choice(data.split(TRAIN), int(cfg["export"].get("calib_rows", 1024)),
-                              replace=False)
+            rows = rng.choice(data.split(TRAIN), int(cfg["export"].get("calib_rows", 1024)), replace=False)
             norm = summary["normalization"]
-            calib = ((data.images[rows].astype(np.float32)[:, None] * norm["scale"]
-                      - norm["mean"]) / norm["std"]).astype(np.float32)
+            calib = (
+                (data.images[rows].astype(np.float32)[:, None] * norm["scale"] - norm["mean"]) / norm["std"]
+            ).astype(np.float32)
             quantize_int8(fp32_path, onnx_path, calib)
         elif quant:
             raise ValueError(f"unknown export.quantize {quant!r}")
-    (work / f"{a.name}.summary.json").write_text(json.dumps(
-        {"summary": summary, "config": cfg, "config_path": a.config}, indent=2))
+    (work / f"{a.name}.summary.json").write_text(
+        json.dumps({"summary": summary, "config": cfg, "config_path": a.config}, indent=2)
+    )
     if a.no_eval:
-        set_metadata(onnx_path, contract_metadata(summary["normalization"],
-                                                  cfg["export"]["version"], {}, hardware))
+        set_metadata(
+            onnx_path, contract_metadata(summary["normalization"], cfg["export"]["version"], {}, hardware)
+        )
         return
-    metrics = finalize(onnx_path, summary=summary, cfg=cfg, config_path=a.config,
-                       data_path=a.data, hardware=hardware, device=device,
-                       speed=not a.no_speed)
+    metrics = finalize(
+        onnx_path,
+        summary=summary,
+        cfg=cfg,
+        config_path=a.config,
+        data_path=a.data,
+        hardware=hardware,
+        device=device,
+        speed=not a.no_speed,
+    )
     (work / f"{a.name}.metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("metrics %s", json.dumps(read_metadata(onnx_path).get("metrics")))

@@ -44,10 +44,13 @@ def augment(x: torch.Tensor, aug: dict[str, Any]) -> torch.Tensor:
     tr = aug.get("translate", 0.1) * 2.0  # affine_grid works in [-1, 1]
     flip = torch.where(torch.rand(b, device=dev) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
-    theta = torch.stack([
-        torch.stack([cos * flip, -sin, u(-tr, tr)], 1),
-        torch.stack([sin * flip, cos, u(-tr, tr)], 1),
-    ], 1)
+    theta = torch.stack(
+        [
+            torch.stack([cos * flip, -sin, u(-tr, tr)], 1),
+            torch.stack([sin * flip, cos, u(-tr, tr)], 1),
+        ],
+        1,
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     bc = aug.get("brightness", 0.3)
@@ -64,8 +67,12 @@ def augment(x: torch.Tensor, aug: dict[str, Any]) -> torch.Tensor:
         x0 = torch.rand(b, device=dev) * (w - ew)
         yy = torch.arange(h, device=dev).view(1, h, 1)
         xx = torch.arange(w, device=dev).view(1, 1, w)
-        m = ((yy >= y0.view(b, 1, 1)) & (yy < (y0 + eh).view(b, 1, 1))
-             & (xx >= x0.view(b, 1, 1)) & (xx < (x0 + ew).view(b, 1, 1)))
+        m = (
+            (yy >= y0.view(b, 1, 1))
+            & (yy < (y0 + eh).view(b, 1, 1))
+            & (xx >= x0.view(b, 1, 1))
+            & (xx < (x0 + ew).view(b, 1, 1))
+        )
         m &= (torch.rand(b, device=dev) < p_erase).view(b, 1, 1)
         x = torch.where(m.unsqueeze(1), torch.randn_like(x), x)
     return x
@@ -99,13 +106,14 @@ class Ema:
 
 
 @torch.no_grad()
-def predict_logits(model: EmotionNet, x: torch.Tensor, flip_tta: bool,
-                   batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_logits(
+    model: EmotionNet, x: torch.Tensor, flip_tta: bool, batch: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval-mode logits (fp32), averaging pooled features over the mirror image if flip_tta."""
     model.eval()
     fer, fp = [], []
     for i in range(0, len(x), batch):
-        xb = x[i:i + batch]
+        xb = x[i : i + batch]
         h = model.embed(xb).float()
         if flip_tta:
             h = 0.5 * (h + model.embed(torch.flip(xb, dims=[3])).float())
@@ -124,8 +132,16 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor) -> float:
 class _Split:
     """Device tensors of one split: normalised images, labels, FER+ soft targets and mask."""
 
-    def __init__(self, data: FerData, idx: np.ndarray, soft: np.ndarray, valid: np.ndarray,
-                 mean: float, std: float, dev: torch.device) -> None:
+    def __init__(
+        self,
+        data: FerData,
+        idx: np.ndarray,
+        soft: np.ndarray,
+        valid: np.ndarray,
+        mean: float,
+        std: float,
+        dev: torch.device,
+    ) -> None:
         x = torch.from_numpy(data.images[idx]).to(dev).float().unsqueeze(1)
         self.x = ((x / 255.0 - mean) / std).contiguous(memory_format=torch.channels_last)
         self.y = torch.from_numpy(data.labels[idx]).to(dev)
@@ -133,19 +149,28 @@ class _Split:
         self.m = torch.from_numpy(valid[idx]).to(dev)
 
 
-def _fit(model: EmotionNet, tc: dict[str, Any], aug: dict[str, Any], tr: _Split, pub: _Split,
-         flip_tta: bool, dev: torch.device, teacher: EmotionNet | None = None,
-         tag: str = "") -> tuple[EmotionNet, dict[str, Any]]:
+def _fit(
+    model: EmotionNet,
+    tc: dict[str, Any],
+    aug: dict[str, Any],
+    tr: _Split,
+    pub: _Split,
+    flip_tta: bool,
+    dev: torch.device,
+    teacher: EmotionNet | None = None,
+    tag: str = "",
+) -> tuple[EmotionNet, dict[str, Any]]:
     """One training run; returns the best-on-PublicTest EMA model and its record."""
     use_cuda = dev.type == "cuda"
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": tc["weight_decay"]},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": tc["weight_decay"]},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     if tc.get("optimizer", "sgd") == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=tc["lr"], momentum=0.9,
-                                                     nesterov=True)
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=tc["lr"], momentum=0.9, nesterov=True)
     else:
         opt = torch.optim.AdamW(groups, lr=tc["lr"])
     n = len(tr.y)
@@ -182,7 +207,7 @@ def _fit(model: EmotionNet, tc: dict[str, Any], aug: dict[str, Any], tr: _Split,
         perm = torch.randperm(n, device=dev)
         tot_loss = torch.zeros((), device=dev)
         for i in range(steps_per_epoch):
-            idx = perm[i * bs:(i + 1) * bs]
+            idx = perm[i * bs : (i + 1) * bs]
             xb = augment(tr.x[idx], aug)
             t_fer = onehot[tr.y[idx]] * (1 - ls) + ls / 7
             t_fp, m_fp = tr.fp[idx], tr.m[idx].float()
@@ -200,11 +225,14 @@ def _fit(model: EmotionNet, tc: dict[str, Any], aug: dict[str, Any], tr: _Split,
                     with torch.no_grad():
                         tf, tp = teacher(xb)
             hard = soft_ce(lf, t_fer).mean() + w_fp * (soft_ce(lp, t_fp) * m_fp).sum() / (
-                m_fp.sum().clamp(min=1))
+                m_fp.sum().clamp(min=1)
+            )
             if teacher is not None and kd_w > 0:
                 # function matching: the teacher labels the same augmented (mixed) batch
-                soft = (soft_ce(lf / kd_t, F.softmax(tf.float() / kd_t, 1)).mean()
-                        + w_fp * soft_ce(lp / kd_t, F.softmax(tp.float() / kd_t, 1)).mean())
+                soft = (
+                    soft_ce(lf / kd_t, F.softmax(tf.float() / kd_t, 1)).mean()
+                    + w_fp * soft_ce(lp / kd_t, F.softmax(tp.float() / kd_t, 1)).mean()
+                )
                 loss = (1 - kd_w) * hard + kd_w * kd_t * kd_t * soft
             else:
                 loss = hard
@@ -222,22 +250,35 @@ def _fit(model: EmotionNet, tc: dict[str, Any], aug: dict[str, Any], tr: _Split,
             acc = float((lf.argmax(1) == pub.y).float().mean())
             acc_fp = float((lp[pub.m].argmax(1) == pub.fp[pub.m].argmax(1)).float().mean())
             score = acc if tc.get("select", "fer") == "fer" else 0.5 * (acc + acc_fp)
-            rec = {"run": tag, "epoch": ep + 1, "loss": round(float(tot_loss) / steps_per_epoch, 4),
-                   "public_fer_acc": round(acc, 4), "public_ferplus_acc": round(acc_fp, 4),
-                   "s": round(elapsed, 1)}
+            rec = {
+                "run": tag,
+                "epoch": ep + 1,
+                "loss": round(float(tot_loss) / steps_per_epoch, 4),
+                "public_fer_acc": round(acc, 4),
+                "public_ferplus_acc": round(acc_fp, 4),
+                "s": round(elapsed, 1),
+            }
             history.append(rec)
             log.info(json.dumps(rec))
             if score > best["score"]:
-                best = {"score": score, "epoch": ep + 1, "public_fer_acc": acc,
-                        "public_ferplus_acc": acc_fp,
-                        "state": copy.deepcopy(ema.model.state_dict())}
+                best = {
+                    "score": score,
+                    "epoch": ep + 1,
+                    "public_fer_acc": acc,
+                    "public_ferplus_acc": acc_fp,
+                    "state": copy.deepcopy(ema.model.state_dict()),
+                }
         if elapsed > max_s:
             log.warning("%s: time budget reached after epoch %d", tag, ep + 1)
             break
     ema.model.load_state_dict(best.pop("state"))
     ema.model.eval()
-    return ema.model, {**best, "epochs_run": ep + 1, "train_seconds": round(time.time() - t0, 1),
-                       "history": history}
+    return ema.model, {
+        **best,
+        "epochs_run": ep + 1,
+        "train_seconds": round(time.time() - t0, 1),
+        "history": history,
+    }
 
 
 def train(cfg: dict[str, Any], data: FerData, device: str) -> tuple[EmotionNet, dict[str, Any]]:
@@ -270,20 +311,41 @@ def train(cfg: dict[str, Any], data: FerData, device: str) -> tuple[EmotionNet, 
         tcfg = cfg["teacher"]
         tmodel = build_model(tcfg["model"]).to(dev).to(memory_format=torch.channels_last)
         log.info("teacher params %.3fM", sum(p.numel() for p in tmodel.parameters()) / 1e6)
-        teacher, t_summary = _fit(tmodel, {**cfg["train"], **tcfg.get("train", {}),
-                                           "kd_weight": 0.0}, aug, tr, pub, flip_tta, dev,
-                                  tag="teacher")
+        teacher, t_summary = _fit(
+            tmodel,
+            {**cfg["train"], **tcfg.get("train", {}), "kd_weight": 0.0},
+            aug,
+            tr,
+            pub,
+            flip_tta,
+            dev,
+            tag="teacher",
+        )
     model = build_model(cfg["model"]).to(dev).to(memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model params %.3fM", n_params / 1e6)
-    sel, best = _fit(model, cfg["train"], aug, tr, pub, flip_tta, dev, teacher=teacher,
-                     tag="student" if teacher is not None else "model")
+    sel, best = _fit(
+        model,
+        cfg["train"],
+        aug,
+        tr,
+        pub,
+        flip_tta,
+        dev,
+        teacher=teacher,
+        tag="student" if teacher is not None else "model",
+    )
     lf, lp = predict_logits(sel, pub.x, flip_tta)
     onehot = torch.eye(7, device=dev)
     t_fer = fit_temperature(lf, onehot[pub.y])
     t_fp = fit_temperature(lp[pub.m], pub.fp[pub.m])
-    summary = {**best, "temperature_fer": t_fer, "temperature_ferplus": t_fp, "params": n_params,
-               "normalization": {"scale": 1 / 255, "mean": mean, "std": std}}
+    summary = {
+        **best,
+        "temperature_fer": t_fer,
+        "temperature_ferplus": t_fp,
+        "params": n_params,
+        "normalization": {"scale": 1 / 255, "mean": mean, "std": std},
+    }
     if t_summary is not None:
         summary["teacher"] = {k: v for k, v in t_summary.items()}
     return sel.cpu().float(), summary
