@@ -100,22 +100,16 @@ def build(
     work: Path,
 ) -> dict[str, Any]:
     """Merge fp32 members, quantize per cfg (calibrated on Training rows), return summary."""
-    import numpy as np
 
     from .data import TRAIN, load_data
-    from .export import quantize_int8
+    from .export import calibration_batch, quantize_int8
 
     summary = combine_summaries([s for _, s in member_files])
     merged = work / "ensemble.fp32.onnx"
     merge_average([p for p, _ in member_files], merged)
     if cfg["export"].get("quantize") == "int8":
         data = load_data(data_path)
-        rng = np.random.default_rng(int(cfg["seed"]))
-        rows = rng.choice(data.split(TRAIN), int(cfg["export"].get("calib_rows", 1024)), replace=False)
-        norm = summary["normalization"]
-        calib = (
-            (data.images[rows].astype(np.float32)[:, None] * norm["scale"] - norm["mean"]) / norm["std"]
-        ).astype(np.float32)
+        calib = calibration_batch(data.images, data.split(TRAIN), cfg, summary["normalization"])
         quantize_int8(merged, out, calib)
     else:
         out.write_bytes(merged.read_bytes())

@@ -104,6 +104,10 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray
             self.i += batch
             return {"input": b}
 
+    # only the conv trunk is quantized: the heads (Gemm), temperature (Div) and Softmax stay
+    # float so the output rows sum to 1 exactly and logits keep full resolution
+    m = onnx.load(str(fp32_path))
+    keep_float = [n.name for n in m.graph.node if n.op_type in ("Gemm", "Div", "Softmax", "Add", "Mul")]
     quantize_static(
         str(fp32_path),
         str(out_path),
@@ -112,5 +116,16 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray
         per_channel=True,
         weight_type=QuantType.QInt8,
         activation_type=QuantType.QUInt8,
+        nodes_to_exclude=keep_float,
     )
     return Path(out_path)
+
+
+def calibration_batch(
+    images: np.ndarray, train_rows: np.ndarray, cfg: dict[str, Any], normalization: dict[str, float]
+) -> np.ndarray:
+    """Fixed, seeded subset of Training crops (never test data), normalised like the input."""
+    rng = np.random.default_rng(int(cfg["seed"]))
+    rows = rng.choice(train_rows, int(cfg["export"].get("calib_rows", 1024)), replace=False)
+    x = images[rows].astype(np.float32)[:, None] * normalization["scale"]
+    return ((x - normalization["mean"]) / normalization["std"]).astype(np.float32)

@@ -9,8 +9,6 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .card import write_card
 from .data import PUBLIC, load_data
 from .evaluate import evaluate_model, read_metadata
@@ -232,15 +230,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         if quant == "int8":
             from .data import TRAIN
-            from .export import quantize_int8
+            from .export import calibration_batch, quantize_int8
 
-            # fixed, seeded calibration subset of Training rows (never test data)
-            rng = np.random.default_rng(int(cfg["seed"]))
-            rows = rng.choice(data.split(TRAIN), int(cfg["export"].get("calib_rows", 1024)), replace=False)
-            norm = summary["normalization"]
-            calib = (
-                (data.images[rows].astype(np.float32)[:, None] * norm["scale"] - norm["mean"]) / norm["std"]
-            ).astype(np.float32)
+            calib = calibration_batch(data.images, data.split(TRAIN), cfg, summary["normalization"])
             quantize_int8(fp32_path, onnx_path, calib)
         elif quant:
             raise ValueError(f"unknown export.quantize {quant!r}")
