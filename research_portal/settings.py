@@ -190,8 +190,6 @@ STORAGES = {
 }
 
 LOGIN_URL = "/admin/login/"
-# Redirect URLs typed without a scheme are https (Django 6's default; opt in now).
-FORMS_URLFIELD_ASSUME_HTTPS = True
 
 # Inference: the shipped model unless PORTAL_MODEL_PATH points at another ONNX file with the same metadata.
 PORTAL_SHARED_DIR = shared_dir()

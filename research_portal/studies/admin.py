@@ -1,6 +1,7 @@
 from django import forms
 from django.conf import settings
 from django.contrib import admin
+from django.db import models
 
 from research_portal.studies.models import Ad, ConsentVersion, CountryQuota, Study
 from research_portal.studies.services import check_ad_video
@@ -50,6 +51,8 @@ class StudyAdmin(admin.ModelAdmin):
     search_fields = ["name"]
     readonly_fields = ["public_id", "participant_link"]
     inlines = [AdInline, CountryQuotaInline, ConsentVersionInline]
+    # Redirect URLs typed without a scheme are https (Django 6's default).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     fieldsets = [
         (None, {"fields": ["organization", "name", "status", "public_id", "participant_link"]}),
         (

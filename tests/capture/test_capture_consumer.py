@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from research_portal.capture.models import FrameResult, ParticipantSession, SessionEvent
 from research_portal.capture.routing import capture_socket_path, websocket_urlpatterns
-from research_portal.capture.services import FRAME_HEADER
+from research_portal.capture.services import FRAME_HEADER, analysis_thread_pool
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,6 +25,9 @@ application = URLRouter(websocket_urlpatterns)
 def embedded_backend(settings):
     settings.CAPTURE_ANALYSIS_BACKEND = "thread"
     settings.CAPTURE_FLUSH_INTERVAL_S = 0.2
+    yield
+    # Let queued analyses finish before the test database is flushed under them (the pool runs in order).
+    analysis_thread_pool().submit(lambda: None).result(timeout=60)
 
 
 @pytest.fixture

@@ -84,7 +84,7 @@ def test_watch_page_after_the_check_carries_the_playlist_and_baseline(client, ac
 def test_declining_ends_the_session_with_the_declined_redirect(client, acme):
     acme.study.redirect_declined_url = "https://panel.example/back?status=declined&id={pid}"
     acme.study.save()
-    client.get(entry_url(acme.study, pid="p@1", c="DE"))
+    client.get(entry_url(acme.study, pid="p@1", c="US"))
     session = ParticipantSession.objects.get()
     response = client.post(f"/p/{session.token}/consent/", {"decision": "decline"}, follow=True)
     session.refresh_from_db()

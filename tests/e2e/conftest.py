@@ -95,6 +95,10 @@ def walk_through_study(page, link: str, artifacts: Path | None = None, end_url_g
     page.wait_for_function("Number(document.body.dataset.framesSent) >= 30", timeout=20_000)
     screenshot(page, artifacts, "4-ad")
     page.wait_for_url("**/end/", timeout=60_000)
-    screenshot(page, artifacts, "5-end")
     if end_url_glob:
+        screenshot(page, artifacts, "5-end")
         page.wait_for_url(end_url_glob, timeout=60_000)
+    else:
+        # Without a panel redirect the end page reloads itself once the session is validated.
+        page.wait_for_selector("#outcome", state="attached", timeout=60_000)
+        screenshot(page, artifacts, "5-end")

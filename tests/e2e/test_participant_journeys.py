@@ -22,6 +22,8 @@ def quick_study(acme, asgi_server):
     study.baseline_seconds = 1
     study.max_check_attempts = 2
     study.check_attempt_seconds = 4
+    # These journeys are about events, not frame quality: a loaded CI machine may capture fewer frames.
+    study.min_usable_frame_ratio = 0.3
     for outcome in ("complete", "failed", "declined", "over_quota"):
         setattr(study, f"redirect_{outcome}_url", f"{asgi_server}/panel-return/?status={outcome}&pid={{pid}}")
     study.save()
@@ -29,7 +31,7 @@ def quick_study(acme, asgi_server):
 
 
 def start_viewing(page, asgi_server: str, study, pid: str) -> None:
-    page.goto(f"{asgi_server}/s/{study.public_id}/?pid={pid}&c=DE")
+    page.goto(f"{asgi_server}/s/{study.public_id}/?pid={pid}&c=US")
     page.click("#accept")
     page.click("#start-check")
     page.wait_for_url("**/watch/", timeout=30_000)
@@ -41,7 +43,7 @@ def test_dark_room_fails_the_check_with_words_then_the_failed_redirect(
     quick_study, asgi_server, launch_browser, dark_camera
 ):
     page = launch_browser(dark_camera).new_page(viewport=PHONE)
-    page.goto(f"{asgi_server}/s/{quick_study.public_id}/?pid=dark-1&c=DE")
+    page.goto(f"{asgi_server}/s/{quick_study.public_id}/?pid=dark-1&c=US")
     screenshot(page, ARTIFACTS / "phone", "1-consent")
     page.click("#accept")
     page.click("#start-check")
