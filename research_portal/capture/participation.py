@@ -10,7 +10,7 @@ import re
 from urllib.parse import quote
 
 from django.db import transaction
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
 from research_portal.capture.models import ParticipantSession, SessionEvent
@@ -174,20 +174,39 @@ def do_start_session(
     )
 
 
-def current_consent_version(study: Study) -> ConsentVersion:
-    """The version of the study's consent text as it reads now; a changed text becomes a new version."""
-    latest = study.consent_versions.first()
-    if latest is not None and latest.text == study.consent_text:
+def standard_consent_text() -> str:
+    """The portal's own consent text, in the active language; used when a study sets none."""
+    return _(
+        "We will ask for your webcam while you watch one or more short videos. Your webcam pictures are "
+        "analysed by our software to read facial expressions, second by second, and are then discarded: "
+        "no picture or video of you is stored. We store only the readings (for example, how much you "
+        "smiled each second), linked to your panel participant id. Taking part is voluntary; you can stop "
+        "at any time by closing this window."
+    )
+
+
+def consent_text_for(study: Study, language: str) -> str:
+    """What a participant reading `language` is asked to agree to."""
+    with translation.override(language):
+        return study.consent_translations.get(language) or study.consent_text or standard_consent_text()
+
+
+def current_consent_version(study: Study, language: str) -> ConsentVersion:
+    """The exact text shown in `language`, as a version; a changed text becomes a new version."""
+    text = consent_text_for(study, language)
+    latest = study.consent_versions.filter(language=language).first()
+    if latest is not None and latest.text == text:
         return latest
+    newest = study.consent_versions.first()
     return ConsentVersion.objects.create(
-        study=study, version=(latest.version + 1) if latest else 1, text=study.consent_text
+        study=study, version=(newest.version + 1) if newest else 1, language=language, text=text
     )
 
 
 @transaction.atomic
 def do_record_consent(session: ParticipantSession) -> None:
     if session.state == State.STARTED:
-        session.consent_version = current_consent_version(session.study)
+        session.consent_version = current_consent_version(session.study, session.language)
         session.state = State.CONSENTED
         session.consent_at = timezone.now()
         session.save(update_fields=["consent_version", "state", "consent_at"])

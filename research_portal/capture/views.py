@@ -18,6 +18,7 @@ from research_portal.capture.models import ParticipantSession
 from research_portal.capture.participation import (
     EntryRefused,
     check_entry,
+    consent_text_for,
     device_type_from_user_agent,
     do_decline,
     do_record_consent,
@@ -109,7 +110,12 @@ def consent(request: HttpRequest, session: ParticipantSession) -> HttpResponse:
         else:
             return message_page(request, 400, _("Please choose"), _("Please accept or decline to continue."))
         return redirect(page_for_state(session))
-    return render(request, "participant/consent.html", {"session": session, "study": session.study})
+    context = {
+        "session": session,
+        "study": session.study,
+        "consent_text": consent_text_for(session.study, session.language),
+    }
+    return render(request, "participant/consent.html", context)
 
 
 def feedback_messages() -> dict[str, str]:

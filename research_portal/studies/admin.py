@@ -38,7 +38,7 @@ class ConsentVersionInline(admin.TabularInline):
     model = ConsentVersion
     extra = 0
     can_delete = False
-    readonly_fields = ["version", "text", "created_at"]
+    readonly_fields = ["version", "language", "text", "created_at"]
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -57,7 +57,15 @@ class StudyAdmin(admin.ModelAdmin):
         (None, {"fields": ["organization", "name", "status", "public_id", "participant_link"]}),
         (
             "Participants",
-            {"fields": ["allowed_countries", "participant_id_param", "country_param", "consent_text"]},
+            {
+                "fields": [
+                    "allowed_countries",
+                    "participant_id_param",
+                    "country_param",
+                    "consent_text",
+                    "consent_translations",
+                ]
+            },
         ),
         (
             "Panel redirects ({pid} is replaced by the participant id)",

@@ -1,5 +1,6 @@
 import secrets
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import FileExtensionValidator
 from django.db import models
@@ -12,6 +13,17 @@ def validate_country_codes(value: object) -> None:
         isinstance(code, str) and len(code) == 2 and code.isascii() and code.isupper() for code in value
     ):
         raise ValidationError('Give a list of two-letter country codes, e.g. ["DE", "US"], or [] for any.')
+
+
+def validate_consent_translations(value: object) -> None:
+    languages = {code for code, _name in settings.LANGUAGES}
+    if not isinstance(value, dict) or not all(
+        key in languages and isinstance(text, str) and text.strip() for key, text in value.items()
+    ):
+        raise ValidationError(
+            f"Give a JSON object of language code to consent text, codes among {sorted(languages)}, "
+            'e.g. {"de": "Wir bitten Sie ..."}.'
+        )
 
 
 def new_public_id() -> str:
@@ -32,13 +44,11 @@ class Study(models.Model):
     # ISO 3166-1 alpha-2 codes; empty means any country is accepted.
     allowed_countries = models.JSONField(default=list, blank=True, validators=[validate_country_codes])
     public_id = models.CharField(max_length=32, unique=True, default=new_public_id, editable=False)
-    consent_text = models.TextField(
-        default=(
-            "We will ask for your webcam while you watch a short video. Your webcam frames are analysed "
-            "by our software to read facial expressions and are then discarded: no picture or video of "
-            "you is stored. We store only the readings (for example, how much you smiled each second), "
-            "linked to your panel participant id."
-        )
+    # Blank: the portal's standard consent text, translated into each participant's language.
+    consent_text = models.TextField(blank=True)
+    # Optional per-language texts, e.g. {"de": "...", "ja": "..."}; consent_text is the fallback.
+    consent_translations = models.JSONField(
+        default=dict, blank=True, validators=[validate_consent_translations]
     )
     capture_fps = models.PositiveSmallIntegerField(default=5)
     # Opt-in only: keep the JPEG frames themselves (the default analyses and discards them).
@@ -121,6 +131,7 @@ class ConsentVersion(models.Model):
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="consent_versions")
     version = models.PositiveIntegerField()
+    language = models.CharField(max_length=8, default="en")
     text = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -131,4 +142,4 @@ class ConsentVersion(models.Model):
         ordering = ["study", "-version"]
 
     def __str__(self) -> str:
-        return f"{self.study} consent v{self.version}"
+        return f"{self.study} consent v{self.version} ({self.language})"

@@ -164,7 +164,7 @@
       adVideo.src = ad.src;
       adVideo.hidden = false;
       adVideo.addEventListener("ended", resolve, { once: true });
-      adVideo.addEventListener("error", () => reject(new Error(messages.video_error)), { once: true });
+      adVideo.addEventListener("error", () => reject(new Error("video element error")), { once: true });
       adVideo.play().catch(reject);
     });
   }
@@ -258,7 +258,9 @@
       }
       playedAll = !state.stopped;
     } catch (error) {
-      setStatus(error.message);
+      // The browser's own error text is English and technical; the participant gets our words.
+      console.warn("viewing stopped", error);
+      setStatus(messages.video_error);
     } finally {
       state.capturing = false;
       clearInterval(timer);

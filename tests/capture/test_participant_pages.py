@@ -40,7 +40,8 @@ def test_parameter_names_are_configurable_per_study(client, acme):
 def test_consent_page_says_frames_are_discarded_unless_the_study_opts_in(client, acme):
     session = ParticipantSession.objects.create(study=acme.study)
     page = client.get(f"/p/{session.token}/consent/").content.decode()
-    assert "discarded" in page and acme.study.consent_text[:40] in page
+    assert "analysed as they arrive and then discarded" in page
+    assert "read facial expressions, second by second" in page  # the standard consent text
     acme.study.store_frames = True
     acme.study.save()
     page = client.get(f"/p/{session.token}/consent/").content.decode()
@@ -53,7 +54,8 @@ def test_accepting_consent_records_version_and_time_then_opens_the_camera_check(
     session.refresh_from_db()
     assert response.url == f"/p/{session.token}/check/"
     assert session.state == "consented" and session.consent_at is not None
-    assert (session.consent_version.version, session.consent_version.text) == (1, acme.study.consent_text)
+    assert (session.consent_version.version, session.consent_version.language) == (1, "en")
+    assert session.consent_version.text.startswith("We will ask for your webcam")
     assert client.get(f"/p/{session.token}/watch/").url == f"/p/{session.token}/check/"
 
 
@@ -68,6 +70,27 @@ def test_a_changed_consent_text_is_a_new_version(client, acme):
     second.refresh_from_db()
     assert (first.consent_version.version, second.consent_version.version) == (1, 2)
     assert second.consent_version.text == "A new text."
+
+
+def test_consent_is_shown_and_recorded_in_the_participants_language(client, acme):
+    german = ParticipantSession.objects.create(study=acme.study, language="de")
+    page = client.get(f"/p/{german.token}/consent/").content.decode()
+    assert "Sekunde für Sekunde ausgewertet" in page  # the standard text, translated
+    client.post(f"/p/{german.token}/consent/", {"decision": "accept"})
+    german.refresh_from_db()
+    assert german.consent_version.language == "de"
+    assert german.consent_version.text.startswith("Wir bitten Sie um Zugriff auf Ihre Webcam")
+
+    acme.study.consent_translations = {"ja": "調査のための同意文です。"}
+    acme.study.save()
+    japanese = ParticipantSession.objects.create(study=acme.study, language="ja")
+    assert "調査のための同意文です。" in client.get(f"/p/{japanese.token}/consent/").content.decode()
+    client.post(f"/p/{japanese.token}/consent/", {"decision": "accept"})
+    japanese.refresh_from_db()
+    assert (japanese.consent_version.language, japanese.consent_version.text) == (
+        "ja",
+        "調査のための同意文です。",
+    )
 
 
 def test_watch_page_after_the_check_carries_the_playlist_and_baseline(client, acme):

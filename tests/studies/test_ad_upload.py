@@ -89,3 +89,9 @@ def test_admin_lists_participant_sessions_read_only_without_tokens(admin_client,
     assert "panel-77" in listing
     detail = admin_client.get(f"/admin/capture/participantsession/{session.pk}/change/").content.decode()
     assert session.token not in detail and "panel-77" in detail
+
+
+def test_consent_translations_must_be_known_languages(admin_client, acme):
+    form = study_form(acme.organization, consent_translations='{"xx": "text"}')
+    response = admin_client.post(f"/admin/studies/study/{acme.study.pk}/change/", form)
+    assert response.status_code == 200 and b"language code to consent text" in response.content
