@@ -161,3 +161,28 @@ def test_ad_video_is_served_only_to_viewing_sessions_of_its_study(client, acme):
 def test_unknown_session_token_is_404(client):
     assert client.get("/p/unknown/consent/").status_code == 404
     assert client.post("/p/unknown/check/frame", b"x", content_type="image/jpeg").status_code == 404
+
+
+@pytest.mark.parametrize("state", ["declined", "completed", "failed", "over_quota"])
+def test_replayed_requests_on_an_ended_session_change_nothing(client, acme, state):
+    session = ParticipantSession.objects.create(study=acme.study, state=state, ad_sequence=[acme.ad.pk])
+    for url, data in [
+        (f"/p/{session.token}/consent/", {"decision": "accept"}),
+        (f"/p/{session.token}/finish/", {}),
+        (f"/p/{session.token}/check/attempt-failed", {}),
+    ]:
+        response = client.post(url, data)
+        assert response.status_code in (200, 302)
+    assert client.get(f"/p/{session.token}/check/").url == f"/p/{session.token}/end/"
+    assert client.get(f"/p/{session.token}/watch/").url == f"/p/{session.token}/end/"
+    session.refresh_from_db()
+    assert session.state == state and session.consent_at is None and session.check_attempts == 0
+
+
+def test_tampered_token_and_ad_ids_are_404(client, acme):
+    session = ParticipantSession.objects.create(
+        study=acme.study, state="viewing", checks_passed_at=timezone.now(), ad_sequence=[acme.ad.pk]
+    )
+    assert client.get(f"/p/{session.token[:-1]}x/watch/").status_code == 404
+    assert client.get(f"/p/{session.token}/ads/999999/video").status_code == 404
+    assert client.get(f"/p/{session.token}/ads/not-a-number/video").status_code == 404

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from inference.resources import REPO_ROOT
-from research_portal.capture.models import ParticipantSession, SessionEvent
+from research_portal.capture.models import FrameResult, ParticipantSession, SessionEvent
+from tests.conftest import free_port, service_env, start_daphne
 from tests.e2e.conftest import screenshot
 
 pytestmark = pytest.mark.e2e
@@ -98,3 +99,32 @@ def test_second_tab_takes_over_and_the_first_says_so(quick_study, asgi_server, c
     session = ParticipantSession.objects.get(external_participant_id="tabs-1")
     assert session.state == "completed"
     assert SessionEvent.objects.filter(session=session, name="other_tab").exists()
+
+
+def test_a_network_drop_mid_ad_loses_no_frame(
+    quick_study, postgres, redis_url, celery_worker, browser, tmp_path
+):
+    """The server goes away for a few seconds mid-ad: the page keeps its frames, reconnects, resends them,
+    and every frame it grabbed is stored exactly once."""
+    port = free_port()
+    env = service_env(postgres, redis_url)
+    server = start_daphne(env, port, tmp_path / "daphne-1.log")
+    base = f"http://127.0.0.1:{port}"
+    quick_study.redirect_complete_url = f"{base}/panel-return/?status=complete&pid={{pid}}"
+    quick_study.save()
+    page = browser.new_page()
+    try:
+        start_viewing(page, base, quick_study, "drop-1")
+        page.wait_for_function("document.getElementById('ad').currentTime > 0.5")
+        server.stop()
+        sent_before = int(page.evaluate("document.body.dataset.framesSent"))
+        page.wait_for_function(f"Number(document.body.dataset.framesSent) >= {sent_before + 5}")
+        server = start_daphne(env, port, tmp_path / "daphne-2.log")
+        page.wait_for_url("**/panel-return/?status=complete&pid=drop-1", timeout=60_000)
+    finally:
+        server.stop()
+
+    session = ParticipantSession.objects.get(external_participant_id="drop-1")
+    seqs = sorted(FrameResult.objects.filter(session=session).values_list("seq", flat=True))
+    assert session.state == "completed"
+    assert seqs == list(range(len(seqs))), "a frame grabbed during the outage was lost"
