@@ -12,7 +12,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
 
 from research_portal.analytics.dashboard import build_ad_dashboard, build_study_overview
-from research_portal.analytics.live import ad_group, study_group
+from research_portal.analytics.live import ad_group, remember_server_loop, study_group
 from research_portal.analytics.services import (
     Filters,
     InvalidFilters,
@@ -45,11 +45,12 @@ def build_payload(kind: str, target, filters: Filters) -> dict:
 
 
 class LiveDashboardConsumer(AsyncJsonWebsocketConsumer):
-    kind = "ad"  # or "study"; set by as_asgi(kind=...)
+    kind = "ad"  # or "study" (the subclasses below)
     target = None
 
     async def connect(self) -> None:
         await self.accept()  # accept first: a close code only reaches the browser on an open socket
+        remember_server_loop(asyncio.get_running_loop())
         target_id = self.scope["url_route"]["kwargs"]["target_id"]
         try:
             self.target = await database_sync_to_async(open_target)(
@@ -112,3 +113,11 @@ class LiveDashboardConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "update", "data": payload})
             if not self.dirty:
                 return
+
+
+class AdDashboardConsumer(LiveDashboardConsumer):
+    kind = "ad"
+
+
+class StudyOverviewConsumer(LiveDashboardConsumer):
+    kind = "study"

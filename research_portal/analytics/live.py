@@ -8,6 +8,7 @@ Redis configured the window is shared by every worker process (SET NX PX); other
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -98,9 +99,25 @@ def windows() -> LocalWindows | RedisWindows:
     return _windows(getattr(settings, "REDIS_URL", "") or "")
 
 
+_server_loop: asyncio.AbstractEventLoop | None = None
+
+
+def remember_server_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Called by dashboard sockets: the event loop of the ASGI server in this process."""
+    global _server_loop
+    _server_loop = loop
+
+
 def send_event(group: str, message: dict) -> None:
     layer = get_channel_layer()
-    if layer is not None:
+    if layer is None:
+        return
+    loop = _server_loop
+    if loop is not None and loop.is_running():
+        # In the server process (embedded mode's analysis threads), hand the send to the server's loop: the
+        # in-memory layer's queues belong to it and are not thread-safe.
+        asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop).result(timeout=10)
+    else:  # a Celery worker: no server loop here, the Redis layer connects from this thread
         async_to_sync(layer.group_send)(group, message)
 
 

@@ -41,14 +41,22 @@ class OrganizationAnalyst(models.Model):
         return f"{self.user} @ {self.organization}"
 
 
+# Rollup tables hold derived data: their foreign keys cascade in Django (deleting a session or ad deletes its
+# rollups) but carry no database constraint, whose per-row trigger would dominate the cost of writing them.
+
+
 class SessionRollup(models.Model):
     """The filter attributes a session's rollup rows were added to SecondCell under. When the session changes
     (it completes, fails...), its contribution is moved to the cells of its new attributes."""
 
     session = models.OneToOneField(
-        ParticipantSession, on_delete=models.CASCADE, primary_key=True, related_name="analytics_rollup"
+        ParticipantSession,
+        on_delete=models.CASCADE,
+        db_constraint=False,
+        primary_key=True,
+        related_name="analytics_rollup",
     )
-    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="+")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, db_constraint=False, related_name="+")
     country = models.CharField(max_length=2, blank=True)
     device_type = models.CharField(max_length=8)
     completed = models.BooleanField()
@@ -66,9 +74,9 @@ class SecondRollup(models.Model):
     at quality level `level` (definitions.QUALITY_LEVELS) read by one model version."""
 
     session = models.ForeignKey(
-        ParticipantSession, on_delete=models.CASCADE, related_name="+", db_index=False
+        ParticipantSession, on_delete=models.CASCADE, db_constraint=False, related_name="+", db_index=False
     )
-    ad = models.ForeignKey(Ad, on_delete=models.CASCADE, related_name="+")
+    ad = models.ForeignKey(Ad, on_delete=models.CASCADE, db_constraint=False, related_name="+")
     second = models.IntegerField()
     level = models.SmallIntegerField()
     model_version = models.CharField(max_length=64)
@@ -91,7 +99,7 @@ class BaselineRollup(models.Model):
     """Frame sums of one participant's baseline screen (FrameResult.ad NULL) per quality level and model."""
 
     session = models.ForeignKey(
-        ParticipantSession, on_delete=models.CASCADE, related_name="+", db_index=False
+        ParticipantSession, on_delete=models.CASCADE, db_constraint=False, related_name="+", db_index=False
     )
     level = models.SmallIntegerField()
     model_version = models.CharField(max_length=64)
@@ -122,7 +130,9 @@ class SecondCell(models.Model):
     Per measure m: n_m, s_m, q_m (participants with m, sum, sum of squares of their means) and nb_m, sb_m,
     qb_m (the same for means minus the participant's baseline mean; participants with a baseline only)."""
 
-    ad = models.ForeignKey(Ad, on_delete=models.CASCADE, related_name="+", db_index=False)
+    ad = models.ForeignKey(
+        Ad, on_delete=models.CASCADE, db_constraint=False, related_name="+", db_index=False
+    )
     level = models.SmallIntegerField()
     model_version = models.CharField(max_length=64)
     second = models.IntegerField()
@@ -164,9 +174,11 @@ class ParticipantAdSummary(models.Model):
     """One participant's whole ad at one quality level: for the per-country summary table."""
 
     session = models.ForeignKey(
-        ParticipantSession, on_delete=models.CASCADE, related_name="+", db_index=False
+        ParticipantSession, on_delete=models.CASCADE, db_constraint=False, related_name="+", db_index=False
     )
-    ad = models.ForeignKey(Ad, on_delete=models.CASCADE, related_name="+", db_index=False)
+    ad = models.ForeignKey(
+        Ad, on_delete=models.CASCADE, db_constraint=False, related_name="+", db_index=False
+    )
     level = models.SmallIntegerField()
     model_version = models.CharField(max_length=64)
     country = models.CharField(max_length=2, blank=True)

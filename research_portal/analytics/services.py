@@ -126,7 +126,7 @@ def _codes(query: QueryDict, name: str) -> list[str]:
 
 def check_filters(query: QueryDict | dict) -> Filters:
     """Validate dashboard query parameters; raise InvalidFilters with a readable message."""
-    if isinstance(query, dict):
+    if not isinstance(query, QueryDict):  # a plain dict (the live socket's subscribe message)
         data = QueryDict(mutable=True)
         for key, value in query.items():
             data.setlist(key, [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)])

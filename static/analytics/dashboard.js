@@ -287,8 +287,9 @@
         quotas[r.country] ? `${quotas[r.country].validated} / ${quotas[r.country].target}` : "—"],
       { className: r.country === "All" ? "total" : "" })));
     table(document.getElementById("exclusions-table"), ["Outcome", "Reason", "Participants", "By country", "Examples"],
-      p.exclusions.map((x) => [x.state, x.reason, x.count,
-        Object.entries(x.countries).map(([c, n]) => `${c}: ${n}`).join(", "), x.examples.join(" · ") || "—"]));
+      p.exclusions.length ? p.exclusions.map((x) => [x.state.replace("_", " "), x.reason, x.count,
+        Object.entries(x.countries).map(([c, n]) => `${c}: ${n}`).join(", "), x.examples.join(" · ") || "—"])
+        : [["—", "No exclusions yet", 0, "", ""]]);
     document.getElementById("ads").replaceChildren(...p.ads.map((ad) => el("li", {},
       el("a", { href: ad.url, text: ad.title }), ` — ${ad.participants} participants, ${ad.duration_s.toFixed(1)} s`)));
   }

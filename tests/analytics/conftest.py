@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -77,9 +78,11 @@ class FrameWriter:
         return rows
 
 
-def new_participant(study, country: str, state: str = "viewing", device: str = "desktop", **extra):
+def new_participant(
+    study, country: str, state: str = "viewing", device: str = "desktop", consent_at=T0, **extra
+):
     return ParticipantSession.objects.create(
-        study=study, country=country, state=state, device_type=device, consent_at=T0, **extra
+        study=study, country=country, state=state, device_type=device, consent_at=consent_at, **extra
     )
 
 
@@ -104,6 +107,47 @@ def analysts(acme, django_user_model) -> Analysts:
 
 
 @pytest.fixture
+def analyst_browser(chromium_path: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """Debian's chromium via Playwright (no camera needed: analysts only look)."""
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the test's ORM calls still block as usual.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium_path, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
 def inline_refresh(settings):
     """Session changes re-file rollups inline (embedded mode), not through a Celery worker."""
     settings.CAPTURE_ANALYSIS_BACKEND = "thread"
+
+
+@pytest.fixture
+def hand_fixture(acme):
+    """Three participants, smile values per frame (valence = 2 * smile - 1 except where None):
+
+    P1 (DE, completed): baseline 0.1, 0.3 (-> 0.2) | s0: 0.2, 0.4 and 0.9 at quality 0.1 | s1: 0.6
+    P2 (DE, completed): baseline 0.4               | s0: 0.7                              | s1: 0.2, 0.4
+    P3 (US, viewing):   baseline: no face found    | s0: 0.3, 0.3 (valence unknown)       | s1: 0.9
+    """
+    ad = acme.ad
+    p1 = new_participant(acme.study, "DE", state="completed")
+    p2 = new_participant(acme.study, "DE", state="completed", device="mobile")
+    p3 = new_participant(acme.study, "US")
+    w1, w2, w3 = FrameWriter(p1), FrameWriter(p2), FrameWriter(p3)
+    w1.store(None, 0, [0.1, 0.3])
+    w1.store(ad, 0, [0.2, 0.4])
+    w1.store(ad, 0, [0.9], quality=0.1)
+    w1.store(ad, 1, [0.6])
+    w2.store(None, 0, [0.4])
+    w2.store(ad, 0, [0.7])
+    w2.store(ad, 1, [0.2, 0.4])
+    w3.store(None, 0, [None, None])
+    w3.store(ad, 0, [0.3, 0.3], valence=None)
+    w3.store(ad, 1, [0.9])
+    return acme

@@ -18,32 +18,6 @@ T2 = 4.302652729749464  # t_{0.975, 2}
 T1 = 12.706204736174707  # t_{0.975, 1}
 
 
-@pytest.fixture
-def hand_fixture(acme):
-    """Three participants, smile values per frame (valence = 2 * smile - 1 except where None):
-
-    P1 (DE, completed): baseline 0.1, 0.3 (-> 0.2) | s0: 0.2, 0.4 and 0.9 at quality 0.1 | s1: 0.6
-    P2 (DE, completed): baseline 0.4               | s0: 0.7                              | s1: 0.2, 0.4
-    P3 (US, viewing):   baseline: no face found    | s0: 0.3, 0.3 (valence unknown)       | s1: 0.9
-    """
-    ad = acme.ad
-    p1 = new_participant(acme.study, "DE", state="completed")
-    p2 = new_participant(acme.study, "DE", state="completed", device="mobile")
-    p3 = new_participant(acme.study, "US")
-    w1, w2, w3 = FrameWriter(p1), FrameWriter(p2), FrameWriter(p3)
-    w1.store(None, 0, [0.1, 0.3])
-    w1.store(ad, 0, [0.2, 0.4])
-    w1.store(ad, 0, [0.9], quality=0.1)
-    w1.store(ad, 1, [0.6])
-    w2.store(None, 0, [0.4])
-    w2.store(ad, 0, [0.7])
-    w2.store(ad, 1, [0.2, 0.4])
-    w3.store(None, 0, [None, None])
-    w3.store(ad, 0, [0.3, 0.3], valence=None)
-    w3.store(ad, 1, [0.9])
-    return acme
-
-
 def dashboard(acme, **query):
     return build_ad_dashboard(acme.ad, check_filters(query))
 
@@ -62,7 +36,7 @@ def band(payload: dict, name: str) -> tuple[list, list]:
 def test_means_bands_and_counts_use_participants_as_the_unit(hand_fixture):
     payload = dashboard(hand_fixture)
     smile = trace(payload, "Smile")
-    # s0: participant means 0.5 (P1: (0.2+0.4+0.9)/3), 0.7, 0.3 -> mean 0.5, sd 0.2, half-width t2*0.2/sqrt(3).
+    # s0: participant means 0.5 (P1: (0.2+0.4+0.9)/3), 0.7, 0.3 -> mean 0.5, sd 0.2, half t2*0.2/sqrt(3).
     # s1: 0.6, 0.3, 0.9 -> mean 0.6, sd 0.3. Frame-weighted would give s0 = 2.8/6 = 0.4667: not what we show.
     assert smile["y"][:2] == pytest.approx([0.5, 0.6])
     assert smile["y"][2] is None and smile["y"][3] is None  # nobody in seconds 2 and 3
@@ -126,7 +100,7 @@ def test_country_summary_and_key_moments(hand_fixture):
     payload = dashboard(hand_fixture)
     summary = {row["country"]: row for row in payload["summary"]}
     assert summary["All"]["participants"] == 3 and summary["DE"]["participants"] == 2
-    # Mean valence over the ad per participant: P1 (0.0 + 0.2)/2 = 0.1, P2 (0.4 - 0.4)/2 = 0.0, P3 0.8 (s1 only).
+    # Mean valence over the ad per participant: P1 (0.0+0.2)/2 = 0.1, P2 (0.4-0.4)/2 = 0, P3 0.8 (s1 only).
     assert summary["All"]["mean_valence"] == pytest.approx(0.3, abs=1e-4)
     assert summary["DE"]["mean_valence"] == pytest.approx(0.05, abs=1e-4)
     # Peak of the DE smile trace: s0 (0.5 + 0.7) / 2 = 0.6 vs s1 (0.6 + 0.3) / 2 = 0.45.
@@ -155,8 +129,8 @@ def test_key_moments_name_the_peak_and_the_drop(acme):
 
 
 def test_country_difference_is_significant_exactly_where_it_was_built(acme):
-    """DE and US: 10 participants each over the 4 s ad. In seconds 0-1 DE smiles at 0.8, US at 0.3; in 2-3 both
-    at 0.3 (US drifts by 0.001 per second). Participant noise is the same pattern in both groups."""
+    """DE and US: 10 participants each over the 4 s ad. In seconds 0-1 DE smiles at 0.8, US at 0.3; in 2-3
+    both at 0.3 (US drifts by 0.001 per second). Participant noise is the same pattern in both groups."""
     noise = np.linspace(-0.05, 0.05, 10)
     for country in ("DE", "US"):
         for index in range(10):
@@ -164,7 +138,7 @@ def test_country_difference_is_significant_exactly_where_it_was_built(acme):
             rows = []
             for second in range(4):
                 level = 0.8 if country == "DE" and second < 2 else 0.3
-                # Within-second frames differ too; the participant's mean is level + noise (+ a tiny US drift).
+                # Frames differ within the second; the participant's mean is level + noise (+ US drift).
                 value = level + noise[index] + (0.001 * second if country == "US" else 0.0)
                 rows += writer.frames(acme.ad, second, [value - 0.02, value + 0.02])
             store_results(rows)

@@ -1,0 +1,134 @@
+"""End to end: an analyst opens the ad dashboard of a seeded study in headless Debian Chromium, served by a
+real daphne on Postgres and Redis. The plotly.js figures render (SVG, named traces), frames stored meanwhile
+arrive over the live socket, clicking the chart seeks the ad video; screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import pytest
+from django.conf import settings
+from django.db import connections
+
+from inference.resources import REPO_ROOT
+from research_portal.studies.models import CountryQuota
+from tests.analytics.conftest import T0, FrameWriter, new_participant
+
+pytestmark = pytest.mark.e2e
+
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+SHAPES = {"DE": [0.2, 0.7, 0.4, 0.2], "US": [0.3, 0.35, 0.3, 0.25], "JP": [0.1, 0.3, 0.2, 0.1]}
+
+
+def seed(acme) -> None:
+    """Three countries, a smile peak in second 1 that is strongest in DE; baseline frames for everyone."""
+    for country, shape in SHAPES.items():
+        for index in range(4):
+            state = "completed" if index < 3 else "viewing"
+            done = {"checks_passed_at": T0, "completed_at": T0 if index < 3 else None}
+            writer = FrameWriter(new_participant(acme.study, country, state=state, **done))
+            rows = writer.frames(None, 0, [0.1, 0.12, 0.1])
+            for second, level in enumerate(shape):
+                jitter = (index - 1.5) * 0.03
+                rows += writer.frames(
+                    acme.ad, second, [level + jitter - 0.02, level + jitter, level + jitter + 0.02]
+                )
+            from research_portal.capture.services import store_results
+
+            store_results(rows)
+    failed = "not enough usable frames: Spring ad: 4 usable of 20 expected frames"
+    new_participant(
+        acme.study, "US", state="failed", checks_passed_at=T0, completed_at=T0, exclusion_reason=failed
+    )
+    new_participant(acme.study, "JP", state="declined", consent_at=None, exclusion_reason="declined consent")
+    for country, target in (("DE", 6), ("US", 6), ("JP", 4)):
+        CountryQuota.objects.create(study=acme.study, country=country, target=target)
+
+
+def signed_in_page(browser, client, user, base_url: str):
+    client.force_login(user)
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
+    context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": cookie, "url": base_url}])
+    return context.new_page()
+
+
+def test_analyst_sees_rendered_live_dashboard_and_seeks_the_video(
+    acme, analysts, asgi_server, analyst_browser, client
+):
+    ARTIFACTS.mkdir(exist_ok=True)
+    seed(acme)
+    page = signed_in_page(analyst_browser, client, analysts.acme, asgi_server)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{asgi_server}/analytics/ads/{acme.ad.pk}/?compare=DE&compare=JP")
+    page.wait_for_selector("#fig-trace .main-svg", timeout=20_000)
+    page.wait_for_selector("#fig-countries .main-svg")
+    page.wait_for_selector("#fig-difference .main-svg")
+
+    trace_names = page.evaluate("document.getElementById('fig-trace').data.map(t => t.name)")
+    assert {"Smile", "Valence", "Anger", "Participants (n)", "Smile 95% CI"} <= set(trace_names)
+    country_names = page.evaluate("document.getElementById('fig-countries').data.map(t => t.name)")
+    assert {"DE", "US", "JP"} <= set(country_names)
+    # Plotly drew SVG: line paths for the visible traces, bars for n, the legend entries by name.
+    assert page.locator("#fig-trace svg.main-svg .scatterlayer path.js-line").count() >= 2
+    assert page.locator("#fig-trace .barlayer path").count() >= 4
+    legend = page.locator("#fig-trace .legend .legendtext").all_text_contents()
+    assert "Smile" in legend and "Valence" in legend
+    assert page.locator("#summary tbody tr").count() == 4  # All + 3 countries
+    assert "Welch t-test" in page.locator("#comparison-note").inner_text()
+    page.wait_for_function("document.getElementById('live-status').dataset.state === 'open'", timeout=10_000)
+
+    # A new participant's frames are pushed to the open page (no reload).
+    assert page.locator("#totals .card strong").first.inner_text() == "12"  # the excluded two have no frames
+    writer = FrameWriter(new_participant(acme.study, "DE", state="completed"))
+    from research_portal.capture.services import store_results
+
+    store_results([row for second in range(4) for row in writer.frames(acme.ad, second, [0.9, 0.9])])
+    page.wait_for_function(
+        "Number(document.getElementById('dashboard').dataset.liveUpdates || 0) >= 1", timeout=15_000
+    )
+    page.wait_for_function(
+        "document.querySelector('#totals .card strong').textContent === '13'", timeout=15_000
+    )
+
+    # Clicking the chart at 2.5 s (the middle of second 2) seeks the video to second 2.
+    page.wait_for_function("document.getElementById('ad-video').readyState >= 1", timeout=15_000)
+    x, y = page.evaluate(
+        """() => {
+            const gd = document.getElementById('fig-trace');
+            const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
+            const xaxis = gd._fullLayout.xaxis;
+            return [box.left + xaxis.l2p(2.5), box.top + box.height * 0.3];
+        }"""
+    )
+    page.mouse.click(x, y)
+    page.wait_for_function(
+        "Math.abs(document.getElementById('ad-video').currentTime - 2) < 0.3", timeout=10_000
+    )
+    assert page.locator("#video-time").inner_text() == "2.0"
+    cursor = page.evaluate("document.getElementById('fig-trace').layout.shapes.slice(-1)[0].x0")
+    assert cursor == pytest.approx(2.0, abs=0.3)
+
+    page.screenshot(path=ARTIFACTS / "analytics-ad-dashboard.png", full_page=True)
+    page.goto(f"{asgi_server}/analytics/studies/{acme.study.pk}/")
+    page.wait_for_selector("#fig-funnel .main-svg")
+    assert {"DE", "US", "JP"} <= set(
+        page.evaluate("document.getElementById('fig-funnel').data.map(t => t.name)")
+    )
+    page.screenshot(path=ARTIFACTS / "analytics-study-overview.png", full_page=True)
+    assert errors == []
+    connections.close_all()  # opened under Playwright's greenlet context, which pytest-django cannot see
+
+
+def test_analyst_of_another_organisation_cannot_open_it(acme, analysts, asgi_server, analyst_browser, client):
+    page = signed_in_page(analyst_browser, client, analysts.other, asgi_server)
+    response = page.goto(f"{asgi_server}/analytics/ads/{acme.ad.pk}/")
+    assert response.status == 403
+    closed = page.evaluate(
+        """(url) => new Promise((resolve) => {
+            const socket = new WebSocket(url);
+            socket.onclose = (event) => resolve(event.code);
+        })""",
+        f"{asgi_server.replace('http', 'ws')}/ws/analytics/ads/{acme.ad.pk}/",
+    )
+    assert closed == 4003
+    connections.close_all()
