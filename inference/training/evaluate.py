@@ -13,7 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+
+from inference import EMOTIONS
+from inference.model import EmotionModel
 
 from .data import PRIVATE, FerData, ferplus_majority, load_data
 
@@ -32,23 +36,6 @@ def _session(onnx_path: str | os.PathLike[str], threads: int = 1) -> Any:
 
 def read_metadata(onnx_path: str | os.PathLike[str]) -> dict[str, str]:
     return dict(_session(onnx_path).get_modelmeta().custom_metadata_map)
-
-
-def preprocess(images: np.ndarray, meta: dict[str, str]) -> np.ndarray:
-    """uint8 [N,48,48] -> float32 [N,1,48,48] with the model's own normalization."""
-    norm = json.loads(meta["normalization"])
-    x = images.astype(np.float32)[:, None] * np.float32(norm["scale"])
-    return (x - np.float32(norm["mean"])) / np.float32(norm["std"])
-
-
-def predict(sess: Any, x: np.ndarray, batch: int = 512) -> dict[str, np.ndarray]:
-    """Run every output of the model over x in batches; returns name -> stacked array."""
-    names = [o.name for o in sess.get_outputs()]
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for i in range(0, len(x), batch):
-        for n, y in zip(names, sess.run(names, {"input": x[i : i + batch]}), strict=True):
-            parts[n].append(y)
-    return {n: np.concatenate(v) for n, v in parts.items()}
 
 
 def macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> float:
@@ -121,17 +108,30 @@ def cpu_throughput(
     onnx_path: str | os.PathLike[str], batch: int = 32, threads: int = 1, seconds: float = 3.0
 ) -> float:
     """Face crops per second at a given batch on `threads` CPU threads (median of repeats)."""
-    sess = _session(onnx_path, threads)
-    x = np.random.default_rng(0).random((batch, 1, 48, 48), dtype=np.float32)
+    model = EmotionModel(onnx_path, intra_op_threads=threads)
+    shape = (batch, model.input_channels, model.input_size, model.input_size)
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    feed = {model.input_name: x}
     for _ in range(5):
-        sess.run(None, {"input": x})
+        model.session.run(None, feed)
     times: list[float] = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end or len(times) < 10:
         t = time.perf_counter()
-        sess.run(None, {"input": x})
+        model.session.run(None, feed)
         times.append(time.perf_counter() - t)
     return float(batch / np.median(times))
+
+
+def model_crops(images: np.ndarray, model: EmotionModel) -> np.ndarray:
+    """FER2013's 48x48 grey faces as the model's crops: resized to its input size, grey or BGR."""
+    size = model.input_size
+    crops = images
+    if images.shape[1:] != (size, size):
+        crops = np.stack(
+            [cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR) for image in images]
+        )
+    return np.repeat(crops[..., None], 3, axis=3) if model.input_channels == 3 else crops
 
 
 def evaluate_model(
@@ -142,22 +142,32 @@ def evaluate_model(
     speed: bool = True,
     data: FerData | None = None,
 ) -> dict[str, Any]:
-    """All product-facing metrics of an emotion ONNX file on a FER2013 split (default PrivateTest)."""
-    sess = _session(onnx_path, threads=os.cpu_count() or 1)
-    meta = dict(sess.get_modelmeta().custom_metadata_map)
-    labels = json.loads(meta["labels"])
+    """All product-facing metrics of an emotion ONNX file on a FER2013 split (default PrivateTest).
+
+    FER2013 figures go through the product's loader, so the model's own label order, input size,
+    channels and normalisation are honoured exactly as in production.
+    """
+    model = EmotionModel(onnx_path, intra_op_threads=os.cpu_count() or 1, max_batch=512)
     d = data if data is not None else load_data(data_dir)
     rows = d.split(split)
-    out = predict(sess, preprocess(d.images[rows], meta))
+    crops = model_crops(d.images[rows], model)
     res: dict[str, Any] = {
         "model": str(onnx_path),
-        "version": meta.get("version"),
+        "version": model.version,
         "split": ("Training", "PublicTest", "PrivateTest")[split],
-        "fer2013": fer_metrics(out[meta.get("output", "probabilities")], d.labels[rows], labels),
+        # EMOTIONS is FER2013's label order, so the loader's columns line up with the dataset's labels.
+        "fer2013": fer_metrics(model.predict(crops), d.labels[rows], list(EMOTIONS)),
         "size_bytes": Path(onnx_path).stat().st_size,
     }
-    if "ferplus_probabilities" in out:
-        res["ferplus"] = ferplus_metrics(out["ferplus_probabilities"], d.votes[rows])
+    if "ferplus_probabilities" in {output.name for output in model.session.get_outputs()}:
+        inputs = model.preprocess(crops)
+        probs8 = np.concatenate(
+            [
+                model.session.run(["ferplus_probabilities"], {model.input_name: inputs[i : i + 512]})[0]
+                for i in range(0, len(inputs), 512)
+            ]
+        )
+        res["ferplus"] = ferplus_metrics(probs8, d.votes[rows])
     if speed:
         res["cpu_crops_per_s_b32_1thread"] = cpu_throughput(onnx_path, 32, 1)
     return res

@@ -170,11 +170,6 @@ def test_evaluate_is_wired_to_the_training_evaluator(fer_ordered_model: Path, fe
     assert report["ferplus"]["available"] is False  # that model has no FER+ head
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inference/training/evaluate.py scores output columns as if in FER2013 order and ignores "
-    "the model's `labels` metadata (the loader re-orders by name); remove this marker once it honours them",
-)
 def test_evaluate_honours_the_label_order_of_the_metadata(cli_env: dict, fer_data: Path) -> None:
     result = run_cli("evaluate", "--json", "--no-speed", env=cli_env)  # SHUFFLED_LABELS model
     assert result.returncode == 0, result.stderr
