@@ -117,8 +117,20 @@ def send_event(group: str, message: dict) -> None:
         # In the server process (embedded mode's analysis threads), hand the send to the server's loop: the
         # in-memory layer's queues belong to it and are not thread-safe.
         asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop).result(timeout=10)
+    elif _loop_running_in_this_thread():
+        # Sync code called from inside an event loop's thread (e.g. a test driving a browser) cannot block on
+        # the loop; send from a helper thread instead.
+        threading.Thread(target=async_to_sync(layer.group_send), args=(group, message), daemon=True).start()
     else:  # a Celery worker: no server loop here, the Redis layer connects from this thread
         async_to_sync(layer.group_send)(group, message)
+
+
+def _loop_running_in_this_thread() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class GroupThrottle:
