@@ -11,6 +11,8 @@ import secrets
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from django.core.exceptions import ImproperlyConfigured
+
 from inference.resources import default_detector_path, default_model_path, shared_dir
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -54,6 +56,13 @@ def embedded_secret_key() -> str:
 
 
 DEBUG = env_bool("PORTAL_DEBUG", False)
+# PORTAL_HTTPS=1 marks a production deployment served over HTTPS (see docs/security.md): it turns on secure
+# cookies, HSTS and the HTTPS redirect, and requires every secret to come from the environment.
+PORTAL_HTTPS = env_bool("PORTAL_HTTPS", False)
+if PORTAL_HTTPS and not os.environ.get("SECRET_KEY"):
+    raise ImproperlyConfigured("PORTAL_HTTPS is set: SECRET_KEY must come from the environment.")
+if PORTAL_HTTPS and DEBUG:
+    raise ImproperlyConfigured("PORTAL_DEBUG must be off in a production (PORTAL_HTTPS) deployment.")
 SECRET_KEY = os.environ.get("SECRET_KEY") or embedded_secret_key()
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
@@ -72,6 +81,7 @@ INSTALLED_APPS = [
     "research_portal.studies",
     "research_portal.capture",
     "research_portal.analytics",
+    "research_portal.privacy",
 ]
 
 MIDDLEWARE = [
@@ -84,6 +94,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "research_portal.accounts.middleware.AdminForStaffOnlyMiddleware",
 ]
 
 ROOT_URLCONF = "research_portal.urls"
@@ -132,6 +143,21 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# Rate-limit counters (and nothing else yet) live in the cache: Redis when configured, shared by every
+# server process; per process memory otherwise.
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# "count/seconds" per client address: sign-in attempts, and new participant entries per study link.
+RATE_LIMITS = {
+    "login": os.environ.get("RATE_LIMIT_LOGIN", "10/300"),
+    "entry": os.environ.get("RATE_LIMIT_ENTRY", "30/60"),
+    "invite": os.environ.get("RATE_LIMIT_INVITE", "20/300"),
+}
+# Behind N reverse proxies the client is the N-th address from the right of X-Forwarded-For; 0 = REMOTE_ADDR.
+PORTAL_TRUSTED_PROXY_HOPS = int(os.environ.get("PORTAL_TRUSTED_PROXY_HOPS", "0"))
+
 # Where frame batches are analysed: "celery" (separate worker processes) or "thread" (in-process pool).
 CAPTURE_ANALYSIS_BACKEND = os.environ.get("CAPTURE_ANALYSIS_BACKEND", "celery" if REDIS_URL else "thread")
 CAPTURE_THREAD_WORKERS = int(os.environ.get("CAPTURE_THREAD_WORKERS", "1"))
@@ -146,6 +172,13 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# `celery -A research_portal beat` runs these (embedded mode: `manage.py apply_retention` from cron).
+CELERY_BEAT_SCHEDULE = {
+    "apply-retention": {
+        "task": "research_portal.privacy.tasks.apply_retention_task",
+        "schedule": float(os.environ.get("RETENTION_INTERVAL_S", str(6 * 3600))),
+    },
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -179,6 +212,11 @@ MEDIA_URL = "/media/"
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 AD_MAX_UPLOAD_BYTES = int(os.environ.get("AD_MAX_UPLOAD_BYTES", str(200 * 1024 * 1024)))
+FILE_UPLOAD_HANDLERS = [
+    "research_portal.studies.uploads.SizeLimitedUploadHandler",  # stops oversized uploads mid-stream
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -190,6 +228,28 @@ STORAGES = {
 }
 
 LOGIN_URL = "/admin/login/"
+LOGIN_REDIRECT_URL = "/studies/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+# ---- security ----------------------------------------------------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_AGE = int(os.environ.get("SESSION_COOKIE_AGE", str(12 * 3600)))
+CSRF_COOKIE_SAMESITE = "Lax"
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+if PORTAL_HTTPS:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+    # Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and strips it from clients).
+    if env_bool("PORTAL_BEHIND_PROXY", False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # Inference: the shipped model unless PORTAL_MODEL_PATH points at another ONNX file with the same metadata.
 PORTAL_SHARED_DIR = shared_dir()

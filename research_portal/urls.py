@@ -3,8 +3,10 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 urlpatterns = [
-    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("", RedirectView.as_view(url="/studies/", permanent=False)),
     path("admin/", admin.site.urls),
+    path("accounts/", include("research_portal.accounts.urls")),
+    path("studies/", include("research_portal.studies.urls")),
     path("", include("research_portal.capture.urls")),
     path("analytics/", include("research_portal.analytics.urls")),
 ]

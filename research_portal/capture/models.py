@@ -52,6 +52,8 @@ class ParticipantSession(models.Model):
     # When the device and face check before the first ad was passed.
     checks_passed_at = models.DateTimeField(null=True, blank=True)
     state = models.CharField(max_length=12, choices=State.choices, default=State.STARTED)
+    # A study admin trying the study as a participant: never counts toward quotas or analytics.
+    is_preview = models.BooleanField(default=False)
     exclusion_reason = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     # When viewing ended (every ad played); the session may still fail validation after that.

@@ -79,6 +79,14 @@ def panel_redirect_url(study: Study, state: str, participant_id: str) -> str:
     return template.replace("{pid}", quote(participant_id, safe="")) if template else ""
 
 
+def session_redirect_url(session: ParticipantSession) -> str:
+    """Where an ended session goes next: the panel's redirect, except that a preview (a study admin trying
+    the study) goes back to the study's set-up page and never reaches the panel."""
+    if session.is_preview:
+        return f"/studies/{session.study_id}/"
+    return panel_redirect_url(session.study, session.state, session.external_participant_id)
+
+
 def read_entry_params(study: Study, query) -> tuple[str, str]:
     """The panel's participant id and country, under the parameter names this study uses."""
     return query.get(study.participant_id_param, ""), query.get(study.country_param, "")
@@ -153,12 +161,20 @@ def check_quota_full(study: Study, country: str) -> bool:
 
 
 def validated_completes(study: Study, country: str) -> int:
-    return ParticipantSession.objects.filter(study=study, country=country, state=State.COMPLETED).count()
+    """Completed sessions of real participants (an admin's preview sessions never count)."""
+    return ParticipantSession.objects.filter(
+        study=study, country=country, state=State.COMPLETED, is_preview=False
+    ).count()
 
 
 @transaction.atomic
 def do_start_session(
-    study: Study, participant_id: str, country: str, language: str, device_type: str = "unknown"
+    study: Study,
+    participant_id: str,
+    country: str,
+    language: str,
+    device_type: str = "unknown",
+    is_preview: bool = False,
 ) -> ParticipantSession:
     """Start a new session with its own ad order (fixed by position, or shuffled once)."""
     ad_ids = list(study.ads.order_by("position", "id").values_list("id", flat=True))
@@ -171,6 +187,7 @@ def do_start_session(
         language=language,
         device_type=device_type,
         ad_sequence=ad_ids,
+        is_preview=is_preview,
     )
 
 

@@ -13,6 +13,7 @@ from django.utils import translation
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from research_portal.accounts.ratelimit import rate_limited
 from research_portal.capture.face_check import do_check_camera_frame, do_fail_check_attempt
 from research_portal.capture.models import ParticipantSession
 from research_portal.capture.participation import (
@@ -27,6 +28,7 @@ from research_portal.capture.participation import (
     language_for,
     panel_redirect_url,
     read_entry_params,
+    session_redirect_url,
 )
 from research_portal.capture.routing import capture_socket_path
 from research_portal.capture.validation import do_finish_viewing, session_outcome
@@ -75,7 +77,14 @@ def message_page(
     )
 
 
+def too_many_entries(request: HttpRequest) -> HttpResponse:
+    return message_page(
+        request, 429, _("Please wait a moment"), _("Please wait a minute and open your link again.")
+    )
+
+
 @require_GET
+@rate_limited("entry", key=lambda request: request.path, methods=("GET",), response=too_many_entries)
 def study_entry(request: HttpRequest, public_id: str) -> HttpResponse:
     study = Study.objects.filter(public_id=public_id).first()
     if study is None:
@@ -256,8 +265,7 @@ def outcome(request: HttpRequest, session: ParticipantSession) -> JsonResponse:
         {
             "state": session.state,
             "ended": session.has_ended,
-            "next": panel_redirect_url(session.study, session.state, session.external_participant_id)
-            if session.has_ended
+            "next": session_redirect_url(session) if session.has_ended
             else "",
         }
     )
@@ -269,7 +277,7 @@ def end(request: HttpRequest, session: ParticipantSession) -> HttpResponse:
     if session.is_capturing or session.state == State.STARTED:
         return redirect(page_for_state(session))
     session = session_outcome(session)
-    next_url = panel_redirect_url(session.study, session.state, session.external_participant_id)
+    next_url = session_redirect_url(session)
     context = {
         "session": session,
         "next_url": next_url,

@@ -40,6 +40,8 @@ class Study(models.Model):
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="studies")
     name = models.CharField(max_length=200)
+    # The agency's client the study is run for (shown on the set-up pages and in exports' context).
+    client = models.CharField(max_length=200, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
     # ISO 3166-1 alpha-2 codes; empty means any country is accepted.
     allowed_countries = models.JSONField(default=list, blank=True, validators=[validate_country_codes])
@@ -53,6 +55,11 @@ class Study(models.Model):
     capture_fps = models.PositiveSmallIntegerField(default=5)
     # Opt-in only: keep the JPEG frames themselves (the default analyses and discards them).
     store_frames = models.BooleanField(default=False)
+    # Stored frames (only with store_frames) are deleted this many days after their session started.
+    frame_retention_days = models.PositiveSmallIntegerField(default=30)
+    # Raw per-frame readings (FrameResult) are deleted this many days after their session started; the
+    # anonymous per-second aggregates the dashboards read are kept (privacy/retention.py).
+    retention_days = models.PositiveSmallIntegerField(default=365)
 
     # How the panel passes its participant id and country in the study link, e.g. ?pid=...&c=DE.
     participant_id_param = models.CharField(max_length=32, default="pid")

@@ -1,0 +1,103 @@
+"""THE place that decides who may see and change what. Views, exports, sockets and media all call these.
+
+- Superusers (staff of the installation) see and manage everything; they manage organisations in admin.
+- An organisation's admins see and manage its studies and invite users.
+- An organisation's analysts see its studies' dashboards and exports.
+- Anyone else gets Http404 for a study of another organisation: its existence is not revealed.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import Http404
+
+from research_portal.accounts.models import Membership, Organization, Role
+from research_portal.studies.models import Ad, Study
+
+
+def is_signed_in(user) -> bool:
+    return user is not None and user.is_authenticated and user.is_active
+
+
+def organizations_of(user, role: str | None = None) -> QuerySet[Organization]:
+    if not is_signed_in(user):
+        return Organization.objects.none()
+    if user.is_superuser:
+        return Organization.objects.all()
+    memberships = Membership.objects.filter(user=user)
+    if role is not None:
+        memberships = memberships.filter(role=role)
+    return Organization.objects.filter(pk__in=memberships.values("organization_id"))
+
+
+def organizations_managed_by(user) -> QuerySet[Organization]:
+    return organizations_of(user, Role.ADMIN)
+
+
+def studies_visible_to(user) -> QuerySet[Study]:
+    """Studies whose dashboards, exports and live feed the user may read (admins and analysts)."""
+    if not is_signed_in(user):
+        return Study.objects.none()
+    if user.is_superuser:
+        return Study.objects.all()
+    return Study.objects.filter(organization__in=organizations_of(user))
+
+
+def studies_managed_by(user) -> QuerySet[Study]:
+    """Studies the user may set up, launch, preview and delete data of (organisation admins)."""
+    if not is_signed_in(user):
+        return Study.objects.none()
+    if user.is_superuser:
+        return Study.objects.all()
+    return Study.objects.filter(organization__in=organizations_managed_by(user))
+
+
+def check_can_view_study(user, study: Study) -> None:
+    """Http404 unless the user may read the study (another organisation's study does not exist for them)."""
+    if not studies_visible_to(user).filter(pk=study.pk).exists():
+        raise Http404("No such study.")
+
+
+def check_can_manage_study(user, study: Study) -> None:
+    """Http404 for another organisation's study; PermissionDenied (403) for an analyst of its own."""
+    check_can_view_study(user, study)
+    if not studies_managed_by(user).filter(pk=study.pk).exists():
+        raise PermissionDenied("Only an admin of this study's organisation can change it.")
+
+
+def check_can_manage_organization(user, organization: Organization) -> None:
+    if not organizations_of(user).filter(pk=organization.pk).exists():
+        raise Http404("No such organisation.")
+    if not organizations_managed_by(user).filter(pk=organization.pk).exists():
+        raise PermissionDenied("Only an admin of this organisation can manage its members.")
+
+
+def study_for_viewer(user, study_id: int) -> Study:
+    study = studies_visible_to(user).select_related("organization").filter(pk=study_id).first()
+    if study is None:
+        raise Http404("No such study.")
+    return study
+
+
+def study_for_manager(user, study_id: int) -> Study:
+    study = Study.objects.select_related("organization").filter(pk=study_id).first()
+    if study is None:
+        raise Http404("No such study.")
+    check_can_manage_study(user, study)
+    return study
+
+
+def ad_for_viewer(user, ad_id: int) -> Ad:
+    ad = (
+        Ad.objects.select_related("study", "study__organization")
+        .filter(pk=ad_id, study__in=studies_visible_to(user))
+        .first()
+    )
+    if ad is None:
+        raise Http404("No such ad.")
+    return ad
+
+
+def can_manage_any(user) -> bool:
+    return organizations_managed_by(user).exists()

@@ -1,0 +1,283 @@
+"""Set-up page forms. Every field rejects bad values with its own message; a launched study's locked fields
+are refused on the field, with the reason (services.check_study_change_allowed)."""
+
+from __future__ import annotations
+
+import re
+
+from django import forms
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+
+from research_portal.studies.models import Study
+from research_portal.studies.services import (
+    LOCKED_AFTER_LAUNCH,
+    ChangeRefused,
+    check_ad_video,
+    check_study_change_allowed,
+    has_started,
+)
+
+PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
+COUNTRY_LINE = re.compile(r"^([A-Za-z]{2})(?:\s*[:=\s]\s*(\S+))?$")
+TRANSLATED_LANGUAGES = [(code, name) for code, name in settings.LANGUAGES if code != "en"]
+MAX_QUOTA = 1_000_000
+
+
+def parse_countries(text: str) -> tuple[list[str], dict[str, int]]:
+    """'DE 200', 'US: 150', 'JP' (one per line or comma-separated) -> (["DE", "JP", "US"], {"DE": 200, ...}).
+    Raises ValidationError naming each bad entry."""
+    countries: list[str] = []
+    quotas: dict[str, int] = {}
+    errors = []
+    entries = [part.strip() for line in text.splitlines() for part in line.split(",") if part.strip()]
+    for entry in entries:
+        match = COUNTRY_LINE.match(entry)
+        if not match:
+            errors.append(f"“{entry}” is not a two-letter country code with an optional quota, e.g. DE 200.")
+            continue
+        code = match[1].upper()
+        if code in countries:
+            errors.append(f"{code} is listed twice.")
+            continue
+        countries.append(code)
+        if match[2] is not None:
+            if not match[2].isdigit() or not 1 <= int(match[2]) <= MAX_QUOTA:
+                errors.append(f"The quota for {code} must be a whole number from 1 to {MAX_QUOTA}.")
+                continue
+            quotas[code] = int(match[2])
+    if errors:
+        raise ValidationError(errors)
+    return sorted(countries), quotas
+
+
+def format_countries(study: Study) -> str:
+    quotas = dict(study.quotas.values_list("country", "target")) if study.pk else {}
+    return "\n".join(f"{code} {quotas[code]}" if code in quotas else code for code in study.allowed_countries)
+
+
+def bounded(low: float, high: float) -> list:
+    return [MinValueValidator(low), MaxValueValidator(high)]
+
+
+class StudyForm(forms.ModelForm):
+    countries = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4, "placeholder": "DE 200\nUS 150\nJP"}),
+        help_text="One country per line (ISO code), with an optional quota of validated completes. "
+        "Empty: any country, no quota.",
+    )
+
+    class Meta:
+        model = Study
+        fields = [
+            "name",
+            "client",
+            "consent_text",
+            "participant_id_param",
+            "country_param",
+            "redirect_complete_url",
+            "redirect_failed_url",
+            "redirect_declined_url",
+            "redirect_over_quota_url",
+            "capture_fps",
+            "baseline_seconds",
+            "ad_order",
+            "max_check_attempts",
+            "check_attempt_seconds",
+            "min_usable_frame_ratio",
+            "min_face_quality",
+            "store_frames",
+            "frame_retention_days",
+            "retention_days",
+        ]
+        labels = {
+            "client": "Client",
+            "consent_text": "Consent text (default language)",
+            "participant_id_param": "Participant id parameter",
+            "country_param": "Country parameter",
+            "redirect_complete_url": "Complete",
+            "redirect_failed_url": "Failed",
+            "redirect_declined_url": "Declined",
+            "redirect_over_quota_url": "Over quota / closed",
+            "capture_fps": "Frames per second",
+            "baseline_seconds": "Neutral baseline (seconds)",
+            "max_check_attempts": "Face check attempts",
+            "check_attempt_seconds": "Seconds per check attempt",
+            "min_usable_frame_ratio": "Usable frames needed per ad (0–1)",
+            "min_face_quality": "Minimum face quality (0–1)",
+            "store_frames": "Keep the webcam frames (opt-in; biometric data)",
+            "frame_retention_days": "Delete stored frames after (days)",
+            "retention_days": "Delete raw per-frame readings after (days)",
+        }
+        help_texts = {
+            "consent_text": "Empty: the portal's standard text, translated into each participant's language.",
+            "retention_days": "Per-frame readings go; the per-second aggregates of the dashboards stay.",
+            "store_frames": "Off by default: frames are analysed and discarded.",
+        }
+        widgets = {"consent_text": forms.Textarea(attrs={"rows": 5})}
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.initial.setdefault("countries", format_countries(self.instance))
+        for code, name in TRANSLATED_LANGUAGES:
+            self.fields[f"consent_{code}"] = forms.CharField(
+                required=False,
+                label=f"Consent text in {name}",
+                widget=forms.Textarea(attrs={"rows": 3}),
+            )
+            self.initial.setdefault(f"consent_{code}", self.instance.consent_translations.get(code, ""))
+        for name in self.fields:
+            if name.startswith("redirect_"):
+                self.fields[name] = forms.URLField(
+                    required=False,
+                    max_length=500,
+                    assume_scheme="https",
+                    label=self.fields[name].label,
+                    help_text="",
+                )
+        limits = {
+            "capture_fps": (1, 15),
+            "baseline_seconds": (0, 30),
+            "max_check_attempts": (1, 10),
+            "check_attempt_seconds": (5, 120),
+            "min_usable_frame_ratio": (0.0, 1.0),
+            "min_face_quality": (0.0, 1.0),
+            "frame_retention_days": (1, 365),
+            "retention_days": (1, 3650),
+        }
+        for name, (low, high) in limits.items():
+            field = self.fields[name]
+            field.validators += bounded(low, high)
+            field.widget.attrs.update({"min": low, "max": high})
+            if isinstance(low, float):
+                field.widget.attrs["step"] = "0.05"
+        self.locked = has_started(self.instance) if self.instance.pk else False
+        if self.locked:
+            for name in LOCKED_AFTER_LAUNCH:
+                if name in self.fields:
+                    self.fields[name].widget.attrs["data-locked"] = "true"
+                    self.fields[name].help_text = "Locked: the study has been launched."
+
+    def consent_fields(self):
+        return [self[f"consent_{code}"] for code, _name in TRANSLATED_LANGUAGES]
+
+    def clean_countries(self) -> tuple[list[str], dict[str, int]]:
+        return parse_countries(self.cleaned_data.get("countries", ""))
+
+    def _clean_param(self, name: str) -> str:
+        value = self.cleaned_data[name].strip()
+        if not PARAM_NAME.match(value):
+            raise ValidationError("Use letters, digits and _ only (up to 32), starting with a letter or _.")
+        return value
+
+    def clean_participant_id_param(self) -> str:
+        return self._clean_param("participant_id_param")
+
+    def clean_country_param(self) -> str:
+        return self._clean_param("country_param")
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        if not name:
+            raise ValidationError("Give the study a name.")
+        return name
+
+    def clean(self) -> dict:
+        data = super().clean()
+        pid, country = data.get("participant_id_param"), data.get("country_param")
+        if pid and country and pid == country:
+            self.add_error("country_param", "The country parameter must differ from the participant id one.")
+        for name in self.fields:
+            if name.startswith("redirect_") and data.get(name):
+                if not data[name].startswith(("https://", "http://")):
+                    self.add_error(name, "Use an http or https address.")
+        frame_days, raw_days = data.get("frame_retention_days"), data.get("retention_days")
+        if data.get("store_frames") and frame_days and raw_days and frame_days > raw_days:
+            self.add_error(
+                "frame_retention_days", "Stored frames cannot be kept longer than the raw readings."
+            )
+        translations = {}
+        for code, _name in TRANSLATED_LANGUAGES:
+            text = (data.get(f"consent_{code}") or "").strip()
+            if text:
+                translations[code] = text
+        self.instance.consent_translations = translations
+        if "countries" in data:
+            self.instance.allowed_countries = data["countries"][0]
+        if self.instance.pk:
+            for name in self.changed_model_fields():
+                try:
+                    check_study_change_allowed(self.instance_before(), [name])
+                except ChangeRefused as refused:
+                    if name in self.fields:
+                        self.add_error(name, str(refused))
+                    else:
+                        raise ValidationError(str(refused)) from refused
+        return data
+
+    def instance_before(self) -> Study:
+        if not hasattr(self, "_before"):
+            self._before = Study.objects.get(pk=self.instance.pk)
+        return self._before
+
+    def changed_model_fields(self) -> list[str]:
+        """The Study fields this submission changes (compared with the saved study)."""
+        if not self.instance.pk:
+            return []
+        before = self.instance_before()
+        names = [name for name in self.Meta.fields if name in self.cleaned_data]
+        changed = [name for name in names if getattr(before, name) != self.cleaned_data[name]]
+        if before.consent_translations != self.instance.consent_translations:
+            changed.append("consent_translations")
+        if before.allowed_countries != self.instance.allowed_countries:
+            changed.append("allowed_countries")
+        return changed
+
+    def quotas(self) -> dict[str, int]:
+        return self.cleaned_data["countries"][1]
+
+
+class AdUploadForm(forms.Form):
+    title = forms.CharField(max_length=200)
+    video = forms.FileField(help_text="WebM or MP4 that browsers play; probed on upload.")
+
+    def clean_title(self) -> str:
+        title = self.cleaned_data["title"].strip()
+        if not title:
+            raise ValidationError("Give the ad a title.")
+        return title
+
+    def clean_video(self):
+        video = self.cleaned_data["video"]
+        self.duration_ms = check_ad_video(video, settings.AD_MAX_UPLOAD_BYTES)
+        return video
+
+
+class PreviewForm(forms.Form):
+    language = forms.ChoiceField(choices=settings.LANGUAGES, initial="en")
+
+
+class DeleteParticipantForm(forms.Form):
+    panel_id = forms.CharField(max_length=128, label="Panel participant id")
+
+    def clean_panel_id(self) -> str:
+        value = self.cleaned_data["panel_id"].strip()
+        if not value:
+            raise ValidationError("Enter the participant's panel id.")
+        return value
+
+
+class DeleteStudyForm(forms.Form):
+    confirm_name = forms.CharField(max_length=200, label="Type the study's name to confirm")
+
+    def __init__(self, *args, study: Study, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.study = study
+
+    def clean_confirm_name(self) -> str:
+        value = self.cleaned_data["confirm_name"].strip()
+        if value != self.study.name:
+            raise ValidationError("The name does not match; nothing was deleted.")
+        return value
