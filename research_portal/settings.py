@@ -227,7 +227,7 @@ STORAGES = {
     },
 }
 
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/studies/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 

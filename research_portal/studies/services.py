@@ -232,7 +232,7 @@ def do_change_status(study: Study, action: str, actor) -> Study:
     old_status = study.status
     study.status = new_status
     study.save(update_fields=["status"])
-    audit(actor, AuditLog.Action.STUDY_STATUS, study, action=action, old=old_status, new=new_status)
+    audit(actor, AuditLog.Action.STUDY_STATUS, study, transition=action, old=old_status, new=new_status)
     return study
 
 
