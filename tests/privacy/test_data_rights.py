@@ -80,7 +80,9 @@ def test_deleting_an_unknown_participant_deletes_nothing_but_is_logged(acme):
     assert AuditLog.objects.get().detail["sessions"] == 0
 
 
-def test_deleting_a_study_removes_everything_and_needs_its_name(client, acme, django_capture_on_commit_callbacks):
+def test_deleting_a_study_removes_everything_and_needs_its_name(
+    client, acme, django_capture_on_commit_callbacks
+):
     sessions = [session_with_frames(acme.study, f"p{i}", acme.ad) for i in range(3)]
     folder = keep_frames(sessions[0])
     video_path = Path(acme.ad.video.path)
@@ -110,7 +112,9 @@ def test_deleting_a_study_removes_everything_and_needs_its_name(client, acme, dj
     assert entry.detail["sessions"] == 3 and entry.detail["frame_results"] == 30 and entry.detail["ads"] == 1
 
 
-def test_retention_purges_raw_frames_and_stored_frames_but_keeps_aggregates(acme, django_capture_on_commit_callbacks):
+def test_retention_purges_raw_frames_and_stored_frames_but_keeps_aggregates(
+    acme, django_capture_on_commit_callbacks
+):
     acme.study.retention_days = 30
     acme.study.frame_retention_days = 7
     acme.study.store_frames = True
