@@ -77,14 +77,14 @@ def measure(data, runs: int) -> dict:
     from django.test.utils import CaptureQueriesContext
     from django.urls import reverse
 
+    from research_portal.accounts.models import Membership, Role
     from research_portal.analytics import dashboard as dash
-    from research_portal.analytics.models import OrganizationAnalyst
     from research_portal.analytics.services import check_filters
     from research_portal.capture.models import FrameResult, ParticipantSession
     from research_portal.capture.services import store_results
 
     user = get_user_model().objects.create_user("bench-analyst", password="unused-bench-password")
-    OrganizationAnalyst.objects.create(user=user, organization=data.study.organization)
+    Membership.objects.create(user=user, organization=data.study.organization, role=Role.ANALYST)
     client = Client(HTTP_HOST="127.0.0.1")
     client.force_login(user)
     ad = data.ad

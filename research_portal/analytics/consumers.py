@@ -9,7 +9,7 @@ import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
+from django.http import Http404
 
 from research_portal.analytics.dashboard import build_ad_dashboard, build_study_overview
 from research_portal.analytics.live import ad_group, remember_server_loop, study_group
@@ -24,7 +24,6 @@ from research_portal.analytics.services import (
 logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4001
-CLOSE_FORBIDDEN = 4003
 CLOSE_NOT_FOUND = 4004
 
 
@@ -59,10 +58,7 @@ class LiveDashboardConsumer(AsyncJsonWebsocketConsumer):
         except NotSignedIn:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        except PermissionDenied:
-            await self.close(code=CLOSE_FORBIDDEN)
-            return
-        except ObjectDoesNotExist:
+        except Http404:  # missing, or another organisation's (whose existence is not revealed)
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.group = ad_group(target_id) if self.kind == "ad" else study_group(target_id)

@@ -179,6 +179,18 @@ def trace_figure(
     return {"data": data, "layout": layout}
 
 
+def shared_range(estimates: list[MeanEstimate]) -> list[float] | None:
+    """[low, high] covering every mean and band, padded by 5%; None when there is nothing to show."""
+    values = np.concatenate([np.concatenate([e.low, e.high, e.mean]) for e in estimates]) if estimates else []
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return None
+    low, high = float(finite.min()), float(finite.max())
+    pad = max((high - low) * 0.05, 0.01)
+    return [round(low - pad, 6), round(high + pad, 6)]
+
+
 def _significance_shapes(seconds: list[int], xref: str, yref: str) -> list[dict]:
     return [
         {
@@ -224,6 +236,8 @@ def country_figure(
         layout["height"] = 140 + 230 * rows
         gap_x, gap_y = 0.06, 0.12 / max(rows, 1)
         width, height = (1 - gap_x * (columns - 1)) / columns, (1 - gap_y * (rows - 1)) / rows
+        # One shared y range, set explicitly: plotly.js autoranges matched axes wrongly on first draw.
+        y_range = shared_range([estimates[country] for country in countries])
         # One playback cursor per column (yref paper spans the rows of that column).
         layout["meta"] = {"cursorAxes": [f"x{'' if i == 0 else i + 1}" for i in range(columns)]}
         shapes = []
@@ -245,6 +259,7 @@ def country_figure(
                 y_title(measure, baseline) if column == 0 else "",
                 anchor=x_id,
                 domain=[y1 - height, y1],
+                **({"range": y_range} if index == 0 and y_range else {}),
                 **({} if index == 0 else {"matches": "y"}),
             )
             annotations.append(

@@ -15,31 +15,11 @@ and rebuilt set-wise by `rollups.do_rebuild_rollups`.
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import models
 
-from research_portal.accounts.models import Organization
 from research_portal.analytics.definitions import CELL_STATS, MEASURES
 from research_portal.capture.models import ParticipantSession
 from research_portal.studies.models import Ad, Study
-
-
-class OrganizationAnalyst(models.Model):
-    """A user who may see every study of an organisation. Minimal stand-in until roles arrive (issue 6);
-    the only reader is services.studies_visible_to()."""
-
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="analyst_of")
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="analysts")
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["user", "organization"], name="analyst_unique_user_organization")
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.user} @ {self.organization}"
-
 
 # Rollup tables hold derived data: their foreign keys cascade in Django (deleting a session or ad deletes its
 # rollups) but carry no database constraint, whose per-row trigger would dominate the cost of writing them.

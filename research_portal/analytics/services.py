@@ -1,7 +1,7 @@
 """Who may see what, which filters a request asks for, and the quotas a study is measured against.
 
-The access rule lives in `studies_visible_to()` alone; `check_can_view_study()` and every view, export and
-socket go through it, so the permission model of issue 6 replaces one function.
+Access is decided by accounts/permissions.py (issue 6: organisations, memberships, roles) alone; this module
+only names the calls analytics makes, so every page, export, video and socket goes through the same rule.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from dataclasses import dataclass, replace
 from datetime import date
 
 from django.apps import apps
-from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import QueryDict
 
+from research_portal.accounts import permissions
 from research_portal.analytics.definitions import MEASURES, QUALITY_LEVELS, quality_level
 from research_portal.capture.models import ParticipantSession
 from research_portal.studies.models import Ad, Study
@@ -25,19 +25,23 @@ DEVICE_TYPES = tuple(choice for choice, _label in ParticipantSession.DeviceType.
 
 
 def studies_visible_to(user) -> QuerySet[Study]:
-    """THE access rule: superusers see every study; any other signed-in user the studies of the organisations
-    they are an analyst of (analytics.OrganizationAnalyst); anonymous users none."""
-    if user is None or not user.is_authenticated or not user.is_active:
-        return Study.objects.none()
-    if user.is_superuser:
-        return Study.objects.all()
-    return Study.objects.filter(organization__analysts__user=user).distinct()
+    """Studies whose dashboards, live feed and exports the user may read: superusers all, members (admins and
+    analysts) their organisation's, anonymous users none."""
+    return permissions.studies_visible_to(user)
 
 
 def check_can_view_study(user, study: Study) -> None:
-    """Raise PermissionDenied unless `user` may see the study's dashboards, live feed and exports."""
-    if not studies_visible_to(user).filter(pk=study.pk).exists():
-        raise PermissionDenied("You are not an analyst of this study's organisation.")
+    """Http404 unless the user may read the study: another organisation's study does not exist for them."""
+    permissions.check_can_view_study(user, study)
+
+
+def visible_ad(user, ad_id: int) -> Ad:
+    """The ad with its study and organisation, or Http404 (missing, or not the user's organisation)."""
+    return permissions.ad_for_viewer(user, ad_id)
+
+
+def visible_study(user, study_id: int) -> Study:
+    return permissions.study_for_viewer(user, study_id)
 
 
 # ---- quotas ----------------------------------------------------------------------------------------------
@@ -173,16 +177,3 @@ def check_filters(query: QueryDict | dict) -> Filters:
         layout=layout,
         model_version=model_version,
     )
-
-
-def visible_ad(user, ad_id: int) -> Ad:
-    """The ad with its study, or Ad.DoesNotExist; PermissionDenied when the user may not see its study."""
-    ad = Ad.objects.select_related("study", "study__organization").get(pk=ad_id)
-    check_can_view_study(user, ad.study)
-    return ad
-
-
-def visible_study(user, study_id: int) -> Study:
-    study = Study.objects.select_related("organization").get(pk=study_id)
-    check_can_view_study(user, study)
-    return study

@@ -40,17 +40,11 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
 def ad_or_404(request: HttpRequest, ad_id: int) -> Ad:
-    try:
-        return visible_ad(request.user, ad_id)  # PermissionDenied -> 403
-    except Ad.DoesNotExist as missing:
-        raise Http404("No such ad.") from missing
+    return visible_ad(request.user, ad_id)  # Http404 for a missing ad and for another organisation's
 
 
 def study_or_404(request: HttpRequest, study_id: int) -> Study:
-    try:
-        return visible_study(request.user, study_id)
-    except Study.DoesNotExist as missing:
-        raise Http404("No such study.") from missing
+    return visible_study(request.user, study_id)
 
 
 def timed_json(build: Callable[[], dict]) -> JsonResponse:

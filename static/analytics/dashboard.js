@@ -327,7 +327,7 @@
       }
     });
     socket.addEventListener("close", (event) => {
-      if (event.code === 4001 || event.code === 4003 || event.code === 4004) {
+      if (event.code === 4001 || event.code === 4004) {
         setLive("live view not available", "closed");
         return;
       }

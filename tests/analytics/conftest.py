@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from research_portal.analytics.definitions import EMOTIONS
-from research_portal.analytics.models import OrganizationAnalyst
 from research_portal.capture.models import FrameResult, ParticipantSession
 from research_portal.capture.services import store_results
 
@@ -89,19 +88,20 @@ def new_participant(
 @dataclass
 class Analysts:
     acme: object  # analyst of Acme Research (the `acme` fixture's organisation)
-    other: object  # analyst of another organisation
+    other: object  # admin of another organisation
     admin: object  # superuser
 
 
 @pytest.fixture
 def analysts(acme, django_user_model) -> Analysts:
-    from research_portal.accounts.models import Organization
+    """Members are plain users (not staff): access comes from accounts.Membership alone."""
+    from research_portal.accounts.models import Membership, Organization, Role
 
-    acme_user = django_user_model.objects.create_user("ana", password="pw-ana-12345", is_staff=True)
-    OrganizationAnalyst.objects.create(user=acme_user, organization=acme.organization)
+    acme_user = django_user_model.objects.create_user("ana", password="pw-ana-12345")
+    Membership.objects.create(user=acme_user, organization=acme.organization, role=Role.ANALYST)
     other_org = Organization.objects.create(name="Rival Insights")
-    other_user = django_user_model.objects.create_user("rival", password="pw-rival-12345", is_staff=True)
-    OrganizationAnalyst.objects.create(user=other_user, organization=other_org)
+    other_user = django_user_model.objects.create_user("rival", password="pw-rival-12345")
+    Membership.objects.create(user=other_user, organization=other_org, role=Role.ADMIN)
     admin = django_user_model.objects.create_superuser("root", password="pw-root-12345")
     return Analysts(acme_user, other_user, admin)
 

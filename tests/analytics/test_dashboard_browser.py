@@ -109,6 +109,19 @@ def test_analyst_sees_rendered_live_dashboard_and_seeks_the_video(
     assert cursor == pytest.approx(2.0, abs=0.3)
 
     page.screenshot(path=ARTIFACTS / "analytics-ad-dashboard.png", full_page=True)
+
+    # Filters recompute everything in place: baseline switch, small multiples, one device.
+    rendered = int(page.evaluate("document.getElementById('dashboard').dataset.rendered"))
+    page.check("input[name=baseline]")
+    page.wait_for_function(f"Number(document.getElementById('dashboard').dataset.rendered) > {rendered}")
+    title = page.evaluate("document.getElementById('fig-trace').layout.yaxis.title.text")
+    assert "baseline" in title and "baseline=1" in page.url
+    page.select_option("select[name=layout]", "multiples")
+    page.wait_for_function("Boolean(document.getElementById('fig-countries').layout.xaxis3)")
+    assert "layout=multiples" in page.locator("#exports a").first.get_attribute("href")
+    low, high = page.evaluate("document.getElementById('fig-countries')._fullLayout.yaxis.range")
+    assert -0.5 < low < 0 < high < 1.5  # one shared range around the data (bands included)
+    page.screenshot(path=ARTIFACTS / "analytics-ad-dashboard-baseline-multiples.png", full_page=True)
     page.goto(f"{asgi_server}/analytics/studies/{acme.study.pk}/")
     page.wait_for_selector("#fig-funnel .main-svg")
     assert {"DE", "US", "JP"} <= set(
@@ -122,7 +135,7 @@ def test_analyst_sees_rendered_live_dashboard_and_seeks_the_video(
 def test_analyst_of_another_organisation_cannot_open_it(acme, analysts, asgi_server, analyst_browser, client):
     page = signed_in_page(analyst_browser, client, analysts.other, asgi_server)
     response = page.goto(f"{asgi_server}/analytics/ads/{acme.ad.pk}/")
-    assert response.status == 403
+    assert response.status == 404  # another organisation's study does not exist for them
     closed = page.evaluate(
         """(url) => new Promise((resolve) => {
             const socket = new WebSocket(url);
@@ -130,5 +143,5 @@ def test_analyst_of_another_organisation_cannot_open_it(acme, analysts, asgi_ser
         })""",
         f"{asgi_server.replace('http', 'ws')}/ws/analytics/ads/{acme.ad.pk}/",
     )
-    assert closed == 4003
+    assert closed == 4004
     connections.close_all()

@@ -154,7 +154,7 @@ async def test_sockets_check_access(acme, analysts, settings):
     settings.CHANNEL_LAYERS = IN_MEMORY
     from django.contrib.auth.models import AnonymousUser
 
-    for user, code in ((analysts.other, 4003), (AnonymousUser(), 4001)):
+    for user, code in ((analysts.other, 4004), (AnonymousUser(), 4001)):
         for url in (f"/ws/analytics/ads/{acme.ad.pk}/", f"/ws/analytics/studies/{acme.study.pk}/"):
             communicator = WebsocketCommunicator(application(), url)
             communicator.scope["user"] = user
