@@ -410,7 +410,7 @@ def reason_category(state: str, reason: str) -> str:
 
 def build_study_overview(study: Study, filters: Filters) -> dict:
     """Funnel per country, exclusions with their reasons, quota progress and the study's ads."""
-    sessions = ParticipantSession.objects.filter(study=study)
+    sessions = ParticipantSession.objects.filter(study=study, is_preview=False)  # previews never count
     if filters.countries:
         sessions = sessions.filter(country__in=filters.countries)
     if filters.devices:

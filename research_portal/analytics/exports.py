@@ -80,7 +80,7 @@ FILTER_COLUMNS = [
 
 
 def _sessions(ad: Ad, filters: Filters):
-    sessions = ParticipantSession.objects.filter(study_id=ad.study_id)
+    sessions = ParticipantSession.objects.filter(study_id=ad.study_id, is_preview=False)
     if filters.countries:
         sessions = sessions.filter(country__in=filters.countries)
     if filters.devices:

@@ -321,7 +321,7 @@ def do_refresh_session(
     None = everything) from raw frames, re-file the session under its current attributes, and add the
     change of its contribution to SecondCell. Idempotent; returns None if the session no longer exists."""
     session = (
-        ParticipantSession.objects.filter(pk=session_id)
+        ParticipantSession.objects.filter(pk=session_id, is_preview=False)  # previews never reach the rollups
         .values("study_id", "country", "device_type", "state", "created_at")
         .first()
     )
@@ -475,7 +475,8 @@ def do_rebuild_rollups(study_ids: list[int] | None = None) -> dict[str, int]:
             "(session_id, study_id, country, device_type, completed, day, stale, updated_at) "
             f"SELECT s.id, s.study_id, s.country, s.device_type, s.state = %s, date(s.created_at), %s, "
             f"CURRENT_TIMESTAMP FROM {sessions} s "
-            + ("" if study_ids is None else f"WHERE s.study_id IN ({placeholders})"),
+            + "WHERE NOT s.is_preview"  # an admin's preview sessions never reach the rollups
+            + ("" if study_ids is None else f" AND s.study_id IN ({placeholders})"),
             [COMPLETED, False, *study_params],
         )
         counts[session_rollups] = cursor.rowcount

@@ -34,6 +34,8 @@ from research_portal.analytics.services import (
     visible_ad,
     visible_study,
 )
+from research_portal.privacy.audit import do_audit
+from research_portal.privacy.models import AuditLog
 from research_portal.studies.models import Ad, Study
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
@@ -129,6 +131,9 @@ def ad_export(request: HttpRequest, ad_id: int, kind: str) -> HttpResponse:
     except InvalidFilters as error:
         return HttpResponse(str(error), status=400, content_type="text/plain; charset=utf-8")
     lines = EXPORTERS[kind](ad, filters)
+    do_audit(
+        request.user, AuditLog.Action.EXPORT, ad.study, export=kind, ad=ad.pk, filters=filters.to_query()
+    )
     response = StreamingHttpResponse(streaming_body(request, lines), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="ad-{ad.pk}-{kind}.csv"'
     return response

@@ -140,7 +140,7 @@ def test_retention_purges_raw_frames_and_stored_frames_but_keeps_aggregates(
     # The session (for quotas) and the anonymous per-second aggregates stay.
     assert ParticipantSession.objects.filter(pk=old.pk).exists()
     assert SecondRollup.objects.filter(session=old).exists()
-    assert participants_in_cells(acme.ad) == cells_before - 1  # only the preview's share went
+    assert participants_in_cells(acme.ad) == cells_before == 3  # previews were never in them
 
     entry = AuditLog.objects.get(action=AuditLog.Action.RETENTION_PURGE)
     assert entry.actor is None and entry.actor_name == "system" and entry.detail["frame_results"] == 10
@@ -164,3 +164,22 @@ def test_new_studies_are_private_by_default():
     study = Study()
     assert study.store_frames is False
     assert 0 < study.retention_days <= 365 and 0 < study.frame_retention_days <= 30
+
+
+def test_exports_are_audited_and_previews_stay_out_of_analytics(client, acme):
+    real = session_with_frames(acme.study, "real-1", acme.ad)
+    preview = session_with_frames(acme.study, "preview-1", acme.ad, is_preview=True)
+    assert SessionRollup.objects.filter(session=real).exists()
+    assert not SessionRollup.objects.filter(session=preview).exists()
+    assert participants_in_cells(acme.ad) == 1
+
+    analyst = member(acme.organization, Role.ANALYST, "ann")
+    client.force_login(analyst)
+    response = client.get(f"/analytics/ads/{acme.ad.pk}/export/frames.csv?country=DE")
+    assert response.status_code == 200
+    body = b"".join(response.streaming_content).decode()
+    assert "real-1" in body and "preview-1" not in body
+    entry = AuditLog.objects.get(action=AuditLog.Action.EXPORT)
+    assert (entry.actor, entry.study, entry.organization) == (analyst, acme.study, acme.organization)
+    assert entry.detail["export"] == "frames" and entry.detail["ad"] == acme.ad.pk
+    assert entry.detail["filters"]["country"] == ["DE"]
