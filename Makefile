@@ -11,7 +11,7 @@ export SITE_URL ?= http://$(HOST):$(PORT)
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: setup run worker test lint bench train fetch-detector services browser
+.PHONY: setup run worker test lint bench bench-analytics train fetch-detector services browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ test: setup services browser lint
 
 bench: setup
 	$(PY) -m inference bench
+
+# Analyst dashboards at 10 million frames against the local Postgres (about 4 minutes; drops its database).
+bench-analytics: setup services
+	$(PY) -m research_portal.analytics.bench
 
 train: setup
 	$(PY) -m pip install -q -e ".[train]"
