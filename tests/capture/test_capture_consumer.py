@@ -57,10 +57,13 @@ async def connect(token: str) -> tuple[WebsocketCommunicator, dict]:
 async def receive_until_closed(
     communicator: WebsocketCommunicator, timeout: float = 5
 ) -> tuple[list[dict], int]:
+    """Messages until the server closes the socket, and its close code; then the client side disconnects
+    too, so the consumer's tasks end inside the test instead of hanging the event loop's shutdown."""
     messages = []
     while True:
         output = await communicator.receive_output(timeout=timeout)
         if output["type"] == "websocket.close":
+            await communicator.disconnect()
             return messages, output.get("code")
         messages.append(json.loads(output["text"]))
 
