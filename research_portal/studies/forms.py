@@ -9,6 +9,7 @@ from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
 
 from research_portal.studies.models import Study
 from research_portal.studies.services import (
@@ -61,6 +62,13 @@ def bounded(low: float, high: float) -> list:
     return [MinValueValidator(low), MaxValueValidator(high)]
 
 
+def https_by_default(field, **kwargs):
+    """Model fields to form fields; URLs typed without a scheme are https (Django 6's default)."""
+    if isinstance(field, models.URLField):
+        kwargs.setdefault("assume_scheme", "https")
+    return field.formfield(**kwargs)
+
+
 class StudyForm(forms.ModelForm):
     countries = forms.CharField(
         required=False,
@@ -71,6 +79,7 @@ class StudyForm(forms.ModelForm):
 
     class Meta:
         model = Study
+        formfield_callback = https_by_default
         fields = [
             "name",
             "client",

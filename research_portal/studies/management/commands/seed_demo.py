@@ -17,9 +17,12 @@ class Command(BaseCommand):
                 [
                     "",
                     "Demo ready.",
-                    f"  Admin:            {base_url}/admin/",
+                    f"  Sign in:          {base_url}/accounts/login/",
                     f"  Username:         {seed.admin_username}",
                     f"  Password:         {seed.admin_password}",
+                    f"  Study set-up:     {base_url}/studies/{seed.study.pk}/",
+                    f"  Dashboards:       {base_url}/analytics/studies/{seed.study.pk}/",
+                    f"  Django admin:     {base_url}/admin/",
                     f"  Participant link: {base_url}/s/{seed.study.public_id}/?pid=demo-1&c=DE",
                     "",
                 ]
