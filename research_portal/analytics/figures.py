@@ -54,9 +54,19 @@ def country_color(index: int) -> str:
 
 def base_layout(title: str, height: int) -> dict:
     return {
-        "title": {"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 16}},
+        # Title pinned to the top of the figure, legend under it: a legend that wraps on a narrow screen
+        # then grows into the top margin instead of over the title.
+        "title": {
+            "text": title,
+            "x": 0.01,
+            "xanchor": "left",
+            "y": 0.995,
+            "yref": "container",
+            "yanchor": "top",
+            "font": {"size": 16},
+        },
         "height": height,
-        "margin": {"l": 60, "r": 20, "t": 70, "b": 50},
+        "margin": {"l": 60, "r": 20, "t": 96, "b": 50},
         "font": FONT,
         "paper_bgcolor": "#ffffff",
         "plot_bgcolor": "#ffffff",
