@@ -50,10 +50,11 @@ services:
 		(command -v redis-server >/dev/null && redis-server --daemonize yes --bind 127.0.0.1 --port 6379 \
 		--save "" --appendonly no) || true
 
-# Debian's chromium for the browser tests (never `playwright install`).
+# Debian's chromium and firefox-esr for the browser tests (never `playwright install`).
 browser:
-	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium chromium-driver) \
-		|| echo "chromium could not be installed; browser tests will fail under CI"
+	@(command -v chromium >/dev/null && command -v firefox-esr >/dev/null) || \
+		(apt-get update -q && apt-get install -y -q chromium chromium-driver firefox-esr) \
+		|| echo "chromium/firefox-esr could not be installed; browser tests will fail under CI"
 
 lint: setup
 	$(VENV)/bin/ruff check .
