@@ -26,13 +26,14 @@ fetch-detector: setup
 	$(PY) -m inference fetch-detector
 
 # Embedded mode by default (SQLite, in-process analysis). Set DATABASE_URL and REDIS_URL for the
-# production path; then a Celery worker is started beside the web server.
+# production path; then a Celery worker (with the periodic retention job) is started beside the web server.
 run: setup fetch-detector
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput -v 0
 	$(PY) manage.py seed_demo
 	@if [ -n "$$REDIS_URL" ]; then \
-		$(VENV)/bin/celery -A research_portal worker --loglevel=info --concurrency=$${WORKER_CONCURRENCY:-1} & \
+		$(VENV)/bin/celery -A research_portal worker --beat --schedule=var/celerybeat-schedule \
+			--loglevel=info --concurrency=$${WORKER_CONCURRENCY:-1} & \
 		worker=$$!; trap 'kill $$worker' EXIT INT TERM; \
 		$(VENV)/bin/daphne -b $(HOST) -p $(PORT) research_portal.asgi:application; \
 	else \
