@@ -67,3 +67,17 @@ def test_database_url_is_parsed_with_escapes():
 def test_database_url_of_another_kind_is_refused():
     with pytest.raises(ValueError, match="postgres"):
         database_from_url("mysql://root@localhost/portal")
+
+
+def test_every_periodic_job_names_a_registered_task():
+    from django.conf import settings
+
+    from research_portal.celery import app
+
+    app.loader.import_default_modules()
+    scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert scheduled == {
+        "research_portal.privacy.tasks.apply_retention_task",
+        "research_portal.analytics.tasks.reconcile_rollups_task",
+    }
+    assert scheduled <= set(app.tasks)
