@@ -154,6 +154,8 @@ RATE_LIMITS = {
     "login": os.environ.get("RATE_LIMIT_LOGIN", "10/300"),
     "entry": os.environ.get("RATE_LIMIT_ENTRY", "30/60"),
     "invite": os.environ.get("RATE_LIMIT_INVITE", "20/300"),
+    # Check frames run the model in the web process; the page sends 2 per second.
+    "check_frame": os.environ.get("RATE_LIMIT_CHECK_FRAME", "40/10"),
 }
 # Behind N reverse proxies the client is the N-th address from the right of X-Forwarded-For; 0 = REMOTE_ADDR.
 PORTAL_TRUSTED_PROXY_HOPS = int(os.environ.get("PORTAL_TRUSTED_PROXY_HOPS", "0"))

@@ -10,6 +10,7 @@ import re
 from urllib.parse import quote
 
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
@@ -83,7 +84,7 @@ def session_redirect_url(session: ParticipantSession) -> str:
     """Where an ended session goes next: the panel's redirect, except that a preview (a study admin trying
     the study) goes back to the study's set-up page and never reaches the panel."""
     if session.is_preview:
-        return f"/studies/{session.study_id}/"
+        return reverse("studies:setup", args=[session.study_id])
     return panel_redirect_url(session.study, session.state, session.external_participant_id)
 
 

@@ -169,7 +169,14 @@ def check(request: HttpRequest, session: ParticipantSession) -> HttpResponse:
     return render(request, "participant/check.html", {"session": session, "check_config": config})
 
 
+def too_many_check_frames(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"error": "rate_limited"}, status=429)
+
+
 @require_POST
+@rate_limited(
+    "check_frame", key=lambda request: request.path, methods=("POST",), response=too_many_check_frames
+)
 @participant_view
 def check_frame(request: HttpRequest, session: ParticipantSession) -> JsonResponse:
     """One camera frame of the face check (JPEG body, measured camera fps in the query)."""
@@ -265,8 +272,7 @@ def outcome(request: HttpRequest, session: ParticipantSession) -> JsonResponse:
         {
             "state": session.state,
             "ended": session.has_ended,
-            "next": session_redirect_url(session) if session.has_ended
-            else "",
+            "next": session_redirect_url(session) if session.has_ended else "",
         }
     )
 

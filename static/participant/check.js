@@ -72,6 +72,7 @@
       const blob = await grabJpeg();
       const answer = await postJson(`${config.frameUrl}?fps=${cameraFps.toFixed(1)}`, blob, "image/jpeg");
       if (answer.next) { location.href = answer.next; return; }
+      if (answer.error) { await sleep(CHECK_INTERVAL_MS); continue; }  // throttled or refused: try the next frame
       if (answer.passed) {
         say(messages.passed);
         document.body.dataset.checkPassed = "true";

@@ -105,3 +105,13 @@ def test_failed_attempts_end_in_the_failed_redirect(client, consented, acme):
         ).status_code
         == 409
     )
+
+
+def test_a_client_flooding_check_frames_is_throttled(client, consented, face_jpegs, settings):
+    from django.core.cache import cache
+
+    cache.clear()
+    settings.RATE_LIMITS = {**settings.RATE_LIMITS, "check_frame": "3/60"}
+    statuses = [post_frame(client, consented, face_jpegs[0]).status_code for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    assert post_frame(client, consented, face_jpegs[0]).json() == {"error": "rate_limited"}

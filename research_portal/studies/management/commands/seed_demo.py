@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.urls import reverse
 
 from research_portal.studies.demo import do_seed_demo
 
@@ -20,8 +21,8 @@ class Command(BaseCommand):
                     f"  Sign in:          {base_url}/accounts/login/",
                     f"  Username:         {seed.admin_username}",
                     f"  Password:         {seed.admin_password}",
-                    f"  Study set-up:     {base_url}/studies/{seed.study.pk}/",
-                    f"  Dashboards:       {base_url}/analytics/studies/{seed.study.pk}/",
+                    f"  Study set-up:     {base_url}{reverse('studies:setup', args=[seed.study.pk])}",
+                    f"  Dashboards:       {base_url}{reverse('analytics:study', args=[seed.study.pk])}",
                     f"  Django admin:     {base_url}/admin/",
                     f"  Participant link: {base_url}/s/{seed.study.public_id}/?pid=demo-1&c=DE",
                     "",
