@@ -12,7 +12,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.http import Http404
 
 from research_portal.analytics.dashboard import build_ad_dashboard, build_study_overview
-from research_portal.analytics.live import ad_group, remember_server_loop, study_group
+from research_portal.analytics.live import ad_group, study_group
 from research_portal.analytics.services import (
     Filters,
     InvalidFilters,
@@ -20,6 +20,7 @@ from research_portal.analytics.services import (
     visible_ad,
     visible_study,
 )
+from research_portal.events import remember_server_loop
 
 logger = logging.getLogger(__name__)
 

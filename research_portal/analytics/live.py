@@ -8,17 +8,16 @@ Redis configured the window is shared by every worker process (SET NX PX); other
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
 from functools import cache
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
+
+from research_portal.events import send_group_event
 
 logger = logging.getLogger(__name__)
 
@@ -99,38 +98,8 @@ def windows() -> LocalWindows | RedisWindows:
     return _windows(getattr(settings, "REDIS_URL", "") or "")
 
 
-_server_loop: asyncio.AbstractEventLoop | None = None
-
-
-def remember_server_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """Called by dashboard sockets: the event loop of the ASGI server in this process."""
-    global _server_loop
-    _server_loop = loop
-
-
 def send_event(group: str, message: dict) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    loop = _server_loop
-    if loop is not None and loop.is_running():
-        # In the server process (embedded mode's analysis threads), hand the send to the server's loop: the
-        # in-memory layer's queues belong to it and are not thread-safe.
-        asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop).result(timeout=10)
-    elif _loop_running_in_this_thread():
-        # Sync code called from inside an event loop's thread (e.g. a test driving a browser) cannot block on
-        # the loop; send from a helper thread instead.
-        threading.Thread(target=async_to_sync(layer.group_send), args=(group, message), daemon=True).start()
-    else:  # a Celery worker: no server loop here, the Redis layer connects from this thread
-        async_to_sync(layer.group_send)(group, message)
-
-
-def _loop_running_in_this_thread() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+    send_group_event(group, message)
 
 
 class GroupThrottle:

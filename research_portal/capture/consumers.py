@@ -2,23 +2,22 @@ import asyncio
 import json
 import logging
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.conf import settings
 
+from research_portal.capture.batching import frame_batcher
 from research_portal.capture.models import SessionEvent
 from research_portal.capture.participation import do_record_event
 from research_portal.capture.services import (
     CaptureContext,
     CaptureRefused,
-    Frame,
     FrameRateLimiter,
     FrameRejected,
     check_frame,
-    enqueue_batch,
     open_capture,
+    session_group,
 )
+from research_portal.events import remember_server_loop
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +25,6 @@ logger = logging.getLogger(__name__)
 RESEND_BURST_FRAMES = 300
 # Rejections tolerated per connection before we treat the client as broken or hostile.
 MAX_REJECTIONS = 50
-# Frames held while the broker is unreachable; past this new frames are refused (not acked, so resent).
-MAX_BUFFERED_FRAMES = 600
 CLOSE_FLOOD = 4008
 # The same session opened in another tab or window: the newest connection wins.
 CLOSE_OTHER_TAB = 4009
@@ -40,12 +37,9 @@ BROWSER_EVENTS = {
 }
 
 
-def session_group(session_id: int) -> str:
-    return f"capture.session.{session_id}"
-
-
 class CaptureConsumer(AsyncWebsocketConsumer):
-    """Receives a participant's webcam frames, validates them, batches them and acks once queued."""
+    """Receives a participant's webcam frames, validates them and hands them to the process's FrameBatcher.
+    Acks them once their rows are stored (capture_stored); relays the capture rate flow control asks for."""
 
     context: CaptureContext | None = None
 
@@ -68,11 +62,11 @@ class CaptureConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_send(
             self.group, {"type": "capture.takeover", "channel": self.channel_name}
         )
-        self.buffer: list[Frame] = []
+        remember_server_loop(asyncio.get_running_loop())  # embedded analysis threads send acks through it
         self.rejections = 0
         self.limiter = FrameRateLimiter(self.context.fps, RESEND_BURST_FRAMES)
-        self.flush_lock = asyncio.Lock()
-        self.flusher = asyncio.create_task(self.flush_periodically())
+        self.batcher = frame_batcher()
+        self.batcher.register(self)
         await self.send_json(
             {
                 "type": "hello",
@@ -82,6 +76,8 @@ class CaptureConsumer(AsyncWebsocketConsumer):
                 "next_seq": self.context.next_seq,
             }
         )
+        if self.batcher.fps_scale < 1.0:
+            await self.apply_fps_scale(self.batcher.fps_scale)
 
     async def capture_takeover(self, event: dict) -> None:
         if event["channel"] == self.channel_name:
@@ -100,11 +96,10 @@ class CaptureConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.context is None:
             return
-        self.flusher.cancel()
+        self.batcher.unregister(self)
+        # Frames already with the batcher are queued and stored anyway; their acks cannot reach this socket,
+        # so the client resends them and the unique (session, seq) constraint drops the duplicates.
         await self.channel_layer.group_discard(self.group, self.channel_name)
-        # Frames still buffered are queued anyway; their acks cannot be sent, so the client resends and
-        # the unique (session, seq) constraint drops the duplicates.
-        await self.flush(send_acks=False)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.context is None:
@@ -115,7 +110,8 @@ class CaptureConsumer(AsyncWebsocketConsumer):
             await self.receive_command(text_data or "")
 
     async def receive_frame(self, message: bytes) -> None:
-        if len(self.buffer) >= MAX_BUFFERED_FRAMES:
+        if not self.batcher.accepts_frames():
+            # Not a rejection of the frame: seq null tells the client to keep it and resend it later.
             await self.send_json(
                 {"type": "error", "code": "server_busy", "seq": None, "detail": "Retry later."}
             )
@@ -127,9 +123,15 @@ class CaptureConsumer(AsyncWebsocketConsumer):
         except FrameRejected as rejected:
             await self.reject(rejected)
             return
-        self.buffer.append(frame)
-        if len(self.buffer) >= settings.CAPTURE_FLUSH_MAX_FRAMES:
-            await self.flush()
+        self.batcher.add(frame.to_payload(self.context.session_id, self.context.store_frames))
+
+    async def capture_stored(self, event: dict) -> None:
+        """A worker stored these frames' rows: the client may forget them."""
+        await self.send_json({"type": "ack", "seqs": event["seqs"]})
+
+    async def apply_fps_scale(self, scale: float) -> None:
+        """Flow control: capture at this share of the study's rate until told otherwise."""
+        await self.send_json({"type": "throttle", "fps": round(self.context.fps * scale, 2)})
 
     async def receive_command(self, text: str) -> None:
         try:
@@ -137,7 +139,6 @@ class CaptureConsumer(AsyncWebsocketConsumer):
         except ValueError:
             command = None
         if isinstance(command, dict) and command.get("type") == "finish":
-            await self.flush()
             await self.close(code=1000)
             return
         if (
@@ -166,28 +167,6 @@ class CaptureConsumer(AsyncWebsocketConsumer):
         )
         if self.rejections > MAX_REJECTIONS:
             await self.close(code=CLOSE_FLOOD)
-
-    async def flush_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(settings.CAPTURE_FLUSH_INTERVAL_S)
-            await self.flush()
-
-    async def flush(self, send_acks: bool = True) -> None:
-        async with self.flush_lock:
-            if not self.buffer:
-                return
-            batch, self.buffer = self.buffer, []
-            try:
-                await sync_to_async(enqueue_batch, thread_sensitive=False)(
-                    self.context.session_id, batch, self.context.store_frames
-                )
-            except Exception:
-                # Broker unreachable: keep the frames and try again on the next tick; nothing is acked.
-                logger.exception("could not queue a batch of session %s", self.context.session_id)
-                self.buffer = batch + self.buffer
-                return
-        if send_acks:
-            await self.send_json({"type": "ack", "seqs": [frame.seq for frame in batch]})
 
     async def send_json(self, content: dict) -> None:
         await self.send(text_data=json.dumps(content))

@@ -1,7 +1,9 @@
 """The path of a webcam frame from the socket to a stored FrameResult (see docs/architecture.md).
 
-check_frame() validates one binary message; enqueue_batch() hands a batch to the analysis backend
-(Celery worker or in-process thread pool); analyze_and_store_batch() runs the model and stores readings.
+check_frame() validates one binary message; the socket hands it to its process's FrameBatcher
+(batching.py), which calls enqueue_frames() with batches that mix sessions; the analysis backend (Celery
+worker or in-process thread pool) runs analyze_and_store_frames(): the model, a bulk insert, and the acks
+to the sockets (a frame is acked only once its row is stored).
 """
 
 from __future__ import annotations
@@ -10,22 +12,26 @@ import logging
 import math
 import struct
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import connections
-from django.db.models import Value
+from django.db.models import Case, PositiveIntegerField, Value, When
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from inference.pipeline import FaceReading, get_pipeline
 from research_portal.analytics.rollups import do_update_rollups
+from research_portal.capture.flow import record_queued, record_stored
 from research_portal.capture.models import FrameResult, ParticipantSession
+from research_portal.events import send_group_events
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +75,11 @@ class Frame:
     capture_time_ms: float
     jpeg: bytes
 
-    def to_payload(self) -> dict[str, Any]:
+    def to_payload(self, session_id: int, store_frames: bool = False) -> dict[str, Any]:
         """Plain types only, so the batch survives the msgpack trip through the broker."""
         return {
+            "session_id": session_id,
+            "store_frames": store_frames,
             "seq": self.seq,
             "ad_id": self.ad_id,
             "media_time_ms": self.media_time_ms,
@@ -177,49 +185,56 @@ def analysis_thread_pool() -> ThreadPoolExecutor:
     )
 
 
-def enqueue_batch(session_id: int, frames: list[Frame], store_frames: bool = False) -> None:
-    """Hand a batch to the analysis backend; returns once it is safely queued, so it may then be acked."""
-    payload = [frame.to_payload() for frame in frames]
+def enqueue_frames(frames: list[dict[str, Any]]) -> None:
+    """Hand one batch (frames of any sessions, as Frame.to_payload dicts) to the analysis backend; returns
+    once it is safely queued."""
     if settings.CAPTURE_ANALYSIS_BACKEND == "celery":
-        from research_portal.capture.tasks import analyze_batch_task
+        from research_portal.capture.tasks import analyze_frames_task
 
-        analyze_batch_task.apply_async(args=(session_id, payload, store_frames), serializer="msgpack")
+        analyze_frames_task.apply_async(args=(frames,), serializer="msgpack")
     else:
-        analysis_thread_pool().submit(analyze_batch_in_thread, session_id, payload, store_frames)
-    do_record_enqueued(session_id, max(frame.seq for frame in frames))
+        analysis_thread_pool().submit(analyze_frames_in_thread, frames)
+    do_record_enqueued({frame["session_id"]: frame["seq"] for frame in sorted(frames, key=itemgetter("seq"))})
+    record_queued(len(frames), 1)
 
 
-def do_record_enqueued(session_id: int, last_seq: int) -> None:
-    """Remember the newest queued frame: validation waits until its reading is stored."""
-    ParticipantSession.objects.filter(pk=session_id).update(
-        last_enqueued_seq=Greatest(Coalesce("last_enqueued_seq", Value(0)), Value(last_seq)),
+def do_record_enqueued(last_seqs: dict[int, int]) -> None:
+    """Remember each session's newest queued frame, in one query: validation waits for its reading."""
+    newest = Case(
+        *(When(pk=session_id, then=Value(seq)) for session_id, seq in last_seqs.items()),
+        output_field=PositiveIntegerField(),
+    )
+    ParticipantSession.objects.filter(pk__in=list(last_seqs)).update(
+        last_enqueued_seq=Greatest(Coalesce("last_enqueued_seq", Value(0)), newest),
         last_enqueued_at=timezone.now(),
     )
 
 
-def analyze_batch_in_thread(session_id: int, frames: list[dict[str, Any]], store_frames: bool) -> None:
+def analyze_frames_in_thread(frames: list[dict[str, Any]]) -> None:
     try:
-        analyze_and_store_batch(session_id, frames, store_frames)
+        analyze_and_store_frames(frames)
     except Exception:
-        logger.exception("frame batch of session %s failed in the embedded analyser", session_id)
+        logger.exception("a batch of %s frames failed in the embedded analyser", len(frames))
     finally:
         # Pool threads live on; close their connection so none is left open between batches.
         connections.close_all()
 
 
-def analyze_and_store_batch(session_id: int, frames: list[dict[str, Any]], store_frames: bool = False) -> int:
-    """Run the model on a batch of frames and store one FrameResult per frame. Returns rows written.
+def analyze_and_store_frames(frames: list[dict[str, Any]]) -> int:
+    """Run the model on a batch of frames (of any sessions) and store one FrameResult per frame, then ack
+    them to their sockets. Returns rows written (a frame stored before is skipped, and acked again).
 
-    The JPEGs are dropped afterwards unless the study opted in to keeping them (`store_frames`).
+    The JPEGs are dropped afterwards unless the frame's study opted in to keeping them (`store_frames`).
     """
-    if store_frames:
-        store_frame_images(session_id, frames)
+    kept = [frame for frame in frames if frame.get("store_frames")]
+    if kept:
+        store_frame_images(kept)
     pipeline = get_pipeline()
     readings = pipeline.analyze_jpegs([frame["jpeg"] for frame in frames])
     rows = []
     for frame, reading in zip(frames, readings, strict=True):
         row = FrameResult(
-            session_id=session_id,
+            session_id=frame["session_id"],
             ad_id=frame["ad_id"] or None,  # BASELINE_AD_ID -> NULL
             seq=frame["seq"],
             media_time_ms=frame["media_time_ms"],
@@ -249,16 +264,40 @@ def stored_frames_dir(session_id: int) -> Path:
     return Path(settings.MEDIA_ROOT) / "frames" / str(session_id)
 
 
-def store_frame_images(session_id: int, frames: list[dict[str, Any]]) -> None:
+def store_frame_images(frames: list[dict[str, Any]]) -> None:
     """Only for studies that opted in: keep each JPEG as frames/<session>/<seq>.jpg under MEDIA_ROOT."""
-    folder = stored_frames_dir(session_id)
-    folder.mkdir(parents=True, exist_ok=True)
     for frame in frames:
+        folder = stored_frames_dir(frame["session_id"])
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{frame['seq']}.jpg").write_bytes(frame["jpeg"])
 
 
 def store_results(rows: list[FrameResult]) -> int:
-    """Bulk insert; a frame stored before (a resend, a redelivered task) is skipped, never duplicated."""
+    """Bulk insert; a frame stored before (a resend, a redelivered task) is skipped, never duplicated.
+    Then ack every row's frame to its socket and update the analytics rollups."""
     created = FrameResult.objects.bulk_create(rows, ignore_conflicts=True)
+    do_ack_stored(rows)
+    record_stored(len(rows), sum(1 for row in rows if row.error))
     do_update_rollups(rows)  # analytics (issue 5): per-second rollups + live dashboards; never raises
     return len(created)
+
+
+def do_ack_stored(rows: list[FrameResult]) -> None:
+    """Tell each session's socket which of its frames are stored (the client forgets them then). A lost
+    ack costs only a resend, which the unique (session, seq) constraint absorbs, so failures are logged."""
+    seqs_by_session: dict[int, list[int]] = defaultdict(list)
+    for row in rows:
+        seqs_by_session[row.session_id].append(row.seq)
+    events = [
+        (session_group(session_id), {"type": "capture.stored", "seqs": sorted(seqs)})
+        for session_id, seqs in seqs_by_session.items()
+    ]
+    try:
+        send_group_events(events)
+    except Exception:
+        logger.exception("could not ack stored frames of sessions %s", sorted(seqs_by_session))
+
+
+def session_group(session_id: int) -> str:
+    """The channel-layer group of a session's capture socket(s): acks and second-tab takeovers go here."""
+    return f"capture.session.{session_id}"

@@ -1,20 +1,42 @@
 from typing import Any
 
 from celery import shared_task
+from celery.signals import worker_ready
 from django.db import InterfaceError, OperationalError
 
-from research_portal.capture.services import analyze_and_store_batch
+from research_portal.capture.flow import start_worker_heartbeat
+from research_portal.capture.services import analyze_and_store_frames
 
-
-@shared_task(
+BATCH_TASK_OPTIONS = dict(
     # Frames are bytes: msgpack carries them as-is (JSON would need base64, +33%).
     serializer="msgpack",
+    # Removed from the queue only once stored: a killed worker's batch is redelivered, and the unique
+    # (session, seq) constraint makes the second delivery store nothing twice.
     acks_late=True,
+    # The database away (restart, failover): retry with backoff, 1 s doubling to 30 s, about 5 minutes in all.
     autoretry_for=(OperationalError, InterfaceError),
     retry_backoff=1,
     retry_backoff_max=30,
-    max_retries=12,
+    retry_jitter=False,
+    max_retries=14,
 )
+
+
+@shared_task(**BATCH_TASK_OPTIONS)
+def analyze_frames_task(frames: list[dict[str, Any]]) -> int:
+    """One task per batch of frames (of any sessions, never one per frame); see services.enqueue_frames."""
+    return analyze_and_store_frames(frames)
+
+
+@shared_task(**BATCH_TASK_OPTIONS)
 def analyze_batch_task(session_id: int, frames: list[dict[str, Any]], store_frames: bool = False) -> int:
-    """One task per batch of a session's frames (never per frame); retried while the database is away."""
-    return analyze_and_store_batch(session_id, frames, store_frames)
+    """The one-session batch format of earlier web processes, still queued during a rolling upgrade."""
+    return analyze_and_store_frames(
+        [{**frame, "session_id": session_id, "store_frames": store_frames} for frame in frames]
+    )
+
+
+@worker_ready.connect
+def announce_worker(sender: Any = None, **kwargs: Any) -> None:
+    """Workers say they are alive (with their pool size) for /metrics and flow control."""
+    start_worker_heartbeat(processes=sender.controller.concurrency, worker=sender.hostname)

@@ -14,6 +14,10 @@
   // Unacked frames kept for resending: five minutes at 5 fps, about 20 MB at most.
   const MAX_PENDING_FRAMES = 1500;
   const ACK_WAIT_MS = 30000;
+  // The server acks a frame once its reading is stored (normally within a second); a frame unacked this
+  // long was refused while the server was busy or its ack was lost, so it is sent again (stored once).
+  const RESEND_AFTER_MS = 5000;
+  const RESEND_PER_TICK = 10;
 
   const statusLine = document.getElementById("status");
   const startButton = document.getElementById("start");
@@ -26,7 +30,7 @@
 
   const state = {
     seq: 0,
-    pending: new Map(), // seq -> ArrayBuffer, until the server acks it
+    pending: new Map(), // seq -> {message: ArrayBuffer, sentAt: ms}, until the server acks it (stored)
     queuedEvents: [],
     sent: 0,
     acked: 0,
@@ -39,6 +43,8 @@
     capturing: false,
     stream: null,
     lastMediaTime: 0,
+    fps: config.fps, // lowered by the server's "throttle" messages while its workers catch up
+    captureTimer: null,
   };
 
   const setStatus = (text) => { statusLine.textContent = text; };
@@ -78,11 +84,17 @@
         if (message.type === "hello") {
           state.seq = Math.max(state.seq, message.next_seq || 0);
           // Resend everything not yet acked, then any page events; the server stores each frame once.
-          for (const seq of [...state.pending.keys()].sort((a, b) => a - b)) socket.send(state.pending.get(seq));
+          for (const seq of [...state.pending.keys()].sort((a, b) => a - b)) {
+            const frame = state.pending.get(seq);
+            frame.sentAt = Date.now();
+            socket.send(frame.message);
+          }
           for (const queued of state.queuedEvents.splice(0)) socket.send(queued);
           resolveHello();
         } else if (message.type === "ack") {
           for (const seq of message.seqs) if (state.pending.delete(seq)) state.acked += 1;
+        } else if (message.type === "throttle") {
+          setCaptureRate(message.fps);
         } else if (message.type === "error") {
           console.warn("capture error", message.code, message.detail);
           if (message.seq !== null && state.pending.delete(message.seq)) state.rejected += 1;
@@ -141,11 +153,36 @@
       if (!blob) return;
       const message = encodeFrame(seq, adId, mediaTimeMs, captureTimeMs, await blob.arrayBuffer());
       if (state.pending.size >= MAX_PENDING_FRAMES) state.pending.delete(state.pending.keys().next().value);
-      state.pending.set(seq, message);
+      state.pending.set(seq, { message, sentAt: Date.now() });
       state.sent += 1;
       if (state.socket && state.socket.readyState === WebSocket.OPEN) state.socket.send(message);
       publishProgress();
     }, "image/jpeg", JPEG_QUALITY);
+  }
+
+  // Frames the server has not acked for a while go again, a few per tick (the server rate-limits bursts).
+  function resendStaleFrames() {
+    if (!state.socket || state.socket.readyState !== WebSocket.OPEN) return;
+    const staleBefore = Date.now() - RESEND_AFTER_MS;
+    let resent = 0;
+    for (const frame of state.pending.values()) {
+      if (resent >= RESEND_PER_TICK) break;
+      if (frame.sentAt > staleBefore) continue;
+      frame.sentAt = Date.now();
+      state.socket.send(frame.message);
+      resent += 1;
+    }
+  }
+  setInterval(resendStaleFrames, 1000);
+
+  function setCaptureRate(fps) {
+    if (!(fps > 0)) return;
+    state.fps = Math.min(fps, config.fps);
+    document.body.dataset.captureFps = String(state.fps);
+    if (state.captureTimer !== null) {
+      clearInterval(state.captureTimer);
+      state.captureTimer = setInterval(grabFrame, 1000 / state.fps);
+    }
   }
 
   async function showBaseline() {
@@ -247,7 +284,7 @@
     if (state.stopped) return;
     startButton.hidden = true;
     state.capturing = true;
-    const timer = setInterval(grabFrame, 1000 / config.fps);
+    state.captureTimer = setInterval(grabFrame, 1000 / state.fps);
     let playedAll = false;
     try {
       await showBaseline();
@@ -263,7 +300,8 @@
       setStatus(messages.video_error);
     } finally {
       state.capturing = false;
-      clearInterval(timer);
+      clearInterval(state.captureTimer);
+      state.captureTimer = null;
       adVideo.hidden = true;
       for (const track of state.stream.getTracks()) track.stop();
     }

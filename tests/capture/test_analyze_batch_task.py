@@ -1,11 +1,11 @@
-"""analyze_batch_task through real Redis to a real Celery worker process, stored in real Postgres."""
+"""analyze_frames_task through real Redis to a real Celery worker process, stored in real Postgres."""
 
 from __future__ import annotations
 
 import time
 
 from research_portal.capture.models import FrameResult, ParticipantSession
-from research_portal.capture.services import Frame, analyze_and_store_batch, enqueue_batch
+from research_portal.capture.services import Frame, analyze_and_store_frames, enqueue_frames
 
 
 def wait_for_count(session: ParticipantSession, expected: int, timeout: float = 60) -> int:
@@ -19,21 +19,38 @@ def wait_for_count(session: ParticipantSession, expected: int, timeout: float = 
     return count
 
 
-def make_frames(ad_id: int, jpegs: list[bytes], first_seq: int = 0) -> list[Frame]:
+def make_frames(session_id: int, ad_id: int, jpegs: list[bytes], first_seq: int = 0) -> list[dict]:
     now_ms = time.time() * 1000
-    return [Frame(first_seq + i, ad_id, i * 200, now_ms + i * 200, jpeg) for i, jpeg in enumerate(jpegs)]
+    return [
+        Frame(first_seq + i, ad_id, i * 200, now_ms + i * 200, jpeg).to_payload(session_id)
+        for i, jpeg in enumerate(jpegs)
+    ]
 
 
 def test_batch_queued_to_a_worker_lands_in_postgres(acme, celery_worker, face_jpegs, settings):
     settings.CAPTURE_ANALYSIS_BACKEND = "celery"
     session = ParticipantSession.objects.create(study=acme.study, state="viewing")
-    enqueue_batch(session.pk, make_frames(acme.ad.pk, face_jpegs[:8]))
+    enqueue_frames(make_frames(session.pk, acme.ad.pk, face_jpegs[:8]))
     assert wait_for_count(session, 8) == 8, celery_worker.log()[-3000:]
     rows = list(FrameResult.objects.filter(session=session).order_by("seq"))
     assert [row.seq for row in rows] == list(range(8))
     assert sum(row.face_found for row in rows) >= 7
     assert all(row.error == "" for row in rows)
-    assert "analyze_batch_task" in celery_worker.log()
+    assert "analyze_frames_task" in celery_worker.log()
+    assert ParticipantSession.objects.get(pk=session.pk).last_enqueued_seq == 7
+
+
+def test_one_batch_carries_frames_of_several_sessions(acme, celery_worker, face_jpegs, settings):
+    settings.CAPTURE_ANALYSIS_BACKEND = "celery"
+    first, second = (ParticipantSession.objects.create(study=acme.study, state="viewing") for _ in range(2))
+    enqueue_frames(
+        make_frames(first.pk, acme.ad.pk, face_jpegs[:3])
+        + make_frames(second.pk, acme.ad.pk, face_jpegs[3:5], first_seq=10)
+    )
+    assert wait_for_count(second, 2) == 2, celery_worker.log()[-3000:]
+    assert wait_for_count(first, 3) == 3
+    sessions = ParticipantSession.objects.in_bulk([first.pk, second.pk])
+    assert (sessions[first.pk].last_enqueued_seq, sessions[second.pk].last_enqueued_seq) == (2, 11)
 
 
 def test_corrupt_frame_is_recorded_as_failed_and_its_batch_mates_are_stored(
@@ -42,7 +59,7 @@ def test_corrupt_frame_is_recorded_as_failed_and_its_batch_mates_are_stored(
     settings.CAPTURE_ANALYSIS_BACKEND = "celery"
     session = ParticipantSession.objects.create(study=acme.study, state="viewing")
     corrupt = b"\xff\xd8\xff" + b"garbage" * 50  # passes the socket's magic check, fails to decode
-    enqueue_batch(session.pk, make_frames(acme.ad.pk, [face_jpegs[0], corrupt, face_jpegs[1]]))
+    enqueue_frames(make_frames(session.pk, acme.ad.pk, [face_jpegs[0], corrupt, face_jpegs[1]]))
     assert wait_for_count(session, 3) == 3, celery_worker.log()[-3000:]
     failed = FrameResult.objects.get(session=session, seq=1)
     assert failed.error and not failed.face_found and failed.happy is None
@@ -51,7 +68,7 @@ def test_corrupt_frame_is_recorded_as_failed_and_its_batch_mates_are_stored(
 
 def test_redelivered_batch_is_stored_once(postgres, acme, face_jpegs):
     session = ParticipantSession.objects.create(study=acme.study, state="viewing")
-    payload = [frame.to_payload() for frame in make_frames(acme.ad.pk, face_jpegs[:4])]
-    assert analyze_and_store_batch(session.pk, payload) == 4
-    analyze_and_store_batch(session.pk, payload)  # e.g. a worker killed after insert, task redelivered
+    payload = make_frames(session.pk, acme.ad.pk, face_jpegs[:4])
+    assert analyze_and_store_frames(payload) == 4
+    analyze_and_store_frames(payload)  # e.g. a worker killed after insert, task redelivered
     assert FrameResult.objects.filter(session=session).count() == 4

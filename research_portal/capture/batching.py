@@ -1,0 +1,138 @@
+"""Where the frames of every capture socket in a web process meet, and leave as batches across sessions.
+
+A batch leaves for the analysis backend when it holds settings.CAPTURE_FLUSH_MAX_FRAMES frames or its oldest
+frame has waited settings.CAPTURE_FLUSH_INTERVAL_S: one task and one bulk insert per batch, whatever the
+number of participants. The same loop runs flow control once per settings.CAPTURE_FLOW_INTERVAL_S: it reads
+the shared load (flow.read_capture_load), tells every socket of the process the capture rate to use, and
+refuses new frames while the queue is at its bound. Frames refused are not acked, so browsers resend them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from typing import Any, Protocol
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from research_portal.capture.flow import next_fps_scale, queue_is_full, read_capture_load
+from research_portal.capture.services import enqueue_frames
+
+logger = logging.getLogger(__name__)
+
+# After the broker refused a batch, wait this long before trying again (frames stay buffered meanwhile).
+BROKER_RETRY_S = 1.0
+
+
+class CaptureSocket(Protocol):
+    async def apply_fps_scale(self, scale: float) -> None: ...
+
+
+class FrameBatcher:
+    def __init__(self) -> None:
+        self.frames: list[tuple[float, dict[str, Any]]] = []  # (monotonic arrival time, Frame.to_payload())
+        self.sockets: set[CaptureSocket] = set()
+        self.wake = asyncio.Event()
+        self.runner: asyncio.Task | None = None
+        self.fps_scale = 1.0
+        self.queue_full = False
+        self.broker_retry_at = 0.0
+        self.next_flow_check = 0.0
+
+    def accepts_frames(self) -> bool:
+        """False while the shared queue is at its bound or this process holds its maximum of unsent frames."""
+        return not self.queue_full and len(self.frames) < settings.CAPTURE_MAX_BUFFERED_FRAMES
+
+    def add(self, frame: dict[str, Any]) -> None:
+        self.frames.append((time.monotonic(), frame))
+        # The first frame sets a flush deadline the loop must start waiting for; a full batch leaves now.
+        if len(self.frames) == 1 or len(self.frames) >= settings.CAPTURE_FLUSH_MAX_FRAMES:
+            self.wake.set()
+        self._ensure_running()
+
+    def register(self, socket: CaptureSocket) -> None:
+        self.sockets.add(socket)
+        self._ensure_running()
+
+    def unregister(self, socket: CaptureSocket) -> None:
+        self.sockets.discard(socket)
+
+    def _ensure_running(self) -> None:
+        if self.runner is None or self.runner.done():
+            self.runner = asyncio.get_running_loop().create_task(self.run())
+
+    async def run(self) -> None:
+        """Until no socket is left and every frame is queued: flush when due, check the flow when due."""
+        while self.frames or self.sockets:
+            await self._sleep_until_due()
+            now = time.monotonic()
+            if self._flush_due(now):
+                await self.flush()
+            if now >= self.next_flow_check:
+                self.next_flow_check = now + settings.CAPTURE_FLOW_INTERVAL_S
+                await self.check_flow()
+
+    async def _sleep_until_due(self) -> None:
+        due = [self.next_flow_check]
+        if self.frames:
+            due.append(max(self.frames[0][0] + settings.CAPTURE_FLUSH_INTERVAL_S, self.broker_retry_at))
+        timeout = max(0.0, min(due) - time.monotonic())
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout)
+        except TimeoutError:
+            pass
+        self.wake.clear()
+
+    def _flush_due(self, now: float) -> bool:
+        if not self.frames or now < self.broker_retry_at:
+            return False
+        full = len(self.frames) >= settings.CAPTURE_FLUSH_MAX_FRAMES
+        return full or now >= self.frames[0][0] + settings.CAPTURE_FLUSH_INTERVAL_S
+
+    async def flush(self) -> None:
+        """Queue every due batch; on a broker error keep the frames (in order) and retry after a pause."""
+        while self._flush_due(time.monotonic()):
+            batch = self.frames[: settings.CAPTURE_FLUSH_MAX_FRAMES]
+            del self.frames[: len(batch)]
+            try:
+                await sync_to_async(enqueue_frames, thread_sensitive=False)([frame for _, frame in batch])
+            except Exception:
+                logger.exception("could not queue a batch of %s frames; keeping them", len(batch))
+                self.frames[:0] = batch
+                self.broker_retry_at = time.monotonic() + BROKER_RETRY_S
+                return
+
+    async def check_flow(self) -> None:
+        try:
+            load = await sync_to_async(read_capture_load, thread_sensitive=False)()
+        except Exception:
+            # The numbers live in Redis; while it is away, hold the current rate (the flush retries itself).
+            logger.warning("flow control could not read the capture load", exc_info=True)
+            return
+        self.queue_full = queue_is_full(load)
+        scale = next_fps_scale(self.fps_scale, load)
+        if abs(scale - self.fps_scale) >= 0.01:
+            logger.info(
+                "capture rate scale %.2f -> %.2f",
+                self.fps_scale,
+                scale,
+                extra={"backlog_s": load.as_dict()["backlog_s"], "queue_frames": load.queue_frames},
+            )
+            self.fps_scale = scale
+            for socket in list(self.sockets):
+                await socket.apply_fps_scale(scale)
+
+
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FrameBatcher] = weakref.WeakKeyDictionary()
+
+
+def frame_batcher() -> FrameBatcher:
+    """The batcher of this process's event loop (one per ASGI server process)."""
+    loop = asyncio.get_running_loop()
+    batcher = _batchers.get(loop)
+    if batcher is None:
+        batcher = _batchers[loop] = FrameBatcher()
+    return batcher

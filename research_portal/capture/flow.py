@@ -1,0 +1,219 @@
+"""How loaded the frame path is, and how fast clients should capture because of it (backpressure).
+
+Web processes count the frames they queue, workers count the frames they store and say they are alive;
+every process reads the same numbers (Redis when configured, this process's memory in embedded mode).
+read_capture_load() turns them into a CaptureLoad: queue depth, frames/s in and out, workers. From it,
+next_fps_scale() decides the capture rate every web process asks its browsers for, and
+queue_is_full() says when new frames are refused (the client keeps them and resends later).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from functools import cache
+from typing import Any
+
+from django.conf import settings
+
+# Rates are averaged over this many whole seconds (long enough to smooth batch-sized steps).
+RATE_WINDOW_S = 10
+COUNTER_TTL_S = 120
+WORKER_HEARTBEAT_S = 5
+WORKER_STALE_AFTER_S = 3 * WORKER_HEARTBEAT_S
+COUNTERS = ("queued_frames", "queued_batches", "stored_frames", "failed_frames")
+
+
+@dataclass(frozen=True)
+class CaptureLoad:
+    queue_batches: int  # batches waiting for a worker (exact)
+    queue_frames: int  # frames in those batches (estimated from recent batch sizes)
+    queued_fps: float  # frames/s web processes handed to the queue (last RATE_WINDOW_S)
+    stored_fps: float  # frames/s workers stored
+    failed_fps: float  # frames/s stored with an analysis error (corrupt image etc.)
+    workers: int  # worker nodes alive (`celery worker` instances, heartbeats)
+    worker_processes: int  # analysis processes (threads in embedded mode) across those nodes
+    backlog_s: float  # queue_frames / stored_fps: how long a new frame waits; inf when nothing is stored
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["backlog_s"] = None if self.backlog_s == float("inf") else round(self.backlog_s, 3)
+        return data
+
+
+class LocalFlowStore:
+    """Embedded mode: one process does everything, so its own counters are the whole picture."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: dict[str, dict[int, int]] = defaultdict(dict)
+
+    def add(self, amounts: dict[str, int], second: int) -> None:
+        with self.lock:
+            for name, amount in amounts.items():
+                buckets = self.counts[name]
+                buckets[second] = buckets.get(second, 0) + amount
+                for old in [s for s in buckets if s < second - COUNTER_TTL_S]:
+                    del buckets[old]
+
+    def window_sums(self, seconds: list[int]) -> dict[str, int]:
+        with self.lock:
+            return {name: sum(self.counts[name].get(s, 0) for s in seconds) for name in COUNTERS}
+
+    def queue_batches(self) -> int:
+        from research_portal.capture.services import analysis_thread_pool
+
+        return analysis_thread_pool()._work_queue.qsize()
+
+    def workers(self) -> tuple[int, int]:
+        return 1, settings.CAPTURE_THREAD_WORKERS
+
+    def heartbeat(self, worker: str, processes: int, now: float) -> None:
+        pass
+
+
+class RedisFlowStore:
+    """Production: counters in per-second keys, worker heartbeats in one hash, queue depth from the broker."""
+
+    PREFIX = "portal:flow"
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        # Short timeouts: flow control must never hang a socket because Redis is slow or away.
+        self.redis = redis.Redis.from_url(
+            url, socket_timeout=1, socket_connect_timeout=1, decode_responses=True
+        )
+
+    def add(self, amounts: dict[str, int], second: int) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for name, amount in amounts.items():
+            key = f"{self.PREFIX}:{name}:{second}"
+            pipe.incrby(key, amount)
+            pipe.expire(key, COUNTER_TTL_S)
+        pipe.execute()
+
+    def window_sums(self, seconds: list[int]) -> dict[str, int]:
+        keys = [f"{self.PREFIX}:{name}:{s}" for name in COUNTERS for s in seconds]
+        values = [int(v or 0) for v in self.redis.mget(keys)]
+        n = len(seconds)
+        return {name: sum(values[i * n : (i + 1) * n]) for i, name in enumerate(COUNTERS)}
+
+    def queue_batches(self) -> int:
+        return int(self.redis.llen(settings.CELERY_TASK_DEFAULT_QUEUE))
+
+    def workers(self) -> tuple[int, int]:
+        """(nodes, processes) that sent a heartbeat lately; forgets the ones that stopped."""
+        now = time.time()
+        nodes = processes = 0
+        stale = []
+        for name, beat in self.redis.hgetall(f"{self.PREFIX}:workers").items():
+            at, count = beat.split()
+            if now - float(at) > WORKER_STALE_AFTER_S:
+                stale.append(name)
+            else:
+                nodes += 1
+                processes += int(count)
+        if stale:
+            self.redis.hdel(f"{self.PREFIX}:workers", *stale)
+        return nodes, processes
+
+    def heartbeat(self, worker: str, processes: int, now: float) -> None:
+        self.redis.hset(f"{self.PREFIX}:workers", worker, f"{now} {processes}")
+
+
+@cache
+def _store(redis_url: str, backend: str) -> LocalFlowStore | RedisFlowStore:
+    return RedisFlowStore(redis_url) if redis_url and backend == "celery" else LocalFlowStore()
+
+
+def flow_store() -> LocalFlowStore | RedisFlowStore:
+    return _store(settings.REDIS_URL, settings.CAPTURE_ANALYSIS_BACKEND)
+
+
+def record_queued(frames: int, batches: int) -> None:
+    flow_store().add({"queued_frames": frames, "queued_batches": batches}, int(time.time()))
+
+
+def record_stored(frames: int, failed: int) -> None:
+    """Workers, after a batch is stored. Counting must never fail a stored batch."""
+    try:
+        flow_store().add({"stored_frames": frames, "failed_frames": failed}, int(time.time()))
+    except Exception:  # noqa: BLE001 - counters are advisory; the rows are already safe
+        pass
+
+
+def read_capture_load() -> CaptureLoad:
+    store = flow_store()
+    now = int(time.time())
+    # Whole seconds that have ended; the current one is still filling.
+    sums = store.window_sums(list(range(now - RATE_WINDOW_S, now)))
+    queue_batches = store.queue_batches()
+    frames_per_batch = (
+        sums["queued_frames"] / sums["queued_batches"]
+        if sums["queued_batches"]
+        else float(settings.CAPTURE_FLUSH_MAX_FRAMES)
+    )
+    queue_frames = round(queue_batches * frames_per_batch)
+    stored_fps = sums["stored_frames"] / RATE_WINDOW_S
+    if queue_frames == 0:
+        backlog_s = 0.0
+    else:
+        backlog_s = queue_frames / stored_fps if stored_fps > 0 else float("inf")
+    workers, worker_processes = store.workers()
+    return CaptureLoad(
+        queue_batches=queue_batches,
+        queue_frames=queue_frames,
+        queued_fps=sums["queued_frames"] / RATE_WINDOW_S,
+        stored_fps=stored_fps,
+        failed_fps=sums["failed_frames"] / RATE_WINDOW_S,
+        workers=workers,
+        worker_processes=worker_processes,
+        backlog_s=backlog_s,
+    )
+
+
+def next_fps_scale(current: float, load: CaptureLoad) -> float:
+    """The share of each study's frame rate clients should capture at, given the current one.
+
+    Above the high-water backlog the rate drops towards what the workers store (with 10% to drain the
+    queue), by at most half per step; below the low-water mark it grows back by a quarter per step. In
+    between it holds, so the rate does not oscillate around the workers' capacity.
+    """
+    minimum = settings.CAPTURE_MIN_FPS_SCALE
+    if load.backlog_s > settings.CAPTURE_BACKLOG_HIGH_S:
+        capacity_share = load.stored_fps / load.queued_fps if load.queued_fps > 0 else 0.0
+        return max(minimum, current * min(0.9, max(0.5, 0.9 * capacity_share)))
+    if load.backlog_s < settings.CAPTURE_BACKLOG_LOW_S:
+        return min(1.0, current * 1.25)
+    return current
+
+
+def queue_is_full(load: CaptureLoad) -> bool:
+    """The bound on queued frames: past it new frames are refused (not acked), so the queue cannot grow."""
+    return load.queue_frames >= settings.CAPTURE_MAX_QUEUE_FRAMES
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def start_worker_heartbeat(processes: int, worker: str | None = None) -> threading.Thread:
+    """Run in each `celery worker` (main process): say it is alive, with its pool size, for metrics."""
+    name = worker or worker_name()
+
+    def beat() -> None:
+        while True:
+            try:
+                flow_store().heartbeat(name, processes, time.time())
+            except Exception:  # noqa: BLE001 - Redis away: the next beat tries again
+                pass
+            time.sleep(WORKER_HEARTBEAT_S)
+
+    thread = threading.Thread(target=beat, name="worker-heartbeat", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,59 @@
+"""Channel-layer group sends from synchronous code: web threads, embedded analysis threads, Celery workers.
+
+Sockets register their server's event loop (remember_server_loop) so that threads of the same process hand
+their sends to it: the in-memory layer's queues belong to that loop and are not thread-safe. Everywhere
+else (a Celery worker) the Redis layer is driven from the calling thread, all sends of one call in one
+event loop (one connection instead of one per message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+_server_loop: asyncio.AbstractEventLoop | None = None
+
+
+def remember_server_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Called by sockets when they connect: the event loop of the ASGI server in this process."""
+    global _server_loop
+    _server_loop = loop
+
+
+def send_group_events(events: list[tuple[str, dict]]) -> None:
+    """Send each (group, message) pair; returns once they are handed to the layer."""
+    layer = get_channel_layer()
+    if layer is None or not events:
+        return
+
+    async def send_all() -> None:
+        await asyncio.gather(*(layer.group_send(group, message) for group, message in events))
+
+    loop = _server_loop
+    if loop is not None and loop.is_running():
+        if _loop_running_in_this_thread():
+            # Called on the server loop itself (e.g. sync code run inline): schedule, do not block it.
+            loop.create_task(send_all())
+        else:
+            asyncio.run_coroutine_threadsafe(send_all(), loop).result(timeout=10)
+    elif _loop_running_in_this_thread():
+        # Sync code called from inside an event loop's thread (e.g. a test driving a browser) cannot block
+        # on the loop; send from a helper thread instead.
+        threading.Thread(target=async_to_sync(send_all), daemon=True).start()
+    else:  # a Celery worker: no server loop here, the Redis layer connects from this thread
+        async_to_sync(send_all)()
+
+
+def send_group_event(group: str, message: dict) -> None:
+    send_group_events([(group, message)])
+
+
+def _loop_running_in_this_thread() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
