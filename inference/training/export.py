@@ -1,21 +1,31 @@
-"""ONNX export with the portal's metadata contract (docs/architecture.md, "Inference contract")."""
+"""ONNX export with the portal's metadata contract (docs/architecture.md, "Inference contract").
+
+torch is imported only by `export_onnx`: metadata, quantization and graph surgery (`add_flip_tta`) run
+on an exported file with onnx + onnxruntime alone (`python -m inference.training.finalize` needs no torch).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-import torch
+from onnx import helper
 
 from . import FER_LABELS, FERPLUS_LABELS
-from .model import EmotionNet, ExportWrapper
+
+if TYPE_CHECKING:
+    from .model import EmotionNet
 
 
 def export_onnx(net: EmotionNet, path: str | Path, *, flip_tta: bool, t_fer: float, t_ferplus: float) -> Path:
     """Write the inference graph: input `input` [N,1,48,48] -> `probabilities` [N,7] (+FER+)."""
+    import torch
+
+    from .model import ExportWrapper
+
     wrapper = ExportWrapper(net.cpu().float().eval(), flip_tta, t_fer, t_ferplus).eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +55,103 @@ def set_metadata(path: str | Path, meta: dict[str, Any]) -> None:
         p.value = v if isinstance(v, str) else json.dumps(v)
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
+
+
+FLIP_PREFIX = "flip_tta/"
+
+
+def add_flip_tta(src: str | Path, out: str | Path, *, average: str = "logits") -> Path:
+    """Fold horizontal-flip test-time averaging into an exported graph (no torch, no retraining).
+
+    input `x` [N,C,H,W] -> Concat(x, x mirrored along W) on the batch axis -> the original graph on 2N
+    rows -> each output's two halves averaged -> the same output names and shapes [N,K].
+    `average="logits"`: the input of each output's final Softmax is averaged (the function of
+    `ExportWrapper(flip_tta=True)`, whose heads are linear in the pooled feature; rows sum to 1 exactly);
+    `"probabilities"`: the outputs themselves. The two halves run in one call, so per-row results do not
+    depend on the batch. metadata_props are copied unchanged (the caller restamps version and metrics,
+    see `pipeline.restamp`); the graph costs twice the convolutions of the original.
+    """
+    if average not in ("logits", "probabilities"):
+        raise ValueError(f"average must be 'logits' or 'probabilities', not {average!r}")
+    m = onnx.load(str(src))
+    g = m.graph
+    if any(p.key == "flip_tta" for p in m.metadata_props) or any(
+        n.name.startswith(FLIP_PREFIX) for n in g.node
+    ):
+        raise ValueError(f"{src} already averages over flips")
+    if len(g.input) != 1:
+        raise ValueError(f"expected one graph input, got {[i.name for i in g.input]}")
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+    x, pre = g.input[0].name, FLIP_PREFIX
+    pair = pre + "input_pair"
+    for n in g.node:
+        n.input[:] = [pair if name == x else name for name in n.input]
+    i64 = onnx.TensorProto.INT64
+    g.initializer.extend(
+        [
+            helper.make_tensor(pre + "starts", i64, [1], [-1]),
+            helper.make_tensor(pre + "ends", i64, [1], [-(2**63)]),  # INT64_MIN: through index 0
+            helper.make_tensor(pre + "axes", i64, [1], [3]),  # W of [N, C, H, W]
+            helper.make_tensor(pre + "steps", i64, [1], [-1]),
+        ]
+    )
+    head = [
+        helper.make_node(
+            "Slice",
+            [x, pre + "starts", pre + "ends", pre + "axes", pre + "steps"],
+            [pre + "input_mirrored"],
+            name=pre + "mirror",
+        ),
+        helper.make_node("Concat", [x, pre + "input_mirrored"], [pair], axis=0, name=pre + "concat"),
+    ]
+
+    def mean_of_halves(tensor: str, k: int, tag: str) -> tuple[list[onnx.NodeProto], str]:
+        """[2N, k] -> [2, N, k] -> mean over the first axis: row i averaged with its mirror (row N+i)."""
+        shape, mean = f"{pre}{tag}_pairs_shape", f"{pre}{tag}_mean"
+        g.initializer.append(helper.make_tensor(shape, i64, [3], [2, -1, k]))
+        reshape = helper.make_node(
+            "Reshape", [tensor, shape], [f"{pre}{tag}_pairs"], name=f"{pre}{tag}_pairs"
+        )
+        if opset >= 18:
+            axes = f"{pre}{tag}_axes"
+            g.initializer.append(helper.make_tensor(axes, i64, [1], [0]))
+            reduce = helper.make_node(
+                "ReduceMean", [f"{pre}{tag}_pairs", axes], [mean], keepdims=0, name=mean
+            )
+        else:
+            reduce = helper.make_node(
+                "ReduceMean", [f"{pre}{tag}_pairs"], [mean], axes=[0], keepdims=0, name=mean
+            )
+        return [reshape, reduce], mean
+
+    producer = {o: n for n in g.node for o in n.output}
+    before: dict[int, list[onnx.NodeProto]] = {}  # new nodes to place before node id(...)
+    tail: list[onnx.NodeProto] = []
+    for output in g.output:
+        dims = output.type.tensor_type.shape.dim
+        if len(dims) != 2 or not dims[1].HasField("dim_value"):
+            raise ValueError(f"output {output.name} must be [N, K] with a fixed K")
+        k, node = dims[1].dim_value, producer[output.name]
+        if average == "logits":
+            if node.op_type != "Softmax":
+                raise ValueError(f"output {output.name} is not a Softmax; use average='probabilities'")
+            nodes, mean = mean_of_halves(node.input[0], k, output.name)
+            node.input[0] = mean
+            before.setdefault(id(node), []).extend(nodes)
+        else:
+            node.output[:] = [f"{pre}{output.name}_both" if o == output.name else o for o in node.output]
+            nodes, mean = mean_of_halves(f"{pre}{output.name}_both", k, output.name)
+            nodes[-1].output[0] = output.name
+            tail.extend(nodes)
+    body = [new for n in g.node for new in (*before.get(id(n), []), n)]
+    del g.node[:]
+    g.node.extend(head + body + tail)
+    del g.value_info[:]  # intermediate shapes were recorded for N rows; the trunk now sees 2N
+    onnx.checker.check_model(m)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(m, str(out))
+    return out
 
 
 def contract_metadata(

@@ -4,6 +4,12 @@ Used after a GPU run that had no PrivateTest data (the packed carry holds Traini
 
     python -m inference.training.finalize --onnx inference/models/emotion.onnx \\
         --summary var/training/emotion.summary.json
+
+Horizontal-flip averaging folded into an exported file (graph surgery, no torch, no summary needed;
+keeps every metadata entry, sets `version` and `flip_tta`, re-measures and stamps `metrics`):
+
+    python -m inference.training.finalize --add-flip-tta --onnx inference/models/emotion.onnx \\
+        --out var/training/emotion.flip.onnx [--average logits|probabilities] [--version V]
 """
 
 from __future__ import annotations
@@ -11,14 +17,37 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from .pipeline import finalize
+
+
+def add_flip_tta_cli(
+    src: str, out: str, average: str, version: str | None, data: str | None, speed: bool
+) -> dict[str, Any]:
+    """`export.add_flip_tta` + `pipeline.restamp`: the flip file, measured (Private-/PublicTest, speed)."""
+    import tempfile
+
+    from .evaluate import read_metadata
+    from .export import add_flip_tta
+    from .pipeline import restamp
+
+    old_version = read_metadata(src)["version"]
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:  # --out may be --onnx itself
+        staged = add_flip_tta(src, Path(tmp) / out_path.name, average=average)
+        updates = {"version": version or f"{old_version}-flip", "flip_tta": {"average": average}}
+        metrics = restamp(staged, data, updates=updates, speed=speed)
+        staged.replace(out_path)
+    metrics["model"] = str(out_path)
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--onnx", required=True)
-    ap.add_argument("--summary", required=True, help="<name>.summary.json from the training run")
+    ap.add_argument("--summary", help="<name>.summary.json from the training run (not with --add-flip-tta)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--config", default=None, help="config to use instead of the one in --summary")
     ap.add_argument("--card", default=None, help="card path (default: next to the ONNX file)")
@@ -28,7 +57,24 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="re-run the config's int8 quantization from this fp32 export into --onnx first",
     )
+    flip = ap.add_argument_group("flip averaging (graph surgery on --onnx; card left as is)")
+    flip.add_argument("--add-flip-tta", action="store_true", help="write --out: --onnx with flip averaging")
+    flip.add_argument("--out", help="output ONNX for --add-flip-tta (may equal --onnx)")
+    flip.add_argument("--average", choices=("logits", "probabilities"), default="logits")
+    flip.add_argument("--version", help="new `version` metadata (default: the old one + '-flip')")
+    flip.add_argument("--no-speed", action="store_true", help="skip the CPU speed measurement")
     a = ap.parse_args(argv)
+    if a.add_flip_tta:
+        if not a.out:
+            ap.error("--add-flip-tta needs --out")
+        print(
+            json.dumps(
+                add_flip_tta_cli(a.onnx, a.out, a.average, a.version, a.data, not a.no_speed), indent=2
+            )
+        )
+        return
+    if not a.summary:
+        ap.error("--summary is required (unless --add-flip-tta)")
     s = json.loads(Path(a.summary).read_text())
     summary, cfg = s["summary"], s["config"]
     if a.config:

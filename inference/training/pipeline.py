@@ -61,19 +61,38 @@ def measure_and_stamp(
     speed: bool,
 ) -> dict[str, Any]:
     """Evaluate the exported file and write the full metadata contract into it."""
+    meta = contract_metadata(normalization, version, {}, trained_on)
+    return _measure_into(onnx_path, data_path, meta, speed)
+
+
+def restamp(
+    onnx_path: Path, data_path: str | None, *, updates: dict[str, Any], speed: bool
+) -> dict[str, Any]:
+    """Re-measure a file and rewrite its `metrics`, keeping every other metadata entry (plus `updates`).
+
+    For a graph changed after export (e.g. `export.add_flip_tta`) when the training summary is gone.
+    """
+    import onnx
+
+    meta: dict[str, Any] = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    meta.update(updates)
+    return _measure_into(onnx_path, data_path, meta, speed)
+
+
+def _measure_into(
+    onnx_path: Path, data_path: str | None, meta: dict[str, Any], speed: bool
+) -> dict[str, Any]:
+    """PrivateTest (+speed) and PublicTest metrics of the file, stamped as `metrics` into `meta`."""
     data = load_data(data_path)
-    meta0 = contract_metadata(normalization, version, {}, trained_on)
-    set_metadata(onnx_path, meta0)
+    set_metadata(onnx_path, {**meta, "metrics": {}})
     metrics = evaluate_model(onnx_path, data=data, speed=speed)
     metrics["public"] = evaluate_model(onnx_path, data=data, split=PUBLIC, speed=False)
     if speed:
         metrics["speed_hardware"] = f"{cpu_name()}, 1 thread, onnxruntime"
     for _ in range(2):  # the size depends on the metrics string itself; converge
-        set_metadata(
-            onnx_path, contract_metadata(normalization, version, metadata_metrics(metrics), trained_on)
-        )
+        set_metadata(onnx_path, {**meta, "metrics": metadata_metrics(metrics)})
         metrics["size_bytes"] = onnx_path.stat().st_size
-    set_metadata(onnx_path, contract_metadata(normalization, version, metadata_metrics(metrics), trained_on))
+    set_metadata(onnx_path, {**meta, "metrics": metadata_metrics(metrics)})
     return metrics
 
 
