@@ -16,6 +16,7 @@ import weakref
 from typing import Any, Protocol
 
 from asgiref.sync import sync_to_async
+from channels.db import DatabaseSyncToAsync
 from django.conf import settings
 
 from research_portal.capture.flow import next_fps_scale, queue_is_full, read_capture_load
@@ -98,7 +99,10 @@ class FrameBatcher:
             batch = self.frames[: settings.CAPTURE_FLUSH_MAX_FRAMES]
             del self.frames[: len(batch)]
             try:
-                await sync_to_async(enqueue_frames, thread_sensitive=False)([frame for _, frame in batch])
+                # Off the shared sync thread (the broker write may take milliseconds); the DB connection
+                # handling of database_sync_to_async closes what the pool thread leaves open.
+                queue = DatabaseSyncToAsync(enqueue_frames, thread_sensitive=False)
+                await queue([frame for _, frame in batch])
             except Exception:
                 logger.exception("could not queue a batch of %s frames; keeping them", len(batch))
                 self.frames[:0] = batch
