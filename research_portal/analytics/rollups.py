@@ -1,7 +1,8 @@
 """Keeping the rollups (models.py) in step with the raw FrameResults.
 
 Two ways in, one definition (tests prove they agree):
-- `do_update_rollups(rows)`: the hook capture's store_results calls after each bulk insert. Per session,
+- `do_update_rollups(rows)`: the hook capture's store_results calls after each bulk insert (debounced per
+  session, see debounce.py). Per session,
   under a row lock, the touched (ad, second) keys are recomputed *from the raw rows in the database* (so a
   re-delivered batch, whose rows were skipped by ON CONFLICT DO NOTHING, changes nothing), and the
   difference between the session's old and new contribution is added to the SecondCell sums. A session
@@ -360,22 +361,37 @@ def do_refresh_session(
 
 def do_update_rollups(rows: Iterable[FrameResult]) -> None:
     """Hook for capture.services.store_results, after the bulk insert: update the rollups of the stored rows'
-    sessions and tell live dashboards (after commit, throttled). Never raises: frames are already safe, so a
-    failure only marks the session stale, and the next reconcile recomputes it from its raw frames."""
-    from research_portal.analytics.live import notify_rollups_changed
+    sessions (at most once per session per interval, see debounce.py) and tell live dashboards. Never
+    raises: frames are already safe, so a failure only marks the session stale, and the next reconcile
+    recomputes it from its raw frames."""
+    from research_portal.analytics.debounce import submit_refresh
 
     touched: dict[int, set[tuple[int | None, int]]] = defaultdict(set)
     for row in rows:
         touched[row.session_id].add((row.ad_id, row.media_time_ms // 1000))
     for session_id, keys in touched.items():
         try:
-            result = do_refresh_session(session_id, keys)
+            submit_refresh(session_id, keys)
         except Exception:
-            logger.exception("analytics rollups of session %s failed; marked stale", session_id)
+            logger.exception(
+                "analytics rollups of session %s could not be scheduled; marked stale", session_id
+            )
             do_mark_stale([session_id])
-            continue
-        if result is not None and result.changed:
-            notify_rollups_changed(result.study_id, result.ad_ids)
+
+
+def do_refresh_and_notify(session_id: int, keys: set[tuple[int | None, int]]) -> bool:
+    """Refresh `keys` of one session and tell live dashboards; False (session marked stale) on failure."""
+    from research_portal.analytics.live import notify_rollups_changed
+
+    try:
+        result = do_refresh_session(session_id, keys)
+    except Exception:
+        logger.exception("analytics rollups of session %s failed; marked stale", session_id)
+        do_mark_stale([session_id])
+        return False
+    if result is not None and result.changed:
+        notify_rollups_changed(result.study_id, result.ad_ids)
+    return True
 
 
 def do_mark_stale(session_ids: list[int]) -> None:
