@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "research_portal.capture",
     "research_portal.analytics",
     "research_portal.privacy",
+    "research_portal.ops",
 ]
 
 MIDDLEWARE = [
@@ -173,6 +174,14 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "celery"  # its length in Redis is the queue depth flow control watches
+# A batch whose worker died without acking (kill -9, lost host) is handed to another worker after this long.
+# Batches take well under a second, so a minute never redelivers a batch that is still running.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT_S", "60")),
+    # How often idle workers look for such batches (kombu's default is 60 s).
+    "unacked_restore_interval": int(os.environ.get("CELERY_RESTORE_INTERVAL_S", "5")),
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # `celery -A research_portal beat` runs these (embedded mode: `manage.py apply_retention` from cron).
 CELERY_BEAT_SCHEDULE = {
@@ -248,6 +257,8 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# Probes call these over plain HTTP on the pod's port: a redirect would pass as "healthy" without a check.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 if PORTAL_HTTPS:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
@@ -264,18 +275,43 @@ PORTAL_SHARED_DIR = shared_dir()
 PORTAL_MODEL_PATH = default_model_path()
 PORTAL_FACE_DETECTOR = default_detector_path()
 
+# Rollups of a session are refreshed at most this often while its frames arrive (analytics/debounce.py):
+# live dashboards lag by up to this much, and the refresh cost per frame falls with it.
+ANALYTICS_ROLLUP_INTERVAL_S = float(os.environ.get("ANALYTICS_ROLLUP_INTERVAL_S", "5"))
+
 # Capture limits (see docs/architecture.md, "Wire protocol").
 CAPTURE_DEFAULT_FPS = 5
 CAPTURE_MAX_FRAME_BYTES = int(os.environ.get("CAPTURE_MAX_FRAME_BYTES", str(256 * 1024)))
-# One flush per second at 5 fps gives batches of ~5 frames per session; a task per batch, never per frame.
-CAPTURE_FLUSH_INTERVAL_S = float(os.environ.get("CAPTURE_FLUSH_INTERVAL_S", "1.0"))
-CAPTURE_FLUSH_MAX_FRAMES = int(os.environ.get("CAPTURE_FLUSH_MAX_FRAMES", "16"))
+# Each web process batches the frames of all its sockets into one task (never a task per frame): a batch
+# leaves when it holds CAPTURE_FLUSH_MAX_FRAMES or its oldest frame has waited CAPTURE_FLUSH_INTERVAL_S.
+CAPTURE_FLUSH_INTERVAL_S = float(os.environ.get("CAPTURE_FLUSH_INTERVAL_S", "0.25"))
+CAPTURE_FLUSH_MAX_FRAMES = int(os.environ.get("CAPTURE_FLUSH_MAX_FRAMES", "32"))
+# Frames a web process holds while the broker is unreachable; past this it refuses new ones (not acked).
+CAPTURE_MAX_BUFFERED_FRAMES = int(os.environ.get("CAPTURE_MAX_BUFFERED_FRAMES", "3000"))
+# Backpressure (docs/scaling.md): the queue's backlog in seconds of worker time steers the capture rate.
+CAPTURE_FLOW_INTERVAL_S = float(os.environ.get("CAPTURE_FLOW_INTERVAL_S", "1.0"))
+CAPTURE_BACKLOG_HIGH_S = float(os.environ.get("CAPTURE_BACKLOG_HIGH_S", "2.0"))
+CAPTURE_BACKLOG_LOW_S = float(os.environ.get("CAPTURE_BACKLOG_LOW_S", "0.5"))
+CAPTURE_MIN_FPS_SCALE = float(os.environ.get("CAPTURE_MIN_FPS_SCALE", "0.2"))  # 5 fps studies: 1 fps
+# Hard bound on queued frames (~40 KB each in Redis): past it new frames are refused until it drains.
+CAPTURE_MAX_QUEUE_FRAMES = int(os.environ.get("CAPTURE_MAX_QUEUE_FRAMES", "5000"))
 
+# LOG_FORMAT=json (default): one JSON object per line; plain: for a terminal. Both write hash_token(token)
+# where a participant token would be (research_portal/ops/logging.py).
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "json").strip().lower()
+if LOG_FORMAT not in {"json", "plain"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or plain, got {LOG_FORMAT!r}.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "json": {"()": "research_portal.ops.logging.JsonFormatter"},
+        "plain": {
+            "()": "research_portal.ops.logging.PlainFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.request": {"level": "WARNING"}},
 }
