@@ -9,6 +9,7 @@ queue_is_full() says when new frames are refused (the client keeps them and rese
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -19,6 +20,8 @@ from functools import cache
 from typing import Any
 
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 # Rates are averaged over this many whole seconds (long enough to smooth batch-sized steps).
 RATE_WINDOW_S = 10
@@ -136,15 +139,20 @@ def flow_store() -> LocalFlowStore | RedisFlowStore:
 
 
 def record_queued(frames: int, batches: int) -> None:
-    flow_store().add({"queued_frames": frames, "queued_batches": batches}, int(time.time()))
+    """Web processes, after a batch is queued. Counting must never make a queued batch look failed."""
+    _count({"queued_frames": frames, "queued_batches": batches})
 
 
 def record_stored(frames: int, failed: int) -> None:
     """Workers, after a batch is stored. Counting must never fail a stored batch."""
+    _count({"stored_frames": frames, "failed_frames": failed})
+
+
+def _count(amounts: dict[str, int]) -> None:
     try:
-        flow_store().add({"stored_frames": frames, "failed_frames": failed}, int(time.time()))
-    except Exception:  # noqa: BLE001 - counters are advisory; the rows are already safe
-        pass
+        flow_store().add(amounts, int(time.time()))
+    except Exception:  # noqa: BLE001 - counters are advisory; the frames are already safe
+        logger.warning("flow counters not updated", exc_info=True)
 
 
 def read_capture_load() -> CaptureLoad:

@@ -187,14 +187,16 @@ def analysis_thread_pool() -> ThreadPoolExecutor:
 
 def enqueue_frames(frames: list[dict[str, Any]]) -> None:
     """Hand one batch (frames of any sessions, as Frame.to_payload dicts) to the analysis backend; returns
-    once it is safely queued."""
+    once it is safely queued. Raises (and queues nothing) while the database is away: the caller keeps the
+    frames, as workers could not store them anyway."""
+    # Recorded first: a batch is never in the queue without its sessions knowing to wait for it.
+    do_record_enqueued({frame["session_id"]: frame["seq"] for frame in sorted(frames, key=itemgetter("seq"))})
     if settings.CAPTURE_ANALYSIS_BACKEND == "celery":
         from research_portal.capture.tasks import analyze_frames_task
 
         analyze_frames_task.apply_async(args=(frames,), serializer="msgpack")
     else:
         analysis_thread_pool().submit(analyze_frames_in_thread, frames)
-    do_record_enqueued({frame["session_id"]: frame["seq"] for frame in sorted(frames, key=itemgetter("seq"))})
     record_queued(len(frames), 1)
 
 
