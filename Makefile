@@ -11,7 +11,7 @@ export SITE_URL ?= http://$(HOST):$(PORT)
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: setup run worker test lint bench bench-analytics train fetch-detector services browser
+.PHONY: setup run worker test lint bench bench-analytics train fetch-detector services browser load
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ bench: setup
 # Analyst dashboards at 10 million frames against the local Postgres (about 4 minutes; drops its database).
 bench-analytics: setup services
 	$(PY) -m research_portal.analytics.bench
+
+# Load test of the capture path (docs/scaling.md): daphne + Celery workers on the local Postgres and Redis,
+# 20 participants x 30 s at 5 fps (about a minute); numbers in var/load/last.json. LOAD_ARGS adds options.
+load: setup services
+	$(PY) -m tests.load --json var/load/last.json $(LOAD_ARGS)
 
 train: setup
 	$(PY) -m pip install -q -e ".[train]"

@@ -1,0 +1,5 @@
+import sys
+
+from tests.load.cli import main
+
+sys.exit(main())

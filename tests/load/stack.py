@@ -1,0 +1,219 @@
+"""The production path the generator loads: W ASGI server processes and K Celery worker processes on the
+real Postgres and Redis, started as subprocesses (logs under var/load/logs/) and stopped afterwards."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inference.resources import REPO_ROOT
+
+BIN = Path(sys.executable).parent
+START_TIMEOUT_S = 90
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if the generator dies, so an aborted run leaves no servers behind."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_service(name: str, command: list[str], env: dict[str, str], log_dir: Path, ready) -> Service:
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads exist yet when services start
+        )
+    service = Service(name, process, log_path)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StackError(f"{name} exited with {process.returncode}:\n{service.log_tail()}")
+        if ready(service):
+            return service
+        time.sleep(0.2)
+    service.stop()
+    raise StackError(f"{name} was not ready in {START_TIMEOUT_S} s:\n{service.log_tail()}")
+
+
+def accepting(port: int):
+    def check(_service: Service) -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    return check
+
+
+def web_command(server: str, port: int) -> list[str]:
+    if server == "daphne":
+        return [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "research_portal.asgi:application"]
+    if server == "uvicorn":
+        return [
+            str(BIN / "uvicorn"),
+            "research_portal.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ws",
+            "websockets",
+            "--ws-per-message-deflate",
+            "false",  # as daphne: compressing JPEGs costs CPU and saves nothing
+            "--lifespan",
+            "off",  # channels' router has no lifespan handler
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    raise ValueError(f"unknown server {server!r}")
+
+
+def worker_command(index: int, pool: str, loglevel: str) -> list[str]:
+    return [
+        str(BIN / "celery"),
+        "-A",
+        "research_portal",
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--pool={pool}",
+        "--concurrency=1",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        f"--hostname=load{index}@%h",
+    ]
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    log_dir: Path
+    web: list[Service] = field(default_factory=list)
+    workers: list[Service] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+
+    def start_web(self, server: str, count: int) -> None:
+        if not (BIN / server).exists():
+            raise StackError(
+                f"{server} is not installed in this environment ({BIN}); e.g. pip install uvicorn"
+            )
+        for index in range(count):
+            port = free_port()
+            self.web.append(
+                start_service(
+                    f"{server}-{index}", web_command(server, port), self.env, self.log_dir, accepting(port)
+                )
+            )
+            self.urls.append(f"http://127.0.0.1:{port}")
+
+    def start_workers(self, count: int, pool: str, loglevel: str) -> None:
+        """K workers booted in parallel; ready once each logs " ready." (INFO) or answers a ping."""
+        from research_portal.celery import app
+
+        names = [f"load{index}@{socket.gethostname()}" for index in range(count)]
+        for index in range(count):
+            command = worker_command(index, pool, loglevel)
+            self.workers.append(
+                start_service(f"worker-{index}", command, self.env, self.log_dir, lambda _s: True)
+            )
+        pending = dict(zip(names, self.workers, strict=True))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while pending:
+            for name, service in list(pending.items()):
+                if service.process.poll() is not None:
+                    raise StackError(f"{service.name} exited:\n{service.log_tail()}")
+                if " ready." in service.log_tail(20000):
+                    del pending[name]
+            if pending and loglevel.lower() not in {"info", "debug"}:
+                with app.connection_for_write(self.env["REDIS_URL"]) as connection:
+                    answers = app.control.ping(list(pending), timeout=1.0, connection=connection)
+                for answer in answers:
+                    for name in answer:
+                        pending.pop(name, None)
+            if time.monotonic() > deadline:
+                raise StackError(f"workers not ready in {START_TIMEOUT_S} s: {sorted(pending)}")
+            time.sleep(0.2)
+
+    def pids(self, services: list[Service]) -> set[int]:
+        return {service.process.pid for service in services if service.process.poll() is None}
+
+    def check_alive(self) -> list[str]:
+        return [
+            f"{service.name} exited with {service.process.returncode}"
+            for service in self.web + self.workers
+            if service.process.poll() is not None
+        ]
+
+    def stop(self) -> None:
+        for service in self.web + self.workers:
+            if service.process.poll() is None:
+                service.process.terminate()
+        for service in self.web + self.workers:
+            service.stop()
+
+
+def service_env(database_url: str, redis_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    return env
+
+
+def purge_queue(redis_url: str) -> int:
+    """Drop frame batches an aborted earlier run left in the broker (they would load this run's workers)."""
+    from research_portal.celery import app
+
+    with app.connection_for_write(redis_url) as connection:
+        return app.control.purge(connection=connection) or 0
+
+
+def queue_length(redis_url: str) -> int:
+    import redis
+
+    return int(redis.Redis.from_url(redis_url).llen("celery"))
