@@ -2,8 +2,12 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from research_portal.ops import views as ops
+
 urlpatterns = [
     path("", RedirectView.as_view(url="/studies/", permanent=False)),
+    path("healthz", ops.healthz, name="healthz"),
+    path("readyz", ops.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("accounts/", include("research_portal.accounts.urls")),
     path("studies/", include("research_portal.studies.urls")),

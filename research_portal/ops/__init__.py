@@ -1,0 +1,1 @@
+"""Operations: liveness and readiness endpoints (/healthz, /readyz) and structured logs (ops.logging)."""

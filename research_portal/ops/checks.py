@@ -1,0 +1,147 @@
+"""Readiness checks behind /readyz: the database, Redis (when configured) and the emotion model.
+
+Every check is bounded, so a dead or hung dependency makes readyz answer 503 within about
+READY_DEADLINE_S instead of hanging the probe: the database with a connect and a statement timeout, Redis
+with socket timeouts and no retries, and all of them together with a deadline (the checks run in parallel).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict, dataclass, field
+
+import redis
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.utils import ConnectionHandler
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from inference.pipeline import get_pipeline
+
+logger = logging.getLogger(__name__)
+
+# libpq waits at least 2 s whatever connect_timeout says.
+DATABASE_CONNECT_TIMEOUT_S = 2
+DATABASE_STATEMENT_TIMEOUT_MS = 1000
+REDIS_TIMEOUT_S = 1.0
+# Answer by then whatever a check is doing; an unfinished check counts as failed ("timed out").
+READY_DEADLINE_S = 3.0
+
+# Checks run here so that the deadline holds; a first model load that overruns it goes on in the background.
+_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="readyz")
+
+
+@dataclass
+class CheckResult:
+    ok: bool
+    detail: str
+    ms: float
+    extra: dict = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        data = asdict(self)
+        return {**{key: data[key] for key in ("ok", "detail", "ms")}, **self.extra}
+
+
+def check_database() -> CheckResult:
+    """A trivial query on a fresh connection to the default database, with short timeouts."""
+    config = copy.deepcopy(connections[DEFAULT_DB_ALIAS].settings_dict)
+    config.update(CONN_MAX_AGE=0, CONN_HEALTH_CHECKS=False)
+    options = dict(config.get("OPTIONS") or {})
+    vendor = connections[DEFAULT_DB_ALIAS].vendor
+    if vendor == "postgresql":
+        options["connect_timeout"] = DATABASE_CONNECT_TIMEOUT_S
+        statement_timeout = f"-c statement_timeout={DATABASE_STATEMENT_TIMEOUT_MS}"
+        options["options"] = f"{options.get('options', '')} {statement_timeout}".strip()
+    elif vendor == "sqlite":
+        options["timeout"] = 1
+    config["OPTIONS"] = options
+    # A private handler: its connection is not the app's and is closed right away.
+    connection = ConnectionHandler({DEFAULT_DB_ALIAS: config})[DEFAULT_DB_ALIAS]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            (value,) = cursor.fetchone()
+    finally:
+        connection.close()
+    if value != 1:
+        raise RuntimeError(f"SELECT 1 returned {value!r}")
+    return CheckResult(True, f"{vendor}: SELECT 1", 0.0)
+
+
+def check_redis() -> CheckResult:
+    """PING the Redis of REDIS_URL; embedded mode has none (in-memory channel layer and cache)."""
+    url = settings.REDIS_URL
+    if not url:
+        return CheckResult(True, "not configured", 0.0)
+    client = redis.Redis.from_url(
+        url,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        socket_timeout=REDIS_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        if not client.ping():
+            raise RuntimeError("PING did not answer PONG")
+    finally:
+        client.close()
+    return CheckResult(True, "PONG", 0.0)
+
+
+def check_model() -> CheckResult:
+    """The emotion model is loaded (get_pipeline() loads it once per process and caches it)."""
+    pipeline = get_pipeline()
+    return CheckResult(
+        True,
+        f"{pipeline.model_version} ({pipeline.detector_name})",
+        0.0,
+        {"model_version": pipeline.model_version},
+    )
+
+
+CHECKS: dict[str, Callable[[], CheckResult]] = {
+    "database": check_database,
+    "redis": check_redis,
+    "model": check_model,
+}
+
+_CREDENTIALS_IN_URL = re.compile(r"(\w+://)[^/@\s]*@")
+
+
+def describe(error: BaseException) -> str:
+    """A one-line reason for a failed check (no credentials from a URL)."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return _CREDENTIALS_IN_URL.sub(r"\1***@", text)[:200]
+
+
+def _timed(check: Callable[[], CheckResult]) -> CheckResult:
+    started = time.perf_counter()
+    try:
+        result = check()
+    except Exception as error:
+        result = CheckResult(False, describe(error), 0.0)
+    result.ms = round((time.perf_counter() - started) * 1000, 2)
+    return result
+
+
+def run_checks(deadline_s: float = READY_DEADLINE_S) -> dict[str, CheckResult]:
+    """Every check, in parallel, answered within `deadline_s`."""
+    started = time.perf_counter()
+    futures = {name: _executor.submit(_timed, check) for name, check in CHECKS.items()}
+    results = {}
+    for name, future in futures.items():
+        remaining = max(0.0, deadline_s - (time.perf_counter() - started))
+        try:
+            results[name] = future.result(timeout=remaining)
+        except FutureTimeout:
+            elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+            results[name] = CheckResult(False, f"timed out after {deadline_s:g} s", elapsed_ms)
+    return results
