@@ -35,9 +35,9 @@ run: setup fetch-detector
 		$(VENV)/bin/celery -A research_portal worker --beat --schedule=var/celerybeat-schedule \
 			--loglevel=info --concurrency=$${WORKER_CONCURRENCY:-1} & \
 		worker=$$!; trap 'kill $$worker' EXIT INT TERM; \
-		$(VENV)/bin/daphne -b $(HOST) -p $(PORT) research_portal.asgi:application; \
+		$(VENV)/bin/daphne -v 0 -b $(HOST) -p $(PORT) research_portal.asgi:application; \
 	else \
-		exec $(VENV)/bin/daphne -b $(HOST) -p $(PORT) research_portal.asgi:application; \
+		exec $(VENV)/bin/daphne -v 0 -b $(HOST) -p $(PORT) research_portal.asgi:application; \
 	fi
 
 worker: setup

@@ -237,7 +237,8 @@ def start_daphne(env: dict[str, str], port: int, log_path: Path) -> ServiceProce
             return probe.connect_ex(("127.0.0.1", port)) == 0
 
     daphne = str(Path(sys.executable).parent / "daphne")
-    command = [daphne, "-b", "127.0.0.1", "-p", str(port), "research_portal.asgi:application"]
+    # -v 0 as in `make run`: daphne's own access log would print participant tokens in URLs.
+    command = [daphne, "-v", "0", "-b", "127.0.0.1", "-p", str(port), "research_portal.asgi:application"]
     return start_process(command, env, accepting, log_path)
 
 

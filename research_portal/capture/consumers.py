@@ -18,6 +18,7 @@ from research_portal.capture.services import (
     session_group,
 )
 from research_portal.events import remember_server_loop
+from research_portal.ops.logging import hash_token
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +51,13 @@ class CaptureConsumer(AsyncWebsocketConsumer):
         try:
             self.context = await database_sync_to_async(open_capture)(token)
         except CaptureRefused as refused:
-            logger.info("capture refused: %s", refused.code)
+            logger.info("capture refused: %s", refused.code, extra={"session": hash_token(token)})
             await self.send_json(
                 {"type": "error", "code": refused.code, "seq": None, "detail": refused.detail}
             )
             await self.close(code=refused.close_code)
             return
+        self.session_hash = hash_token(token)  # logs name sessions by this, never by the token
         # Tell any older connection of this session (another tab) to step aside.
         self.group = session_group(self.context.session_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
@@ -160,7 +162,9 @@ class CaptureConsumer(AsyncWebsocketConsumer):
     async def reject(self, rejected: FrameRejected) -> None:
         self.rejections += 1
         logger.warning(
-            "frame rejected: session=%s code=%s seq=%s", self.context.session_id, rejected.code, rejected.seq
+            "frame rejected: %s",
+            rejected.code,
+            extra={"session": self.session_hash, "code": rejected.code, "seq": rejected.seq},
         )
         await self.send_json(
             {"type": "error", "code": rejected.code, "seq": rejected.seq, "detail": rejected.detail}

@@ -179,3 +179,38 @@ def test_a_refused_participant_request_logs_the_token_hash_only(participant_toke
     assert "Forbidden (CSRF" in text and "Not Found" in text, text
     assert participant_token not in text and TOKEN not in text
     assert hash_token(participant_token) in text and hash_token(TOKEN) in text
+
+
+@pytest.mark.e2e
+def test_the_server_process_output_never_shows_a_participant_token(postgres, redis_url, tmp_path):
+    """Everything daphne (started as `make run` starts it) prints, for page loads and a capture socket."""
+    import urllib.error
+    import urllib.request
+
+    from websockets.sync.client import connect
+
+    from research_portal.accounts.models import Organization
+    from research_portal.capture.models import ParticipantSession
+    from research_portal.studies.models import Study
+    from tests.conftest import free_port, service_env, start_daphne
+
+    study = Study.objects.create(
+        organization=Organization.objects.create(name="Acme Research"), name="Spring campaign", status="live"
+    )
+    token = ParticipantSession.objects.create(study=study).token
+    port = free_port()
+    server = start_daphne(service_env(postgres, redis_url), port, tmp_path / "daphne.log")
+    try:
+        for path in (f"/p/{token}/", f"/p/{token}/consent/", f"/p/{TOKEN}/consent/"):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10).read()
+            except urllib.error.HTTPError:
+                pass  # 404s and redirects are logged too: that is the point
+        origin = f"http://127.0.0.1:{port}"
+        with connect(f"ws://127.0.0.1:{port}/ws/capture/{token}/", origin=origin, open_timeout=10) as socket:
+            socket.recv(timeout=10)  # refused: the camera check has not been passed
+    finally:
+        server.stop()
+    output = server.log()
+    assert "Not Found" in output  # the server did log these requests
+    assert token not in output and TOKEN not in output, output[-2000:]

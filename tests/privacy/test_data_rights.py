@@ -34,7 +34,7 @@ def participants_in_cells(ad) -> int:
 
 
 def keep_frames(session) -> Path:
-    store_frame_images(session.pk, [{"seq": 0, "jpeg": b"\xff\xd8\xff fake"}])
+    store_frame_images([{"session_id": session.pk, "seq": 0, "jpeg": b"\xff\xd8\xff fake"}])
     return stored_frames_dir(session.pk)
 
 
