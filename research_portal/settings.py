@@ -293,6 +293,8 @@ CAPTURE_FLOW_INTERVAL_S = float(os.environ.get("CAPTURE_FLOW_INTERVAL_S", "1.0")
 CAPTURE_BACKLOG_HIGH_S = float(os.environ.get("CAPTURE_BACKLOG_HIGH_S", "2.0"))
 CAPTURE_BACKLOG_LOW_S = float(os.environ.get("CAPTURE_BACKLOG_LOW_S", "0.5"))
 CAPTURE_MIN_FPS_SCALE = float(os.environ.get("CAPTURE_MIN_FPS_SCALE", "0.2"))  # 5 fps studies: 1 fps
+# Scrapers read /metrics with `Authorization: Bearer <this>`; staff users may read it signed in.
+PORTAL_METRICS_TOKEN = os.environ.get("PORTAL_METRICS_TOKEN", "")
 # Hard bound on queued frames (~40 KB each in Redis): past it new frames are refused until it drains.
 CAPTURE_MAX_QUEUE_FRAMES = int(os.environ.get("CAPTURE_MAX_QUEUE_FRAMES", "5000"))
 

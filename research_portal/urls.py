@@ -8,6 +8,7 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/studies/", permanent=False)),
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),
+    path("metrics", ops.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("accounts/", include("research_portal.accounts.urls")),
     path("studies/", include("research_portal.studies.urls")),

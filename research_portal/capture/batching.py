@@ -140,3 +140,8 @@ def frame_batcher() -> FrameBatcher:
     if batcher is None:
         batcher = _batchers[loop] = FrameBatcher()
     return batcher
+
+
+def all_batchers() -> list[FrameBatcher]:
+    """The batchers of this process (for /metrics; normally one)."""
+    return list(_batchers.values())

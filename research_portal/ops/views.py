@@ -1,13 +1,18 @@
-"""Probes for load balancers and orchestrators. No sign-in; exempt from the HTTPS redirect (settings)."""
+"""Probes for load balancers and orchestrators (no sign-in; exempt from the HTTPS redirect, see settings), and
+the capture path's metrics for operators and scrapers."""
 
 from __future__ import annotations
 
+import hmac
 import logging
 
-from django.http import HttpRequest, JsonResponse
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
+from research_portal.capture.batching import all_batchers
+from research_portal.capture.flow import queue_is_full, read_capture_load
 from research_portal.ops.checks import run_checks
 
 logger = logging.getLogger(__name__)
@@ -32,3 +37,88 @@ def readyz(request: HttpRequest) -> JsonResponse:
         failed = sorted(name for name, result in results.items() if not result.ok)
         logger.warning("not ready: %s", ", ".join(failed), extra={"checks": body})
     return JsonResponse(body, status=200 if ready else 503)
+
+
+@never_cache
+@require_safe
+def metrics(request: HttpRequest) -> HttpResponse:
+    """The capture path's load: queue depth, frames/s queued and stored, workers, and this web process's
+    sockets and capture-rate scale. Staff, or `Authorization: Bearer $PORTAL_METRICS_TOKEN` (scrapers).
+    JSON by default; `?format=prometheus` gives the text exposition format."""
+    if not may_read_metrics(request):
+        return JsonResponse({"error": "staff sign-in or metrics token required"}, status=403)
+    try:
+        snapshot = capture_metrics()
+    except Exception as error:  # Redis away: say so, with the status a scraper treats as a failed scrape
+        logger.warning("metrics unavailable", exc_info=True)
+        return JsonResponse({"error": f"capture load unavailable: {type(error).__name__}"}, status=503)
+    if request.GET.get("format") == "prometheus":
+        return HttpResponse(prometheus_text(snapshot), content_type="text/plain; version=0.0.4")
+    return JsonResponse(snapshot)
+
+
+def may_read_metrics(request: HttpRequest) -> bool:
+    if request.user.is_authenticated and request.user.is_staff:
+        return True
+    token = settings.PORTAL_METRICS_TOKEN
+    offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return bool(token) and hmac.compare_digest(offered.encode(), token.encode())
+
+
+def capture_metrics() -> dict:
+    load = read_capture_load()
+    return {
+        "capture": load.as_dict(),
+        "queue_bound_frames": settings.CAPTURE_MAX_QUEUE_FRAMES,
+        "queue_full": queue_is_full(load),
+        "web_process": web_process_state(),
+    }
+
+
+def web_process_state() -> dict:
+    """This process's sockets, frames not yet queued and capture-rate scale (one batcher per event loop)."""
+    batchers = all_batchers()
+    return {
+        "capture_sockets": sum(len(batcher.sockets) for batcher in batchers),
+        "buffered_frames": sum(len(batcher.frames) for batcher in batchers),
+        "fps_scale": min((batcher.fps_scale for batcher in batchers), default=1.0),
+    }
+
+
+def prometheus_text(snapshot: dict) -> str:
+    capture, web = snapshot["capture"], snapshot["web_process"]
+    backlog = capture["backlog_s"]
+    gauges = [
+        ("portal_capture_queue_batches", "Frame batches waiting for a worker", capture["queue_batches"]),
+        ("portal_capture_queue_frames", "Frames waiting for a worker (estimated)", capture["queue_frames"]),
+        (
+            "portal_capture_queue_bound_frames",
+            "Queued frames past which frames are refused",
+            snapshot["queue_bound_frames"],
+        ),
+        (
+            "portal_capture_backlog_seconds",
+            "Queued frames over the store rate",
+            "+Inf" if backlog is None else backlog,
+        ),
+        ("portal_capture_queued_frames_per_second", "Frames queued per second", capture["queued_fps"]),
+        ("portal_capture_stored_frames_per_second", "Frames stored per second", capture["stored_fps"]),
+        (
+            "portal_capture_failed_frames_per_second",
+            "Frames stored with an analysis error per second",
+            capture["failed_fps"],
+        ),
+        ("portal_workers", "Celery worker nodes alive", capture["workers"]),
+        ("portal_worker_processes", "Analysis processes across worker nodes", capture["worker_processes"]),
+        ("portal_web_capture_sockets", "Capture sockets open in this web process", web["capture_sockets"]),
+        (
+            "portal_web_buffered_frames",
+            "Frames this web process holds before queueing",
+            web["buffered_frames"],
+        ),
+        ("portal_web_fps_scale", "Share of the study frame rate clients are asked for", web["fps_scale"]),
+    ]
+    lines = []
+    for name, help_text, value in gauges:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
+    return "\n".join(lines) + "\n"
