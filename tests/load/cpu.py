@@ -10,6 +10,7 @@ window); one that exits loses at most one interval of CPU. Groups:
 - postgres: backends connected to the run's database, plus Postgres' own background processes
             (checkpointer, WAL writer, autovacuum ...), i.e. not other databases' backends;
 - redis:    redis-server (the whole server: other users of the same Redis would be counted too).
+Postgres and Redis are the servers listening on the ports of the run's URLs (not other instances).
 The machine-wide figure from /proc/stat (busy time of all CPUs minus this generator's own CPU) is kept as a
 cross-check; it also contains anything else running on the machine.
 """
@@ -157,6 +158,8 @@ class CpuSampler:
     web_roots: set[int]
     worker_roots: set[int]
     database_name: str
+    postgres_roots: set[int]  # the postmaster serving the run's database
+    redis_roots: set[int]  # the redis-server of the run's Redis URL
     groups: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     last: dict[int, float] = field(default_factory=dict)
     started_at: float = 0.0
@@ -173,18 +176,14 @@ class CpuSampler:
             groups[pid] = "web"
         for pid in descendants(self.worker_roots, processes):
             groups[pid] = "workers"
-        postgres = [p for p in processes if p.comm == "postgres"]
-        postgres_pids = {p.pid for p in postgres}
-        for info in postgres:
-            if info.pid in groups:
-                continue
-            if info.ppid not in postgres_pids:
-                groups[info.pid] = "postgres"  # the postmaster
-                continue
-            if postgres_database(cmdline(info.pid)) in (None, self.database_name):
-                groups[info.pid] = "postgres"
+        # Only the Postgres and Redis servers the run uses (a machine may run others, e.g. for tests).
         for info in processes:
-            if info.comm.startswith("redis-server"):
+            if info.pid in self.postgres_roots:
+                groups[info.pid] = "postgres"
+            elif info.ppid in self.postgres_roots and info.comm == "postgres":
+                if postgres_database(cmdline(info.pid)) in (None, self.database_name):
+                    groups[info.pid] = "postgres"
+            elif info.pid in self.redis_roots:
                 groups[info.pid] = "redis"
         return groups
 

@@ -4,6 +4,7 @@ run's FrameResults back. Everything here is synchronous and runs outside the eve
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import unquote, urlparse
@@ -101,13 +102,28 @@ def create_load_study(participants: int, seconds: float, fps: float, label: str)
     return LoadStudy(study.pk, ad.pk, session_ids, tokens, study.capture_fps)
 
 
-def delete_load_study(study_id: int) -> None:
+def delete_load_study(study_id: int, attempts: int = 4) -> bool:
+    """Delete the run's study and its rows; False (data kept, a warning printed) when it keeps failing.
+
+    Workers may still be refreshing the sessions' analytics rollups (debounced tasks) while we delete, which
+    Postgres can resolve as a deadlock: wait and try again."""
+    from django.db import OperationalError
+
     from research_portal.capture.models import ParticipantSession
     from research_portal.studies.models import Study
 
-    # Sessions first: they protect the consent versions the study owns.
-    ParticipantSession.objects.filter(study_id=study_id).delete()
-    Study.objects.filter(pk=study_id).delete()
+    for attempt in range(attempts):
+        try:
+            # Sessions first: they protect the consent versions the study owns.
+            ParticipantSession.objects.filter(study_id=study_id).delete()
+            Study.objects.filter(pk=study_id).delete()
+            return True
+        except OperationalError as error:
+            print(
+                f"  could not delete load study {study_id} (attempt {attempt + 1}): {error}".splitlines()[0]
+            )
+            time.sleep(2.0 * (attempt + 1))
+    return False
 
 
 def stored_count(session_ids: list[int]) -> int:

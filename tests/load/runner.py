@@ -19,6 +19,8 @@ from tests.load.participant import Participant, ParticipantStats
 HOLD_P95_MS = 1000.0
 # ... and the stored rate in the steady window is at least this share of N x fps.
 HOLD_RATE_SHARE = 0.95
+# ... and participants spent at most this share of their time throttled below --fps.
+HOLD_THROTTLED_SHARE = 0.05
 CPU_SAMPLE_S = 1.0
 
 
@@ -119,6 +121,9 @@ def run_step(
     worker_pids: set[int],
     database_name: str,
     label: str,
+    worker_logs=None,
+    database_url: str = "",
+    redis_url: str = "",
 ) -> dict:
     """Run one step against the servers at `urls` and return its numbers (see docs/scaling.md)."""
     study = db.create_load_study(config.participants, config.seconds, config.fps, label)
@@ -127,8 +132,15 @@ def run_step(
             port = urlparse(url).port
             if port:
                 web_pids |= pids_listening_on(port)
-    sampler = CpuSampler(set(web_pids), set(worker_pids), database_name)
+    sampler = CpuSampler(
+        set(web_pids),
+        set(worker_pids),
+        database_name,
+        postgres_roots=pids_listening_on(urlparse(database_url).port or 5432),
+        redis_roots=pids_listening_on(urlparse(redis_url).port or 6379),
+    )
     wall_started = time.monotonic()
+    log_offsets = worker_logs.offsets() if worker_logs else {}
     try:
         stats, window = asyncio.run(drive(config, urls, study, frames, sampler))
         sent = sum(s.sent for s in stats)
@@ -140,7 +152,15 @@ def run_step(
     finally:
         if not config.keep_data:
             db.delete_load_study(study.study_id)
-    return summarize(config, stats, from_db, sampler.result(), epoch_window, drain_s, wall_started, urls)
+    result = summarize(config, stats, from_db, sampler.result(), epoch_window, drain_s, wall_started, urls)
+    if worker_logs:
+        # Where the workers' time went during the step (Celery INFO log lines; empty at other log levels).
+        tasks = worker_logs.profile(log_offsets)
+        result["worker_tasks"] = tasks
+        frame_tasks = tasks.get("analyze_frames_task")
+        if frame_tasks and frame_tasks["count"]:
+            result["frames_per_batch"] = round(frame_tasks["result_sum"] / frame_tasks["count"], 1)
+    return result
 
 
 def summarize(
@@ -178,8 +198,9 @@ def summarize(
         reasons.append(f"{sent - rejected - from_db['stored']} frames not stored")
     if from_db["stored_per_s"] < HOLD_RATE_SHARE * target_rate:
         reasons.append(f"stored {from_db['stored_per_s']}/s < {HOLD_RATE_SHARE:.0%} of {target_rate:g}/s")
-    if min_fps < config.fps:
-        reasons.append(f"throttled to {min_fps:g} fps")
+    throttled_share = sum(throttled) / max(1e-9, config.participants * config.seconds)
+    if throttled_share > HOLD_THROTTLED_SHARE:
+        reasons.append(f"throttled {throttled_share:.0%} of the time (down to {min_fps:g} fps)")
     if failures:
         reasons.append(f"{len(failures)} participants failed")
     return {
@@ -224,6 +245,7 @@ def summarize(
         },
         "throttle": {
             "time_throttled_s": round(sum(throttled), 2),
+            "throttled_share": round(throttled_share, 4),
             "participants_throttled": sum(1 for t in throttled if t > 0),
             "throttle_messages": sum(s.throttle_messages for s in stats),
             "min_fps": min_fps,

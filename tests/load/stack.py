@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -183,6 +184,12 @@ class Stack:
     def pids(self, services: list[Service]) -> set[int]:
         return {service.process.pid for service in services if service.process.poll() is None}
 
+    def offsets(self) -> dict[str, int]:
+        return log_sizes(self.workers)
+
+    def profile(self, since: dict[str, int]) -> dict[str, dict[str, float]]:
+        return task_profile(self.workers, since)
+
     def check_alive(self) -> list[str]:
         return [
             f"{service.name} exited with {service.process.returncode}"
@@ -196,6 +203,34 @@ class Stack:
                 service.process.terminate()
         for service in self.web + self.workers:
             service.stop()
+
+
+TASK_DONE = re.compile(r"Task ([\w.]+)\[[^\]]*\] succeeded in ([0-9.]+)s: (\d+)?")
+
+
+def log_sizes(services: list[Service]) -> dict[str, int]:
+    return {
+        service.name: service.log_path.stat().st_size for service in services if service.log_path.exists()
+    }
+
+
+def task_profile(services: list[Service], since: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Per task name: how many ran in the workers since `since` (log offsets), their summed run time, and
+    (frame tasks) the frames they stored, from Celery's INFO "Task ... succeeded in Ns: result" lines."""
+    profile: dict[str, dict[str, float]] = {}
+    for service in services:
+        with service.log_path.open("rb") as log:
+            log.seek(since.get(service.name, 0))
+            text = log.read().decode(errors="replace")
+        for name, seconds, result in TASK_DONE.findall(text):
+            row = profile.setdefault(name.rsplit(".", 1)[-1], {"count": 0, "run_s": 0.0, "result_sum": 0})
+            row["count"] += 1
+            row["run_s"] += float(seconds)
+            row["result_sum"] += int(result or 0)
+    for row in profile.values():
+        row["run_s"] = round(row["run_s"], 3)
+        row["ms_per_task"] = round(1000 * row["run_s"] / row["count"], 2)
+    return profile
 
 
 def service_env(database_url: str, redis_url: str) -> dict[str, str]:
