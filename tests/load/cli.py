@@ -179,6 +179,10 @@ def run(args: argparse.Namespace) -> dict:
             "flush_max_frames": getattr(settings, "CAPTURE_FLUSH_MAX_FRAMES", None),
             "logs": str(log_dir.relative_to(REPO_ROOT)),
         },
+        "cpu_note": "per process from /proc: web + workers + postgres (run's database) + redis"
+        if args.workers
+        else "workers were not started by the tool: their CPU is missing from server_s; "
+        "use machine_minus_generator_s",
         "steps": steps,
         "result": steps[-1] if not args.ramp else None,
     }
