@@ -93,7 +93,17 @@ def accepting(port: int):
 
 def web_command(server: str, port: int) -> list[str]:
     if server == "daphne":
-        return [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "research_portal.asgi:application"]
+        # -v 0 as in make run and Docker: no access log (it would name every socket's token path)
+        return [
+            str(BIN / "daphne"),
+            "-v",
+            "0",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "research_portal.asgi:application",
+        ]
     if server == "uvicorn":
         return [
             str(BIN / "uvicorn"),
