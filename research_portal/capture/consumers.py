@@ -40,7 +40,7 @@ BROWSER_EVENTS = {
 
 class CaptureConsumer(AsyncWebsocketConsumer):
     """Receives a participant's webcam frames, validates them and hands them to the process's FrameBatcher.
-    Acks them once their rows are stored (capture_stored); relays the capture rate flow control asks for."""
+    Acks them once their rows are stored (send_acks); relays the capture rate flow control asks for."""
 
     context: CaptureContext | None = None
 
@@ -68,7 +68,7 @@ class CaptureConsumer(AsyncWebsocketConsumer):
         self.rejections = 0
         self.limiter = FrameRateLimiter(self.context.fps, RESEND_BURST_FRAMES)
         self.batcher = frame_batcher()
-        self.batcher.register(self)
+        self.batcher.register(self, self.context.session_id)
         await self.send_json(
             {
                 "type": "hello",
@@ -98,7 +98,7 @@ class CaptureConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.context is None:
             return
-        self.batcher.unregister(self)
+        self.batcher.unregister(self, self.context.session_id)
         # Frames already with the batcher are queued and stored anyway; their acks cannot reach this socket,
         # so the client resends them and the unique (session, seq) constraint drops the duplicates.
         await self.channel_layer.group_discard(self.group, self.channel_name)
@@ -127,9 +127,9 @@ class CaptureConsumer(AsyncWebsocketConsumer):
             return
         self.batcher.add(frame.to_payload(self.context.session_id, self.context.store_frames))
 
-    async def capture_stored(self, event: dict) -> None:
-        """A worker stored these frames' rows: the client may forget them."""
-        await self.send_json({"type": "ack", "seqs": event["seqs"]})
+    async def send_acks(self, seqs: list[int]) -> None:
+        """A worker stored these frames' rows (relayed by the batcher): the client may forget them."""
+        await self.send_json({"type": "ack", "seqs": seqs})
 
     async def apply_fps_scale(self, scale: float) -> None:
         """Flow control: capture at this share of the study's rate until told otherwise."""

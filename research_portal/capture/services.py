@@ -31,10 +31,12 @@ from inference.pipeline import FaceReading, get_pipeline
 from research_portal.analytics.rollups import do_update_rollups
 from research_portal.capture.flow import record_queued, record_stored
 from research_portal.capture.models import FrameResult, ParticipantSession
-from research_portal.events import send_group_events
+from research_portal.events import send_events
 
 logger = logging.getLogger(__name__)
 
+# The message a worker sends a web process's batcher once a batch is stored (batching.FrameBatcher).
+STORED_EVENT = "capture.stored"
 # Ad id 0 on the wire: the neutral baseline screen before the first ad (stored with ad NULL).
 BASELINE_AD_ID = 0
 # seq, ad_id, media_time_ms (uint32 each), capture_time_ms (float64 epoch ms), network byte order.
@@ -185,18 +187,19 @@ def analysis_thread_pool() -> ThreadPoolExecutor:
     )
 
 
-def enqueue_frames(frames: list[dict[str, Any]]) -> None:
+def enqueue_frames(frames: list[dict[str, Any]], reply_to: str | None = None) -> None:
     """Hand one batch (frames of any sessions, as Frame.to_payload dicts) to the analysis backend; returns
-    once it is safely queued. Raises (and queues nothing) while the database is away: the caller keeps the
-    frames, as workers could not store them anyway."""
+    once it is safely queued. `reply_to`: the channel of the web process's batcher, which gets the acks.
+    Raises (and queues nothing) while the database is away: the caller keeps the frames, as workers could
+    not store them anyway."""
     # Recorded first: a batch is never in the queue without its sessions knowing to wait for it.
     do_record_enqueued({frame["session_id"]: frame["seq"] for frame in sorted(frames, key=itemgetter("seq"))})
     if settings.CAPTURE_ANALYSIS_BACKEND == "celery":
         from research_portal.capture.tasks import analyze_frames_task
 
-        analyze_frames_task.apply_async(args=(frames,), serializer="msgpack")
+        analyze_frames_task.apply_async(args=(frames, reply_to), serializer="msgpack")
     else:
-        analysis_thread_pool().submit(analyze_frames_in_thread, frames)
+        analysis_thread_pool().submit(analyze_frames_in_thread, frames, reply_to)
     record_queued(len(frames), 1)
 
 
@@ -212,9 +215,9 @@ def do_record_enqueued(last_seqs: dict[int, int]) -> None:
     )
 
 
-def analyze_frames_in_thread(frames: list[dict[str, Any]]) -> None:
+def analyze_frames_in_thread(frames: list[dict[str, Any]], reply_to: str | None = None) -> None:
     try:
-        analyze_and_store_frames(frames)
+        analyze_and_store_frames(frames, reply_to)
     except Exception:
         logger.exception("a batch of %s frames failed in the embedded analyser", len(frames))
     finally:
@@ -222,9 +225,10 @@ def analyze_frames_in_thread(frames: list[dict[str, Any]]) -> None:
         connections.close_all()
 
 
-def analyze_and_store_frames(frames: list[dict[str, Any]]) -> int:
+def analyze_and_store_frames(frames: list[dict[str, Any]], reply_to: str | None = None) -> int:
     """Run the model on a batch of frames (of any sessions) and store one FrameResult per frame, then ack
-    them to their sockets. Returns rows written (a frame stored before is skipped, and acked again).
+    them to the web process that queued them (`reply_to`). Returns rows written (a frame stored before is
+    skipped, and acked again).
 
     The JPEGs are dropped afterwards unless the frame's study opted in to keeping them (`store_frames`).
     """
@@ -249,7 +253,7 @@ def analyze_and_store_frames(frames: list[dict[str, Any]]) -> int:
         if face is not None:
             fill_face_columns(row, face)
         rows.append(row)
-    return store_results(rows)
+    return store_results(rows, reply_to)
 
 
 def fill_face_columns(row: FrameResult, face: FaceReading) -> None:
@@ -274,32 +278,31 @@ def store_frame_images(frames: list[dict[str, Any]]) -> None:
         (folder / f"{frame['seq']}.jpg").write_bytes(frame["jpeg"])
 
 
-def store_results(rows: list[FrameResult]) -> int:
+def store_results(rows: list[FrameResult], reply_to: str | None = None) -> int:
     """Bulk insert; a frame stored before (a resend, a redelivered task) is skipped, never duplicated.
-    Then ack every row's frame to its socket and update the analytics rollups."""
+    Then ack the rows' frames to the web process that queued them and update the analytics rollups."""
     created = FrameResult.objects.bulk_create(rows, ignore_conflicts=True)
-    do_ack_stored(rows)
+    if reply_to:
+        do_ack_stored(rows, reply_to)
     record_stored(len(rows), sum(1 for row in rows if row.error))
     do_update_rollups(rows)  # analytics (issue 5): per-second rollups + live dashboards; never raises
     return len(created)
 
 
-def do_ack_stored(rows: list[FrameResult]) -> None:
-    """Tell each session's socket which of its frames are stored (the client forgets them then). A lost
-    ack costs only a resend, which the unique (session, seq) constraint absorbs, so failures are logged."""
+def do_ack_stored(rows: list[FrameResult], reply_to: str) -> None:
+    """One message per batch to the web process that queued it; its batcher acks each session's socket.
+    A lost ack (the socket moved to another process, the layer was away) costs only a resend, which the
+    unique (session, seq) constraint absorbs, so failures are logged, never raised."""
     seqs_by_session: dict[int, list[int]] = defaultdict(list)
     for row in rows:
         seqs_by_session[row.session_id].append(row.seq)
-    events = [
-        (session_group(session_id), {"type": "capture.stored", "seqs": sorted(seqs)})
-        for session_id, seqs in seqs_by_session.items()
-    ]
+    message = {"type": STORED_EVENT, "acks": [[sid, sorted(seqs)] for sid, seqs in seqs_by_session.items()]}
     try:
-        send_group_events(events)
+        send_events(channels=[(reply_to, message)])
     except Exception:
         logger.exception("could not ack stored frames of sessions %s", sorted(seqs_by_session))
 
 
 def session_group(session_id: int) -> str:
-    """The channel-layer group of a session's capture socket(s): acks and second-tab takeovers go here."""
+    """The channel-layer group of a session's capture socket(s): second-tab takeovers go here."""
     return f"capture.session.{session_id}"

@@ -23,9 +23,9 @@ BATCH_TASK_OPTIONS = dict(
 
 
 @shared_task(**BATCH_TASK_OPTIONS)
-def analyze_frames_task(frames: list[dict[str, Any]]) -> int:
+def analyze_frames_task(frames: list[dict[str, Any]], reply_to: str | None = None) -> int:
     """One task per batch of frames (of any sessions, never one per frame); see services.enqueue_frames."""
-    return analyze_and_store_frames(frames)
+    return analyze_and_store_frames(frames, reply_to)
 
 
 @shared_task(**BATCH_TASK_OPTIONS)
