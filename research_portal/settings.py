@@ -277,7 +277,7 @@ PORTAL_FACE_DETECTOR = default_detector_path()
 
 # Rollups of a session are refreshed at most this often while its frames arrive (analytics/debounce.py):
 # live dashboards lag by up to this much, and the refresh cost per frame falls with it.
-ANALYTICS_ROLLUP_INTERVAL_S = float(os.environ.get("ANALYTICS_ROLLUP_INTERVAL_S", "5"))
+ANALYTICS_ROLLUP_INTERVAL_S = float(os.environ.get("ANALYTICS_ROLLUP_INTERVAL_S", "10"))
 
 # Capture limits (see docs/architecture.md, "Wire protocol").
 CAPTURE_DEFAULT_FPS = 5

@@ -1,34 +1,37 @@
 """At most one rollup refresh per session per settings.ANALYTICS_ROLLUP_INTERVAL_S, however often its frames
-are stored.
+are stored, and almost no bookkeeping per batch.
 
-A refresh costs about 12 ms of database work per session whatever the number of new frames, while a batch
-brings a session only a few frames (measured: 4 frames of 8 sessions per batch spent 3.6 ms per frame in
-refreshes, more than the model's 2.3 ms). So the first batch of a quiet session refreshes at once (leading
-edge); later batches inside the interval only add their (ad, second) keys to the session's pending set, and
-one refresh at the end of the interval covers them all (trailing edge: a Celery task with a countdown, or a
-timer thread in embedded mode). Pending keys are removed only after their refresh committed, so a worker
-that dies in between leaves them for the next refresh, or for the periodic reconcile (flush_all_pending).
+A refresh costs 12-17 ms of database work per session whatever the number of new frames, while a batch mixes
+frames of many sessions (measured: refreshing every touched session per batch cost 3.6 ms per frame, more
+than the model's 2.3 ms; per-session debounce with 4 Redis round trips and a Celery task per session cost
+1.3 ms). So each stored batch only journals its (ad, second) keys per session and claims the sessions that
+were not refreshed lately (one Redis round trip in all); claimed sessions are refreshed at once (leading
+edge). Keys arriving inside a session's interval wait; a flusher thread in every analysing process claims
+and refreshes them when the interval ends (trailing edge). Keys leave the journal only after their refresh
+committed, so a worker that dies in between leaves them to another process's flusher, or to the periodic
+reconcile (flush_all_pending).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections import defaultdict
+import time
 from functools import cache
 
 from django.conf import settings
 from django.db import connections
 
-from research_portal.analytics.live import windows
-
 logger = logging.getLogger(__name__)
 
 RolledKey = tuple[int | None, int]  # (ad id, or None for the baseline; second of the ad)
+# How often each analysing process looks for sessions whose interval has ended.
+FLUSH_TICK_S = 1.0
 
 
 def rollup_interval_s() -> float:
-    return float(getattr(settings, "ANALYTICS_ROLLUP_INTERVAL_S", 5.0))
+    return float(getattr(settings, "ANALYTICS_ROLLUP_INTERVAL_S", 10.0))
 
 
 def _encode(key: RolledKey) -> str:
@@ -41,14 +44,30 @@ def _decode(member: str) -> RolledKey:
     return (None if ad == "b" else int(ad), int(second))
 
 
-class LocalPendingKeys:
+class LocalJournal:
+    """Embedded mode: one process analyses everything."""
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.keys: dict[int, set[RolledKey]] = defaultdict(set)
+        self.keys: dict[int, set[RolledKey]] = {}
+        self.claimed_until: dict[int, float] = {}
 
-    def add(self, session_id: int, keys: set[RolledKey]) -> None:
+    def add_and_claim(self, touched: dict[int, set[RolledKey]], interval_s: float) -> list[int]:
         with self.lock:
-            self.keys[session_id] |= keys
+            for session_id, keys in touched.items():
+                self.keys.setdefault(session_id, set()).update(keys)
+            return self._claim(list(touched), interval_s)
+
+    def claim_due(self, interval_s: float) -> list[int]:
+        with self.lock:
+            return self._claim(list(self.keys), interval_s)
+
+    def _claim(self, session_ids: list[int], interval_s: float) -> list[int]:
+        now = time.monotonic()
+        claimed = [sid for sid in session_ids if self.claimed_until.get(sid, 0.0) <= now]
+        for session_id in claimed:
+            self.claimed_until[session_id] = now + interval_s
+        return claimed
 
     def peek(self, session_id: int) -> set[RolledKey]:
         with self.lock:
@@ -67,99 +86,127 @@ class LocalPendingKeys:
             return list(self.keys)
 
 
-class RedisPendingKeys:
-    """One set per session, shared by every worker."""
+class RedisJournal:
+    """Shared by every worker: a key set per session, an index of sessions with keys, a claim per session."""
 
-    PREFIX = "analytics:rollups:pending:"
+    PREFIX = "analytics:rollups:"
+    INDEX = PREFIX + "sessions"
+    # Drop refreshed keys, and the session from the index when none is left, atomically (a batch may add
+    # keys meanwhile: then the session stays indexed).
+    REMOVE_SCRIPT = """
+        redis.call('SREM', KEYS[1], unpack(ARGV, 2))
+        if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+    """
 
     def __init__(self, url: str) -> None:
         import redis
 
         self.redis = redis.Redis.from_url(url, decode_responses=True)
+        self.remove_script = self.redis.register_script(self.REMOVE_SCRIPT)
 
-    def add(self, session_id: int, keys: set[RolledKey]) -> None:
-        self.redis.sadd(f"{self.PREFIX}{session_id}", *(_encode(key) for key in keys))
+    def add_and_claim(self, touched: dict[int, set[RolledKey]], interval_s: float) -> list[int]:
+        pipe = self.redis.pipeline(transaction=False)
+        for session_id, keys in touched.items():
+            pipe.sadd(f"{self.PREFIX}keys:{session_id}", *(_encode(key) for key in keys))
+            pipe.sadd(self.INDEX, session_id)
+        claim_ms = max(1, int(interval_s * 1000))
+        for session_id in touched:
+            pipe.set(f"{self.PREFIX}claim:{session_id}", 1, nx=True, px=claim_ms)
+        results = pipe.execute()[2 * len(touched) :]
+        return [session_id for session_id, won in zip(touched, results, strict=True) if won]
+
+    def claim_due(self, interval_s: float) -> list[int]:
+        session_ids = [int(sid) for sid in self.redis.smembers(self.INDEX)]
+        if not session_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        claim_ms = max(1, int(interval_s * 1000))
+        for session_id in session_ids:
+            pipe.set(f"{self.PREFIX}claim:{session_id}", 1, nx=True, px=claim_ms)
+        return [sid for sid, won in zip(session_ids, pipe.execute(), strict=True) if won]
 
     def peek(self, session_id: int) -> set[RolledKey]:
-        return {_decode(member) for member in self.redis.smembers(f"{self.PREFIX}{session_id}")}
+        return {_decode(member) for member in self.redis.smembers(f"{self.PREFIX}keys:{session_id}")}
 
     def remove(self, session_id: int, keys: set[RolledKey]) -> None:
         if keys:
-            self.redis.srem(f"{self.PREFIX}{session_id}", *(_encode(key) for key in keys))
+            self.remove_script(
+                keys=[f"{self.PREFIX}keys:{session_id}", self.INDEX],
+                args=[session_id, *(_encode(key) for key in keys)],
+            )
 
     def sessions(self) -> list[int]:
-        return [int(key.removeprefix(self.PREFIX)) for key in self.redis.scan_iter(f"{self.PREFIX}*")]
+        return [int(sid) for sid in self.redis.smembers(self.INDEX)]
 
 
 @cache
-def _pending(redis_url: str) -> LocalPendingKeys | RedisPendingKeys:
-    return RedisPendingKeys(redis_url) if redis_url else LocalPendingKeys()
+def _journal(redis_url: str) -> LocalJournal | RedisJournal:
+    return RedisJournal(redis_url) if redis_url else LocalJournal()
 
 
-def pending_keys() -> LocalPendingKeys | RedisPendingKeys:
-    return _pending(getattr(settings, "REDIS_URL", "") or "")
+def journal() -> LocalJournal | RedisJournal:
+    return _journal(getattr(settings, "REDIS_URL", "") or "")
 
 
-def _window(session_id: int) -> str:
-    return f"rollups-session-{session_id}"
-
-
-def submit_refresh(session_id: int, keys: set[RolledKey]) -> None:
-    """Called for each session of a stored batch (rollups.do_update_rollups)."""
+def submit_refreshes(touched: dict[int, set[RolledKey]]) -> None:
+    """Called once per stored batch (rollups.do_update_rollups) with its (ad, second) keys per session."""
     from research_portal.analytics.rollups import do_refresh_and_notify
 
     interval = rollup_interval_s()
     if interval <= 0:
-        do_refresh_and_notify(session_id, keys)
+        for session_id, keys in touched.items():
+            do_refresh_and_notify(session_id, keys)
         return
-    store = windows()
-    wait = store.try_open(_window(session_id), interval)
-    pending = pending_keys()
-    if wait is None:
-        earlier = pending.peek(session_id)
-        if do_refresh_and_notify(session_id, keys | earlier):
-            pending.remove(session_id, earlier)
-        return
-    pending.add(session_id, keys)
-    if store.try_mark_pending(_window(session_id)):
-        schedule_trailing_refresh(session_id, wait)
+    ensure_flusher()
+    for session_id in journal().add_and_claim(touched, interval):
+        refresh_journaled(session_id)
 
 
-def schedule_trailing_refresh(session_id: int, delay_s: float) -> None:
-    if settings.CAPTURE_ANALYSIS_BACKEND == "celery":
-        from research_portal.analytics.tasks import refresh_pending_rollups_task
-
-        refresh_pending_rollups_task.apply_async((session_id,), countdown=delay_s)
-    else:
-        timer = threading.Timer(delay_s, _refresh_pending_in_thread, args=(session_id,))
-        timer.daemon = True
-        timer.start()
-
-
-def _refresh_pending_in_thread(session_id: int) -> None:
-    try:
-        refresh_pending(session_id)
-    finally:
-        connections.close_all()
-
-
-def refresh_pending(session_id: int) -> None:
-    """The trailing edge: refresh whatever keys batches left pending since the last refresh."""
+def refresh_journaled(session_id: int) -> None:
+    """Refresh every key journaled for a session this process has claimed."""
     from research_portal.analytics.rollups import do_refresh_and_notify
 
-    store = windows()
-    store.clear_pending(_window(session_id))
-    keys = pending_keys().peek(session_id)
-    if not keys:
-        return
-    store.try_open(_window(session_id), rollup_interval_s())
-    if do_refresh_and_notify(session_id, keys):
-        pending_keys().remove(session_id, keys)
+    keys = journal().peek(session_id)
+    if keys and do_refresh_and_notify(session_id, keys):
+        journal().remove(session_id, keys)
+
+
+def flush_due() -> int:
+    """The trailing edge: refresh the journaled sessions whose interval has ended. Returns sessions done."""
+    claimed = journal().claim_due(rollup_interval_s())
+    for session_id in claimed:
+        refresh_journaled(session_id)
+    return len(claimed)
 
 
 def flush_all_pending() -> int:
-    """Safety net (reconcile task): refresh every session with keys left pending, e.g. by a killed worker."""
-    sessions = pending_keys().sessions()
+    """Safety net (reconcile task): refresh every session with journaled keys, claimed or not."""
+    sessions = journal().sessions()
     for session_id in sessions:
-        refresh_pending(session_id)
+        refresh_journaled(session_id)
     return len(sessions)
+
+
+_flusher_pid: int | None = None
+_flusher_lock = threading.Lock()
+
+
+def ensure_flusher() -> None:
+    """One flusher thread per analysing process (started after fork, on its first stored batch)."""
+    global _flusher_pid
+    with _flusher_lock:
+        if _flusher_pid == os.getpid():
+            return
+        _flusher_pid = os.getpid()
+    threading.Thread(target=_flush_forever, name="rollup-flusher", daemon=True).start()
+
+
+def _flush_forever() -> None:
+    while True:
+        time.sleep(FLUSH_TICK_S)
+        try:
+            flush_due()
+        except Exception:  # Redis or the database away: the keys stay journaled for the next tick
+            logger.warning("rollup flush failed; will retry", exc_info=True)
+        finally:
+            connections.close_all()  # this thread's connection only

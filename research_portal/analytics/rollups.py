@@ -362,21 +362,18 @@ def do_refresh_session(
 def do_update_rollups(rows: Iterable[FrameResult]) -> None:
     """Hook for capture.services.store_results, after the bulk insert: update the rollups of the stored rows'
     sessions (at most once per session per interval, see debounce.py) and tell live dashboards. Never
-    raises: frames are already safe, so a failure only marks the session stale, and the next reconcile
-    recomputes it from its raw frames."""
-    from research_portal.analytics.debounce import submit_refresh
+    raises: frames are already safe, so a failure only marks the sessions stale, and the next reconcile
+    recomputes them from their raw frames."""
+    from research_portal.analytics.debounce import submit_refreshes
 
     touched: dict[int, set[tuple[int | None, int]]] = defaultdict(set)
     for row in rows:
         touched[row.session_id].add((row.ad_id, row.media_time_ms // 1000))
-    for session_id, keys in touched.items():
-        try:
-            submit_refresh(session_id, keys)
-        except Exception:
-            logger.exception(
-                "analytics rollups of session %s could not be scheduled; marked stale", session_id
-            )
-            do_mark_stale([session_id])
+    try:
+        submit_refreshes(touched)
+    except Exception:
+        logger.exception("rollups of sessions %s could not be scheduled; marked stale", sorted(touched))
+        do_mark_stale(list(touched))
 
 
 def do_refresh_and_notify(session_id: int, keys: set[tuple[int | None, int]]) -> bool:

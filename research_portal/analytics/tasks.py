@@ -8,7 +8,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from research_portal.analytics.debounce import flush_all_pending, refresh_pending
+from research_portal.analytics.debounce import flush_all_pending
 from research_portal.analytics.live import notify_rollups_changed
 from research_portal.analytics.rollups import do_reconcile_study, do_refresh_session
 from research_portal.studies.models import Study
@@ -25,15 +25,9 @@ def refresh_session_task(session_id: int) -> bool:
     return bool(result and result.changed)
 
 
-@shared_task(acks_late=True, autoretry_for=(OperationalError, InterfaceError), retry_backoff=1, max_retries=6)
-def refresh_pending_rollups_task(session_id: int) -> None:
-    """The trailing refresh of a session whose batches arrived faster than the rollup interval."""
-    refresh_pending(session_id)
-
-
 @shared_task(acks_late=True)
 def reconcile_rollups_task() -> int:
-    """Periodic safety net (e.g. Celery beat every few minutes): refresh keys a killed worker left pending,
+    """Periodic safety net (e.g. Celery beat every few minutes): refresh keys a killed worker left journaled,
     and re-file sessions of live studies whose attributes changed without a signal. Dashboards also do the
     latter for their study on every load."""
     refreshed = flush_all_pending()

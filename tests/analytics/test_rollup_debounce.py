@@ -36,7 +36,9 @@ def embedded_debounce(settings):
     settings.ANALYTICS_ROLLUP_INTERVAL_S = 0.6
     settings.CAPTURE_ANALYSIS_BACKEND = "thread"
     settings.REDIS_URL = ""
-    debounce._pending.cache_clear()
+    debounce._journal.cache_clear()
+    yield
+    debounce._journal.cache_clear()
 
 
 def test_first_batch_refreshes_at_once_later_ones_at_the_end_of_the_interval(acme, embedded_debounce):
@@ -48,10 +50,11 @@ def test_first_batch_refreshes_at_once_later_ones_at_the_end_of_the_interval(acm
     writer.store(acme.ad, 1, [0.5, 0.5, 0.5])
     writer.store(acme.ad, 2, [0.5])
     assert rolled_frames(session, 1) == 0  # inside the interval: pending
-    assert debounce.pending_keys().peek(session.pk) == {(acme.ad.pk, 1), (acme.ad.pk, 2)}
+    assert debounce.journal().peek(session.pk) == {(acme.ad.pk, 1), (acme.ad.pk, 2)}
 
+    # The flusher thread refreshes them once the interval has ended.
     assert wait_until(lambda: rolled_frames(session, 1) == 3 and rolled_frames(session, 2) == 1)
-    assert debounce.pending_keys().peek(session.pk) == set()
+    assert debounce.journal().peek(session.pk) == set()
 
 
 def test_sessions_are_debounced_independently(acme, embedded_debounce):
@@ -61,25 +64,39 @@ def test_sessions_are_debounced_independently(acme, embedded_debounce):
     assert rolled_frames(first, 0) == 1 and rolled_frames(second, 0) == 1
 
 
-def test_keys_left_pending_by_a_killed_worker_are_refreshed_by_the_reconcile(acme, redis_url, settings):
-    """Keys in Redis whose trailing refresh never ran (the worker died) are picked up by the safety net."""
+@pytest.fixture
+def redis_journal(redis_url, settings):
     settings.REDIS_URL = redis_url
-    settings.ANALYTICS_ROLLUP_INTERVAL_S = 60
-    debounce._pending.cache_clear()
+    debounce._journal.cache_clear()
     client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(f"{debounce.RedisPendingKeys.PREFIX}*"):
+    for key in client.scan_iter(f"{debounce.RedisJournal.PREFIX}*"):
         client.delete(key)
-    try:
-        session = new_participant(acme.study, "DE")
-        writer = FrameWriter(session)
-        rows = writer.frames(acme.ad, 4, [0.5, 0.5])
-        FrameResult.objects.bulk_create(rows)  # stored, but its refresh never happened
-        debounce.pending_keys().add(session.pk, {(acme.ad.pk, 4)})
-        assert rolled_frames(session, 4) == 0
+    yield debounce.journal()
+    debounce._journal.cache_clear()
 
-        reconcile_rollups_task()
 
-        assert rolled_frames(session, 4) == 2
-        assert debounce.pending_keys().peek(session.pk) == set()
-    finally:
-        debounce._pending.cache_clear()
+def test_redis_journal_claims_each_session_once_per_interval(acme, redis_journal):
+    touched = {1: {(7, 0)}, 2: {(7, 0), (None, 3)}}
+    assert sorted(redis_journal.add_and_claim(touched, 0.5)) == [1, 2]  # leading edge: both free
+    assert redis_journal.add_and_claim({1: {(7, 1)}}, 0.5) == []  # inside the interval: journaled only
+    assert redis_journal.claim_due(0.5) == []
+    assert redis_journal.peek(1) == {(7, 0), (7, 1)} and redis_journal.peek(2) == {(7, 0), (None, 3)}
+    time.sleep(0.6)
+    assert sorted(redis_journal.claim_due(0.5)) == [1, 2]  # trailing edge
+    redis_journal.remove(1, {(7, 0), (7, 1)})
+    assert redis_journal.sessions() == [2] and redis_journal.peek(1) == set()
+
+
+def test_keys_left_by_a_killed_worker_are_refreshed_by_the_reconcile(acme, redis_journal, settings):
+    """Keys journaled in Redis whose refresh never ran (the worker died) are picked up by the safety net."""
+    settings.ANALYTICS_ROLLUP_INTERVAL_S = 60
+    session = new_participant(acme.study, "DE")
+    rows = FrameWriter(session).frames(acme.ad, 4, [0.5, 0.5])
+    FrameResult.objects.bulk_create(rows)  # stored, but its refresh never happened
+    assert redis_journal.add_and_claim({session.pk: {(acme.ad.pk, 4)}}, 60) == [session.pk]
+    assert rolled_frames(session, 4) == 0  # the claiming worker "died" here
+
+    reconcile_rollups_task()
+
+    assert rolled_frames(session, 4) == 2
+    assert redis_journal.peek(session.pk) == set() and redis_journal.sessions() == []
