@@ -26,20 +26,12 @@ def remember_server_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 def send_group_events(events: list[tuple[str, dict]]) -> None:
     """Send each (group, message) pair; returns once they are handed to the layer."""
-    send_events(groups=events)
-
-
-def send_events(groups: list[tuple[str, dict]] = (), channels: list[tuple[str, dict]] = ()) -> None:
-    """Send (group, message) and (channel, message) pairs; returns once they are handed to the layer."""
     layer = get_channel_layer()
-    if layer is None or not (groups or channels):
+    if layer is None or not events:
         return
 
     async def send_all() -> None:
-        await asyncio.gather(
-            *(layer.group_send(group, message) for group, message in groups),
-            *(layer.send(channel, message) for channel, message in channels),
-        )
+        await asyncio.gather(*(layer.group_send(group, message) for group, message in events))
 
     loop = _server_loop
     if loop is not None and loop.is_running():

@@ -257,3 +257,11 @@ def chromium_path() -> str:
     if not path:
         skip_or_fail("Debian's chromium is not installed (`make test` installs it with apt-get)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def rollups_refresh_on_every_batch(settings):
+    """In-process code refreshes rollups per stored batch (deterministic, and no flusher thread outliving
+    the test's database); tests/analytics/test_rollup_debounce.py tests the debounce itself. Servers the
+    tests start run with the shipped interval."""
+    settings.ANALYTICS_ROLLUP_INTERVAL_S = 0

@@ -2,11 +2,11 @@
 
 A batch leaves for the analysis backend when it holds settings.CAPTURE_FLUSH_MAX_FRAMES frames or its oldest
 frame has waited settings.CAPTURE_FLUSH_INTERVAL_S: one task and one bulk insert per batch, whatever the
-number of participants. Workers answer each batch with one message on this batcher's own channel (not one per
-session: measured, per-session acks cost the web process about 1 ms per frame), and the batcher acks each
-socket of this process. The same loop runs flow control once per settings.CAPTURE_FLOW_INTERVAL_S: it reads
-the shared load (flow.read_capture_load), tells every socket of the process the capture rate to use, and
-refuses new frames while the queue is at its bound. Frames refused are not acked, so browsers resend them.
+number of participants. Workers answer each batch with one message to this batcher's ack inbox (acks.py),
+and the batcher acks each socket of this process. The same loop runs flow control once per
+settings.CAPTURE_FLOW_INTERVAL_S: it reads the shared load (flow.read_capture_load), tells every socket of
+the process the capture rate to use, and refuses new frames while the queue is at its bound. Frames
+refused are not acked, so browsers resend them.
 """
 
 from __future__ import annotations
@@ -19,11 +19,17 @@ from typing import Any, Protocol
 
 from asgiref.sync import sync_to_async
 from channels.db import DatabaseSyncToAsync
-from channels.layers import get_channel_layer
 from django.conf import settings
 
+from research_portal.capture.acks import (
+    Acks,
+    close_local_inbox,
+    new_inbox_name,
+    open_local_inbox,
+    receive_acks,
+)
 from research_portal.capture.flow import next_fps_scale, queue_is_full, read_capture_load
-from research_portal.capture.services import STORED_EVENT, enqueue_frames
+from research_portal.capture.services import enqueue_frames
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +48,7 @@ class FrameBatcher:
         self.frames: list[tuple[float, dict[str, Any]]] = []  # (monotonic arrival time, Frame.to_payload())
         self.sockets: set[CaptureSocket] = set()
         self.sockets_by_session: dict[int, set[CaptureSocket]] = {}
-        self.reply_channel: str | None = None  # where workers send this process's acks
+        self.inbox = new_inbox_name()  # where workers send the acks of this process's batches
         self.listener: asyncio.Task | None = None
         self.wake = asyncio.Event()
         self.runner: asyncio.Task | None = None
@@ -80,10 +86,11 @@ class FrameBatcher:
 
     async def run(self) -> None:
         """Until no socket is left and every frame is queued: flush when due, check the flow when due."""
-        layer = get_channel_layer()
-        if self.reply_channel is None:
-            self.reply_channel = await layer.new_channel()
-        self.listener = asyncio.get_running_loop().create_task(self.relay_acks(layer))
+        if settings.CAPTURE_ANALYSIS_BACKEND == "celery":
+            self.listener = asyncio.get_running_loop().create_task(self.relay_acks_from_redis())
+        else:
+            loop = asyncio.get_running_loop()
+            open_local_inbox(self.inbox, loop, lambda acks: loop.create_task(self.deliver_acks(acks)))
         try:
             while self.frames or self.sockets:
                 await self._sleep_until_due()
@@ -94,28 +101,36 @@ class FrameBatcher:
                     self.next_flow_check = now + settings.CAPTURE_FLOW_INTERVAL_S
                     await self.check_flow()
         finally:
-            self.listener.cancel()
+            close_local_inbox(self.inbox)
+            if self.listener is not None:
+                self.listener.cancel()
 
-    async def relay_acks(self, layer) -> None:
-        """Workers' stored-batch messages -> an ack to each socket of this process whose frames they hold."""
-        while True:
-            try:
-                message = await layer.receive(self.reply_channel)
-            except Exception:
-                if asyncio.current_task().cancelling():
-                    raise  # being stopped: a cancelled Redis read may surface as a connection error
-                # Redis away: acks wait (browsers resend what stays unacked); try again shortly.
-                logger.warning("could not receive acks; retrying", exc_info=True)
-                await asyncio.sleep(BROKER_RETRY_S)
-                continue
-            if message.get("type") != STORED_EVENT:
-                continue
-            for session_id, seqs in message["acks"]:
-                for socket in list(self.sockets_by_session.get(session_id, ())):
-                    try:
-                        await socket.send_acks(seqs)
-                    except Exception:  # a socket closing right now; its client resends what it lacks
-                        logger.info("ack not delivered to a closing socket", exc_info=True)
+    async def relay_acks_from_redis(self) -> None:
+        import redis.asyncio
+
+        client = redis.asyncio.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            while True:
+                try:
+                    acks = await receive_acks(client, self.inbox)
+                except redis.RedisError:
+                    # Redis away: acks wait (browsers resend what stays unacked); try again shortly.
+                    logger.warning("could not receive acks; retrying", exc_info=True)
+                    await asyncio.sleep(BROKER_RETRY_S)
+                    continue
+                if acks:
+                    await self.deliver_acks(acks)
+        finally:
+            await client.aclose()
+
+    async def deliver_acks(self, acks: Acks) -> None:
+        """Stored frames -> an ack to each socket of this process whose frames they are."""
+        for session_id, seqs in acks:
+            for socket in list(self.sockets_by_session.get(session_id, ())):
+                try:
+                    await socket.send_acks(seqs)
+                except Exception:  # a socket closing right now; its client resends what it lacks
+                    logger.info("ack not delivered to a closing socket", exc_info=True)
 
     async def _sleep_until_due(self) -> None:
         due = [self.next_flow_check]
@@ -143,7 +158,7 @@ class FrameBatcher:
                 # Off the shared sync thread (the broker write may take milliseconds); the DB connection
                 # handling of database_sync_to_async closes what the pool thread leaves open.
                 queue = DatabaseSyncToAsync(enqueue_frames, thread_sensitive=False)
-                await queue([frame for _, frame in batch], self.reply_channel)
+                await queue([frame for _, frame in batch], self.inbox)
             except Exception:
                 logger.exception("could not queue a batch of %s frames; keeping them", len(batch))
                 self.frames[:0] = batch

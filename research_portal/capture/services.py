@@ -29,14 +29,12 @@ from django.utils import timezone
 
 from inference.pipeline import FaceReading, get_pipeline
 from research_portal.analytics.rollups import do_update_rollups
+from research_portal.capture.acks import post_acks
 from research_portal.capture.flow import record_queued, record_stored
 from research_portal.capture.models import FrameResult, ParticipantSession
-from research_portal.events import send_events
 
 logger = logging.getLogger(__name__)
 
-# The message a worker sends a web process's batcher once a batch is stored (batching.FrameBatcher).
-STORED_EVENT = "capture.stored"
 # Ad id 0 on the wire: the neutral baseline screen before the first ad (stored with ad NULL).
 BASELINE_AD_ID = 0
 # seq, ad_id, media_time_ms (uint32 each), capture_time_ms (float64 epoch ms), network byte order.
@@ -189,7 +187,7 @@ def analysis_thread_pool() -> ThreadPoolExecutor:
 
 def enqueue_frames(frames: list[dict[str, Any]], reply_to: str | None = None) -> None:
     """Hand one batch (frames of any sessions, as Frame.to_payload dicts) to the analysis backend; returns
-    once it is safely queued. `reply_to`: the channel of the web process's batcher, which gets the acks.
+    once it is safely queued. `reply_to`: the ack inbox of the web process's batcher (acks.py).
     Raises (and queues nothing) while the database is away: the caller keeps the frames, as workers could
     not store them anyway."""
     # Recorded first: a batch is never in the queue without its sessions knowing to wait for it.
@@ -289,16 +287,15 @@ def store_results(rows: list[FrameResult], reply_to: str | None = None) -> int:
     return len(created)
 
 
-def do_ack_stored(rows: list[FrameResult], reply_to: str) -> None:
-    """One message per batch to the web process that queued it; its batcher acks each session's socket.
-    A lost ack (the socket moved to another process, the layer was away) costs only a resend, which the
-    unique (session, seq) constraint absorbs, so failures are logged, never raised."""
+def do_ack_stored(rows: list[FrameResult], inbox: str) -> None:
+    """One message per batch to the ack inbox of the web process that queued it (acks.py), which acks each
+    session's socket. A lost ack (the socket moved to another process, Redis away) costs only a resend,
+    which the unique (session, seq) constraint absorbs, so failures are logged, never raised."""
     seqs_by_session: dict[int, list[int]] = defaultdict(list)
     for row in rows:
         seqs_by_session[row.session_id].append(row.seq)
-    message = {"type": STORED_EVENT, "acks": [[sid, sorted(seqs)] for sid, seqs in seqs_by_session.items()]}
     try:
-        send_events(channels=[(reply_to, message)])
+        post_acks(inbox, [[session_id, sorted(seqs)] for session_id, seqs in seqs_by_session.items()])
     except Exception:
         logger.exception("could not ack stored frames of sessions %s", sorted(seqs_by_session))
 

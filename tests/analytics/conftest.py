@@ -151,9 +151,3 @@ def hand_fixture(acme):
     w3.store(ad, 0, [0.3, 0.3], valence=None)
     w3.store(ad, 1, [0.9])
     return acme
-
-
-@pytest.fixture(autouse=True)
-def rollups_refresh_on_every_batch(settings):
-    """These tests check the rollup arithmetic batch by batch; the per-session debounce has its own tests."""
-    settings.ANALYTICS_ROLLUP_INTERVAL_S = 0
