@@ -29,6 +29,10 @@ COUNTER_TTL_S = 120
 WORKER_HEARTBEAT_S = 5
 WORKER_STALE_AFTER_S = 3 * WORKER_HEARTBEAT_S
 COUNTERS = ("queued_frames", "queued_batches", "stored_frames", "failed_frames")
+# Up to this many batches per analysis process waiting is normal pipelining, not a backlog: the stored rate
+# only measures demand while workers keep up (at a run's start it is near 0 and made every short queue look
+# like seconds of backlog: throttled 20% of a 64-participant run the workers were keeping up with).
+NORMAL_QUEUE_BATCHES_PER_PROCESS = 2
 
 
 @dataclass(frozen=True)
@@ -168,11 +172,11 @@ def read_capture_load() -> CaptureLoad:
     )
     queue_frames = round(queue_batches * frames_per_batch)
     stored_fps = sums["stored_frames"] / RATE_WINDOW_S
-    if queue_frames == 0:
+    workers, worker_processes = store.workers()
+    if queue_batches <= NORMAL_QUEUE_BATCHES_PER_PROCESS * max(1, worker_processes):
         backlog_s = 0.0
     else:
         backlog_s = queue_frames / stored_fps if stored_fps > 0 else float("inf")
-    workers, worker_processes = store.workers()
     return CaptureLoad(
         queue_batches=queue_batches,
         queue_frames=queue_frames,

@@ -79,8 +79,8 @@ def test_load_read_from_redis_counters_queue_and_heartbeats(redis_flow):
         store.add({"queued_frames": 60, "queued_batches": 3, "stored_frames": 40, "failed_frames": 1}, second)
     store.add({"queued_frames": 999}, now - 30)  # outside the window
     redis_flow.rpush("flow-test-queue", *[b"batch"] * 5)  # 5 batches of 20 frames waiting
-    store.heartbeat("node-a", 4, time.time())
-    store.heartbeat("node-b", 2, time.time())
+    store.heartbeat("node-a", 1, time.time())
+    store.heartbeat("node-b", 1, time.time())
     store.heartbeat("node-dead", 8, time.time() - 60)
 
     current = read_capture_load()
@@ -88,8 +88,12 @@ def test_load_read_from_redis_counters_queue_and_heartbeats(redis_flow):
     assert (current.queued_fps, current.stored_fps, current.failed_fps) == (60.0, 40.0, 1.0)
     assert (current.queue_batches, current.queue_frames) == (5, 100)
     assert current.backlog_s == pytest.approx(2.5)
-    assert (current.workers, current.worker_processes) == (2, 6)
+    assert (current.workers, current.worker_processes) == (2, 2)
     assert set(redis_flow.hkeys("portal:flow:workers")) == {b"node-a", b"node-b"}  # the dead one forgotten
+
+    # Two batches per worker process waiting is pipelining, not a backlog.
+    redis_flow.ltrim("flow-test-queue", 0, 3)
+    assert read_capture_load().backlog_s == 0.0
 
 
 def test_a_real_worker_says_it_is_alive_and_counts_what_it_stores(acme, celery_worker, face_jpegs, settings):

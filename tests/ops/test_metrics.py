@@ -55,7 +55,7 @@ def test_queue_depth_rates_and_workers_from_redis(client, redis_counters):
     now = int(time.time())
     for second in range(now - 10, now):
         store.add({"queued_frames": 30, "queued_batches": 1, "stored_frames": 20}, second)
-    redis_counters.rpush("metrics-test-queue", *[b"batch"] * 4)
+    redis_counters.rpush("metrics-test-queue", *[b"batch"] * 5)
     store.heartbeat("worker-1", 2, time.time())
 
     response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {METRICS_TOKEN}")
@@ -63,29 +63,29 @@ def test_queue_depth_rates_and_workers_from_redis(client, redis_counters):
     assert response.status_code == 200
     body = response.json()
     assert body["capture"] == {
-        "queue_batches": 4,
-        "queue_frames": 120,
+        "queue_batches": 5,
+        "queue_frames": 150,
         "queued_fps": 30.0,
         "stored_fps": 20.0,
         "failed_fps": 0.0,
         "workers": 1,
         "worker_processes": 2,
-        "backlog_s": 6.0,
+        "backlog_s": 7.5,
     }
-    assert body["queue_bound_frames"] > 120 and body["queue_full"] is False
+    assert body["queue_bound_frames"] > 150 and body["queue_full"] is False
     assert set(body["web_process"]) == {"capture_sockets", "buffered_frames", "fps_scale"}
     assert "no-cache" in response["Cache-Control"]
 
 
 def test_prometheus_format_for_staff(client, redis_counters, staff):
-    redis_counters.rpush("metrics-test-queue", b"batch")
+    redis_counters.rpush("metrics-test-queue", *[b"batch"] * 3)  # more than 2 per process: no worker here
     client.force_login(staff)
     response = client.get("/metrics?format=prometheus")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/plain")
     samples = dict(
         line.split(" ", 1) for line in response.content.decode().splitlines() if not line.startswith("#")
     )
-    assert samples["portal_capture_queue_batches"] == "1"
+    assert samples["portal_capture_queue_batches"] == "3"
     assert samples["portal_capture_backlog_seconds"] == "+Inf"  # queued, nothing stored lately
     assert "portal_workers" in samples and "portal_web_fps_scale" in samples
 
