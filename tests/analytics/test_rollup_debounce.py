@@ -69,9 +69,14 @@ def redis_journal(redis_url, settings):
     settings.REDIS_URL = redis_url
     debounce._journal.cache_clear()
     client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(f"{debounce.RedisJournal.PREFIX}*"):
-        client.delete(key)
+
+    def clear() -> None:
+        for key in client.scan_iter(f"{debounce.RedisJournal.PREFIX}*"):
+            client.delete(key)
+
+    clear()
     yield debounce.journal()
+    clear()  # no keys left for a flusher thread to refresh after this test's database is gone
     debounce._journal.cache_clear()
 
 
