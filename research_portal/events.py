@@ -3,7 +3,7 @@
 Sockets register their server's event loop (remember_server_loop) so that threads of the same process hand
 their sends to it: the in-memory layer's queues belong to that loop and are not thread-safe. Everywhere
 else (a Celery worker) sends go through one long-lived event loop in a background thread of the process, so
-the Redis layer keeps its connections (a fresh loop per call would connect anew every batch: ~9 ms).
+the Redis layer keeps its connections (a fresh loop per call would connect anew every time: ~9 ms).
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ def remember_server_loop(loop: asyncio.AbstractEventLoop) -> None:
     _server_loop = loop
 
 
-def send_group_events(events: list[tuple[str, dict]]) -> None:
-    """Send each (group, message) pair; returns once they are handed to the layer."""
+def send_group_event(group: str, message: dict) -> None:
+    """Send one message to a channel-layer group; returns once it is handed to the layer."""
     layer = get_channel_layer()
-    if layer is None or not events:
+    if layer is None:
         return
 
     async def send_all() -> None:
-        await asyncio.gather(*(layer.group_send(group, message) for group, message in events))
+        await layer.group_send(group, message)
 
     loop = _server_loop
     if loop is not None and loop.is_running():
@@ -61,10 +61,6 @@ def _sender_loop() -> asyncio.AbstractEventLoop:
             threading.Thread(target=loop.run_forever, name="channel-layer-sends", daemon=True).start()
             _sender = (os.getpid(), loop)
         return _sender[1]
-
-
-def send_group_event(group: str, message: dict) -> None:
-    send_group_events([(group, message)])
 
 
 def _loop_running_in_this_thread() -> bool:

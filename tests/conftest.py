@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +21,8 @@ from django.conf import settings
 from django.core.files import File
 from django.db import connection
 
-from inference.resources import REPO_ROOT, shared_dir
+from inference.resources import shared_dir
+from tests.load.stack import Service, StackError, accepting, free_port, start_service, web_command
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -133,6 +131,11 @@ def postgres(transactional_db) -> dict:
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
+    return reachable_redis_url()
+
+
+def reachable_redis_url() -> str:
+    """REDIS_URL, checked to answer (skip, or fail under CI, when it is missing or away)."""
     url = os.environ.get("REDIS_URL", "")
     if not url:
         skip_or_fail("Redis is required: run via `make test` or set REDIS_URL=redis://...")
@@ -143,10 +146,23 @@ def redis_url() -> str:
     return url
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@pytest.fixture
+def redis_flow(redis_url, settings):
+    """Flow control's production store on the real Redis: clean counters, and a frame queue of its own
+    (workers started by other tests consume the default one)."""
+    from research_portal.capture import flow
+
+    settings.REDIS_URL = redis_url
+    settings.CAPTURE_ANALYSIS_BACKEND = "celery"
+    settings.CELERY_TASK_DEFAULT_QUEUE = "flow-test-queue"
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter("portal:flow:*"):
+        client.delete(key)
+    client.delete("flow-test-queue")
+    flow._store.cache_clear()
+    yield client
+    client.delete("flow-test-queue")
+    flow._store.cache_clear()
 
 
 def service_env(database: dict, redis_url: str) -> dict[str, str]:
@@ -166,45 +182,20 @@ def service_env(database: dict, redis_url: str) -> dict[str, str]:
     return env
 
 
-@dataclass
-class ServiceProcess:
-    process: subprocess.Popen
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 def start_process(
     command: list[str], env: dict[str, str], ready, log_path: Path, timeout_s: float = 60
-) -> ServiceProcess:
+) -> Service:
     """Start a service process logging to `log_path`; return once `ready(service)` is true."""
-    what = log_path.stem
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    service = ServiceProcess(process, log_path)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{what} exited with {process.returncode}:\n{service.log()[-3000:]}")
-        if ready(service):
-            return service
-        time.sleep(0.2)
-    service.stop()
-    pytest.fail(f"{what} did not become ready in {timeout_s} s:\n{service.log()[-3000:]}")
+    try:
+        return start_service(
+            log_path.stem, command, env, log_path.parent, ready, timeout_s=timeout_s, die_with_parent=False
+        )
+    except StackError as error:
+        pytest.fail(str(error))
 
 
 @pytest.fixture
-def celery_worker(postgres: dict, redis_url: str, tmp_path: Path) -> Iterator[ServiceProcess]:
+def celery_worker(postgres: dict, redis_url: str, tmp_path: Path) -> Iterator[Service]:
     """A real `celery -A research_portal worker` process on the test database and Redis."""
     redis.Redis.from_url(redis_url).flushdb()
     command = [
@@ -229,17 +220,9 @@ def celery_worker(postgres: dict, redis_url: str, tmp_path: Path) -> Iterator[Se
     worker.stop()
 
 
-def start_daphne(env: dict[str, str], port: int, log_path: Path) -> ServiceProcess:
-    """The ASGI server `make run` uses, on a free loopback port."""
-
-    def accepting(_service: ServiceProcess) -> bool:
-        with socket.socket() as probe:
-            return probe.connect_ex(("127.0.0.1", port)) == 0
-
-    daphne = str(Path(sys.executable).parent / "daphne")
-    # -v 0 as in `make run`: daphne's own access log would print participant tokens in URLs.
-    command = [daphne, "-v", "0", "-b", "127.0.0.1", "-p", str(port), "research_portal.asgi:application"]
-    return start_process(command, env, accepting, log_path)
+def start_daphne(env: dict[str, str], port: int, log_path: Path) -> Service:
+    """The ASGI server as `make run` starts it (daphne -v 0: its access log would print tokens in URLs)."""
+    return start_process(web_command("daphne", port), env, accepting(port), log_path)
 
 
 @pytest.fixture

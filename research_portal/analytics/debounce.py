@@ -202,8 +202,13 @@ def ensure_flusher() -> None:
 
 
 def _flush_forever() -> None:
+    global _flusher_pid
     while True:
         time.sleep(FLUSH_TICK_S)
+        if rollup_interval_s() <= 0:  # debounce switched off: refreshes are immediate, nothing to flush
+            with _flusher_lock:
+                _flusher_pid = None
+            return
         try:
             flush_due()
         except Exception:  # Redis or the database away: the keys stay journaled for the next tick

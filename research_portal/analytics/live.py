@@ -98,13 +98,9 @@ def windows() -> LocalWindows | RedisWindows:
     return _windows(getattr(settings, "REDIS_URL", "") or "")
 
 
-def send_event(group: str, message: dict) -> None:
-    send_group_event(group, message)
-
-
 class GroupThrottle:
     def __init__(
-        self, send: Callable[[str, dict], None] = send_event, store: Callable[[], object] = windows
+        self, send: Callable[[str, dict], None] = send_group_event, store: Callable[[], object] = windows
     ) -> None:
         self.send = send
         self.store = store

@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-import redis
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.utils import timezone
@@ -53,23 +52,6 @@ def test_queue_bound(settings):
     settings.CAPTURE_MAX_QUEUE_FRAMES = 100
     assert not queue_is_full(load(0, queue_frames=99))
     assert queue_is_full(load(0, queue_frames=100))
-
-
-@pytest.fixture
-def redis_flow(redis_url, settings):
-    """The Redis store against the real Redis, on a queue name of its own (workers of other tests use the
-    default queue of this database)."""
-    settings.REDIS_URL = redis_url
-    settings.CAPTURE_ANALYSIS_BACKEND = "celery"
-    settings.CELERY_TASK_DEFAULT_QUEUE = "flow-test-queue"
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter("portal:flow:*"):
-        client.delete(key)
-    client.delete("flow-test-queue")
-    flow._store.cache_clear()
-    yield client
-    client.delete("flow-test-queue")
-    flow._store.cache_clear()
 
 
 def test_load_read_from_redis_counters_queue_and_heartbeats(redis_flow):

@@ -25,7 +25,6 @@ from pathlib import Path
 import psycopg2
 
 from inference.resources import REPO_ROOT
-from tests.load import participant as participant_module
 from tests.load.frames import load_frames
 from tests.load.participant import Participant
 from tests.load.runner import ws_url
@@ -124,7 +123,6 @@ def wait_for_rows(database_url: str, session_ids: list[int], expected: int, time
 
 
 async def drive(study: dict, url: str, frames_of: Callable[[int], list[bytes]], fault: Fault | None, stack):
-    participant_module.MAX_RECONNECTS = MAX_RECONNECTS
     now = time.monotonic()
     t0 = now + 1.0
     participants = []
@@ -143,6 +141,7 @@ async def drive(study: dict, url: str, frames_of: Callable[[int], list[bytes]], 
                 first_frame=0,
                 resend_after_s=RESEND_AFTER_S,
                 drain_timeout_s=DRAIN_TIMEOUT_S,
+                max_reconnects=MAX_RECONNECTS,
             )
         )
 
@@ -236,22 +235,14 @@ def task_in_flight(log: str) -> str:
     return pending[-1] if pending else ""
 
 
-def restart_redis(redis, down_s: float = 3.0) -> Fault:
+def outage(stop: Callable[[], None], start: Callable[[], None], down_s: float, what: str) -> Fault:
+    """A service stopped at the fault time and started again `down_s` later."""
+
     async def fault(_stack: Stack) -> str:
-        await asyncio.to_thread(redis.kill)
+        await asyncio.to_thread(stop)
         await asyncio.sleep(down_s)
-        await asyncio.to_thread(redis.start)
-        return f"Redis killed at +{FAULT_AT_S:.0f} s (queue lost), back {down_s:.0f} s later"
-
-    return fault
-
-
-def stop_postgres(postgres, down_s: float = 10.0) -> Fault:
-    async def fault(_stack: Stack) -> str:
-        await asyncio.to_thread(postgres.stop)
-        await asyncio.sleep(down_s)
-        await asyncio.to_thread(postgres.start)
-        return f"Postgres stopped at +{FAULT_AT_S:.0f} s for {down_s:.0f} s"
+        await asyncio.to_thread(start)
+        return f"{what} down at +{FAULT_AT_S:.0f} s for {down_s:.0f} s"
 
     return fault
 

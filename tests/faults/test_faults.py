@@ -80,7 +80,8 @@ def test_redis_restart_mid_run_loses_nothing(scratch_database, private_redis, tm
         "redis_restart",
         scratch_database,
         private_redis.url,
-        scenario.restart_redis(private_redis),
+        # SIGKILL: the queue and every channel message are lost, as in a crash.
+        scenario.outage(private_redis.kill, private_redis.start, 3.0, "Redis (killed, queue lost)"),
         log_dir=tmp_path,
     )
     check(result)
@@ -99,7 +100,7 @@ def test_postgres_stopped_for_ten_seconds_loses_nothing(private_redis, tmp_path:
             "postgres_stop",
             postgres.url("portal"),
             private_redis.url,
-            scenario.stop_postgres(postgres),
+            scenario.outage(postgres.stop, postgres.start, 10.0, "Postgres (fast shutdown)"),
             log_dir=tmp_path,
         )
     finally:

@@ -72,6 +72,7 @@ class Participant:
         first_frame: int,
         resend_after_s: float,
         drain_timeout_s: float,
+        max_reconnects: int = MAX_RECONNECTS,
     ) -> None:
         self.url = url
         self.origin = origin
@@ -86,6 +87,7 @@ class Participant:
         self.frame_index = first_frame
         self.resend_after_s = resend_after_s
         self.drain_timeout_s = drain_timeout_s
+        self.max_reconnects = max_reconnects
         self.stats = ParticipantStats(min_fps=fps)
         self.seq = 0
         self.unacked: dict[int, Unacked] = {}
@@ -296,7 +298,7 @@ class Participant:
                 self.stats.close_code = code
                 self.stats.reconnects += 1
                 late = time.monotonic() > self.stop_at + self.drain_timeout_s
-                if code in FATAL_CLOSE_CODES or self.stats.reconnects > MAX_RECONNECTS or late:
+                if code in FATAL_CLOSE_CODES or self.stats.reconnects > self.max_reconnects or late:
                     self.stats.failure = f"{type(error).__name__}: {error}"
                     break
                 await asyncio.sleep(1.0)

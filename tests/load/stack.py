@@ -44,11 +44,14 @@ class Service:
     process: subprocess.Popen
     log_path: Path
 
-    def log_tail(self, chars: int = 3000) -> str:
+    def log(self) -> str:
         try:
-            return self.log_path.read_text(errors="replace")[-chars:]
+            return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log()[-chars:]
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -60,7 +63,18 @@ class Service:
                 self.process.wait()
 
 
-def start_service(name: str, command: list[str], env: dict[str, str], log_dir: Path, ready) -> Service:
+def start_service(
+    name: str,
+    command: list[str],
+    env: dict[str, str],
+    log_dir: Path,
+    ready,
+    timeout_s: float = START_TIMEOUT_S,
+    die_with_parent: bool = True,
+) -> Service:
+    """Start `command` logging to log_dir/<name>.log; return once `ready(service)`, else raise StackError.
+    `die_with_parent`: for the generator's own (single-threaded) process; pytest passes False, since a
+    pre-exec hook is not safe in a process that runs threads."""
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
@@ -69,10 +83,10 @@ def start_service(name: str, command: list[str], env: dict[str, str], log_dir: P
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads exist yet when services start
+            preexec_fn=_die_with_parent if die_with_parent else None,  # noqa: PLW1509
         )
     service = Service(name, process, log_path)
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise StackError(f"{name} exited with {process.returncode}:\n{service.log_tail()}")
@@ -80,7 +94,7 @@ def start_service(name: str, command: list[str], env: dict[str, str], log_dir: P
             return service
         time.sleep(0.2)
     service.stop()
-    raise StackError(f"{name} was not ready in {START_TIMEOUT_S} s:\n{service.log_tail()}")
+    raise StackError(f"{name} was not ready in {timeout_s} s:\n{service.log_tail()}")
 
 
 def accepting(port: int):

@@ -11,10 +11,9 @@ from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 import pytest
-import redis
 
 from inference.resources import REPO_ROOT
-from tests.conftest import skip_or_fail
+from tests.conftest import reachable_redis_url, skip_or_fail
 from tests.load.frames import clip_path
 
 pytestmark = pytest.mark.e2e
@@ -42,13 +41,7 @@ def load_database_url() -> str:
 
 def test_two_participants_every_frame_sent_is_acked_and_stored_once(tmp_path: Path) -> None:
     database_url = load_database_url()
-    redis_url = os.environ.get("REDIS_URL", "")
-    if not redis_url:
-        skip_or_fail("Redis is required: run via `make test` or set REDIS_URL=redis://...")
-    try:
-        redis.Redis.from_url(redis_url, socket_connect_timeout=2).ping()
-    except redis.RedisError as error:
-        skip_or_fail(f"Redis at {redis_url} is not reachable: {error}")
+    redis_url = reachable_redis_url()
     if not clip_path().is_file():
         skip_or_fail(f"webcam clip not found at {clip_path()} (set PORTAL_SHARED_DIR)")
 

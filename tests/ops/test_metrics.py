@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import redis
 from django.contrib.auth import get_user_model
 
 from research_portal.accounts.models import Organization, Role
@@ -16,20 +15,9 @@ METRICS_TOKEN = "scrape-me-7c1f"
 
 
 @pytest.fixture
-def redis_counters(redis_url, settings):
-    """The production store on the real Redis, with a queue of its own and clean counters."""
-    settings.REDIS_URL = redis_url
-    settings.CAPTURE_ANALYSIS_BACKEND = "celery"
-    settings.CELERY_TASK_DEFAULT_QUEUE = "metrics-test-queue"
+def redis_counters(redis_flow, settings):
     settings.PORTAL_METRICS_TOKEN = METRICS_TOKEN
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter("portal:flow:*"):
-        client.delete(key)
-    client.delete("metrics-test-queue")
-    flow._store.cache_clear()
-    yield client
-    client.delete("metrics-test-queue")
-    flow._store.cache_clear()
+    return redis_flow
 
 
 @pytest.fixture
@@ -55,7 +43,7 @@ def test_queue_depth_rates_and_workers_from_redis(client, redis_counters):
     now = int(time.time())
     for second in range(now - 10, now):
         store.add({"queued_frames": 30, "queued_batches": 1, "stored_frames": 20}, second)
-    redis_counters.rpush("metrics-test-queue", *[b"batch"] * 5)
+    redis_counters.rpush("flow-test-queue", *[b"batch"] * 5)
     store.heartbeat("worker-1", 2, time.time())
 
     response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {METRICS_TOKEN}")
@@ -78,7 +66,7 @@ def test_queue_depth_rates_and_workers_from_redis(client, redis_counters):
 
 
 def test_prometheus_format_for_staff(client, redis_counters, staff):
-    redis_counters.rpush("metrics-test-queue", *[b"batch"] * 3)  # more than 2 per process: no worker here
+    redis_counters.rpush("flow-test-queue", *[b"batch"] * 3)  # more than 2 per process: no worker here
     client.force_login(staff)
     response = client.get("/metrics?format=prometheus")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/plain")
