@@ -147,7 +147,6 @@ def _print_table(results: dict[str, object]) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     pinning = "all cores" if args.all_cores else _pin_to_one_core()
-    cv2.setNumThreads(1)
     try:
         pipeline = Pipeline(model_path=args.model, detector_path=args.detector, intra_op_threads=1)
         frames = load_bench_frames()

@@ -116,14 +116,19 @@ class SessionRows:
 
     @classmethod
     def load(cls, session_id: int) -> SessionRows:
-        second_rows = list(
-            SecondRollup.objects.filter(session_id=session_id)
-            .order_by(*SECOND_KEY_FIELDS)
-            .values_list(*SECOND_KEY_FIELDS, *COUNT_FIELDS, *SUM_COLUMNS)
+        second_rows = SecondRollup.objects.filter(session_id=session_id).values_list(
+            *SECOND_KEY_FIELDS, *COUNT_FIELDS, *SUM_COLUMNS
         )
         baseline_rows = BaselineRollup.objects.filter(session_id=session_id).values_list(
             *BASELINE_KEY_FIELDS, *COUNT_FIELDS, *SUM_COLUMNS
         )
+        return cls.from_rows(list(second_rows), list(baseline_rows))
+
+    @classmethod
+    def from_rows(cls, second_rows: list[tuple], baseline_rows: list[tuple]) -> SessionRows:
+        """From (ad_id, second, level, model_version, n_frames, n_valence, *sums) and
+        (level, model_version, n_frames, n_valence, *sums) rows; second rows sorted by their key."""
+        second_rows = sorted(second_rows, key=lambda row: tuple(row[:4]))
         numbers = np.array([row[4:] for row in second_rows], dtype=float).reshape(-1, 2 + len(MEASURES))
         return cls(
             keys=[tuple(row[:4]) for row in second_rows],
@@ -134,6 +139,16 @@ class SessionRows:
                 for row in baseline_rows
             },
         )
+
+    def second_rows(self) -> list[tuple]:
+        """The rows from_rows() takes."""
+        return [
+            (*key, *counts, *sums)
+            for key, counts, sums in zip(self.keys, self.counts.tolist(), self.sums.tolist(), strict=True)
+        ]
+
+    def baseline_rows(self) -> list[tuple]:
+        return [(*key, *counts.tolist(), *sums.tolist()) for key, (counts, sums) in self.baseline.items()]
 
     def means(self) -> tuple[np.ndarray, np.ndarray]:
         """Per row and measure: the participant's mean in that second, and that mean minus their baseline
@@ -256,50 +271,83 @@ class RefreshResult:
     changed: bool
 
 
-def _recompute_rows(session_id: int, keys: set[tuple[int | None, int]] | None) -> None:
+def _recompute_rows(
+    session_id: int, old: SessionRows, keys: set[tuple[int | None, int]] | None
+) -> SessionRows:
     """Replace the session's SecondRollup rows for `keys` (all when None) and, when the baseline is among
-    them, its BaselineRollup rows, by sums computed from the raw frames."""
+    them, its BaselineRollup rows, by sums computed from the raw frames; return the session's rows after it
+    (`old`, the rows before, with the recomputed ones swapped in).
+
+    Plain SQL, two statements per table (DELETE, then INSERT ... SELECT ... RETURNING): the ORM's filter and
+    bulk_create of the same rows cost the analysing process most of a refresh's CPU (docs/analytics.md)."""
     ad_keys = None if keys is None else sorted({key for key in keys if key[0] is not None})
     baseline_touched = keys is None or any(ad is None for ad, _second in keys)
+    second_rows = old.second_rows()
+    baseline_rows = old.baseline_rows()
     with connection.cursor() as cursor:
         if ad_keys is None or ad_keys:
-            doomed = SecondRollup.objects.filter(session_id=session_id)
-            where = "AND f.session_id = %s"
-            params: list = [True, session_id]
-            if ad_keys is not None:
-                matches = Q()
-                clauses = []
-                for ad, second in ad_keys:
-                    matches |= Q(ad_id=ad, second=second)
-                    clauses.append("(f.ad_id = %s AND f.media_time_ms >= %s AND f.media_time_ms < %s)")
-                    params += [ad, second * 1000, (second + 1) * 1000]
-                doomed = doomed.filter(matches)
-                where += " AND (" + " OR ".join(clauses) + ")"
-            doomed.delete()
-            cursor.execute(_frame_sums_select(False, False).format(where=where), params)
-            SecondRollup.objects.bulk_create(
-                [
-                    SecondRollup(
-                        session_id=session_id,
-                        **dict(zip(SECOND_KEY_FIELDS + COUNT_FIELDS + SUM_COLUMNS, row, strict=True)),
-                    )
-                    for row in cursor.fetchall()
-                ]
-            )
+            fresh = _replace_second_rows(cursor, session_id, ad_keys)
+            touched = set(ad_keys or ())
+            kept = [row for row in second_rows if ad_keys is not None and (row[0], row[1]) not in touched]
+            second_rows = kept + fresh
         if baseline_touched:
-            BaselineRollup.objects.filter(session_id=session_id).delete()
-            cursor.execute(
-                _frame_sums_select(False, True).format(where="AND f.session_id = %s"), [True, session_id]
+            baseline_rows = _replace_rows(
+                cursor,
+                BaselineRollup,
+                BASELINE_KEY_FIELDS,
+                session_id,
+                _frame_sums_select(False, True).format(where="AND f.session_id = %s"),
+                [True, session_id],
             )
-            BaselineRollup.objects.bulk_create(
-                [
-                    BaselineRollup(
-                        session_id=session_id,
-                        **dict(zip(BASELINE_KEY_FIELDS + COUNT_FIELDS + SUM_COLUMNS, row, strict=True)),
-                    )
-                    for row in cursor.fetchall()
-                ]
-            )
+    return SessionRows.from_rows(second_rows, baseline_rows)
+
+
+def _replace_second_rows(cursor, session_id: int, ad_keys: list[tuple[int, int]] | None) -> list[tuple]:
+    where = "AND f.session_id = %s"
+    params: list = [True, session_id]
+    matches = ""
+    match_params: list = []
+    if ad_keys is not None:
+        clauses = []
+        for ad, second in ad_keys:
+            clauses.append("(f.ad_id = %s AND f.media_time_ms >= %s AND f.media_time_ms < %s)")
+            params += [ad, second * 1000, (second + 1) * 1000]
+            match_params += [ad, second]
+        where += " AND (" + " OR ".join(clauses) + ")"
+        matches = " AND (" + " OR ".join(["(ad_id = %s AND second = %s)"] * len(ad_keys)) + ")"
+    return _replace_rows(
+        cursor,
+        SecondRollup,
+        SECOND_KEY_FIELDS,
+        session_id,
+        _frame_sums_select(False, False).format(where=where),
+        params,
+        matches,
+        match_params,
+    )
+
+
+def _replace_rows(
+    cursor,
+    model,
+    key_fields: list[str],
+    session_id: int,
+    sums_sql: str,
+    sums_params: list,
+    matches: str = "",
+    match_params: list | None = None,
+) -> list[tuple]:
+    """DELETE the session's rows of `model` (those `matches` selects, or all), INSERT the rows of `sums_sql`
+    (a _frame_sums_select) instead, and return them: key fields, counts, sums."""
+    table = model._meta.db_table
+    columns = [*key_fields, *COUNT_FIELDS, *SUM_COLUMNS]
+    cursor.execute(f"DELETE FROM {table} WHERE session_id = %s{matches}", [session_id, *(match_params or [])])
+    cursor.execute(
+        f"INSERT INTO {table} (session_id, {', '.join(columns)}) SELECT %s, sums.* FROM ({sums_sql}) sums "
+        f"RETURNING {', '.join(columns)}",
+        [session_id, *sums_params],
+    )
+    return [tuple(row) for row in cursor.fetchall()]
 
 
 def _same_rows(old: SessionRows, new: SessionRows) -> bool:
@@ -337,8 +385,7 @@ def do_refresh_session(
     state = SessionRollup.objects.select_for_update().get(pk=session_id)
     old_attributes = SessionAttributes(state.country, state.device_type, state.completed, state.day)
     old = SessionRows.load(session_id)
-    _recompute_rows(session_id, None if state.stale else keys)
-    new = SessionRows.load(session_id)
+    new = _recompute_rows(session_id, old, None if state.stale else keys)
     rows_changed = not _same_rows(old, new)
     attributes_changed = attributes != old_attributes
     if not rows_changed and not attributes_changed and not state.stale:

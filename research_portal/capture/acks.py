@@ -16,9 +16,10 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable
-from functools import cache
 
 from django.conf import settings
+
+from research_portal.redis_clients import redis_client
 
 INBOX_PREFIX = "portal:acks:"
 # Unread acks of a web process that died are useless after this (its clients resend to another one).
@@ -47,13 +48,6 @@ def close_local_inbox(name: str) -> None:
         _local_inboxes.pop(name, None)
 
 
-@cache
-def _redis(url: str):
-    import redis
-
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-
-
 def post_acks(inbox: str, acks: Acks) -> None:
     """Workers, after a batch is stored (one round trip). Raises if Redis is away: the caller logs it."""
     with _local_lock:
@@ -64,7 +58,7 @@ def post_acks(inbox: str, acks: Acks) -> None:
         return
     if not settings.REDIS_URL:
         return  # the inbox's process is gone (embedded mode restarted): its clients resend
-    pipe = _redis(settings.REDIS_URL).pipeline(transaction=False)
+    pipe = redis_client(settings.REDIS_URL).pipeline(transaction=False)
     pipe.rpush(inbox, json.dumps(acks))
     pipe.expire(inbox, INBOX_TTL_S)
     pipe.execute()

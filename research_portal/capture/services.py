@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connections
-from django.db.models import Case, PositiveIntegerField, Value, When
-from django.db.models.functions import Coalesce, Greatest
+from django.db import connection, connections
 from django.utils import timezone
 
 from inference.pipeline import FaceReading, get_pipeline
 from research_portal.analytics.rollups import do_update_rollups
 from research_portal.capture.acks import post_acks
+from research_portal.capture.batch_store import drop_batch, get_batch, put_batch
 from research_portal.capture.flow import record_queued, record_stored
 from research_portal.capture.models import FrameResult, ParticipantSession
 
@@ -45,6 +44,8 @@ MEDIA_TIME_SLACK_MS = 2_000
 # Resent frames after a long network drop are old but real; a day is beyond any viewing session.
 MAX_CAPTURE_AGE_MS = 24 * 3600 * 1000
 MAX_CAPTURE_CLOCK_SKEW_MS = 10 * 60 * 1000
+# Rows per INSERT statement: 27 values each stays far below SQLite's and Postgres' bound-parameter limits.
+INSERT_CHUNK_ROWS = 500
 
 
 class FrameRejected(Exception):
@@ -193,24 +194,33 @@ def enqueue_frames(frames: list[dict[str, Any]], reply_to: str | None = None) ->
     # Recorded first: a batch is never in the queue without its sessions knowing to wait for it.
     do_record_enqueued({frame["session_id"]: frame["seq"] for frame in sorted(frames, key=itemgetter("seq"))})
     if settings.CAPTURE_ANALYSIS_BACKEND == "celery":
-        from research_portal.capture.tasks import analyze_frames_task
+        from research_portal.capture.tasks import analyze_frame_batch_task
 
-        analyze_frames_task.apply_async(args=(frames, reply_to), serializer="msgpack")
+        analyze_frame_batch_task.apply_async(args=(put_batch(frames), reply_to))
     else:
         analysis_thread_pool().submit(analyze_frames_in_thread, frames, reply_to)
     record_queued(len(frames), 1)
 
 
 def do_record_enqueued(last_seqs: dict[int, int]) -> None:
-    """Remember each session's newest queued frame, in one query: validation waits for its reading."""
-    newest = Case(
-        *(When(pk=session_id, then=Value(seq)) for session_id, seq in last_seqs.items()),
-        output_field=PositiveIntegerField(),
-    )
-    ParticipantSession.objects.filter(pk__in=list(last_seqs)).update(
-        last_enqueued_seq=Greatest(Coalesce("last_enqueued_seq", Value(0)), newest),
-        last_enqueued_at=timezone.now(),
-    )
+    """Remember each session's newest queued frame, in one statement: validation waits for its reading.
+
+    Raw SQL: the ORM's CASE over a batch's 32 sessions took 3 ms of CPU per batch to build and compile."""
+    if not last_seqs:
+        return
+    table = connection.ops.quote_name(ParticipantSession._meta.db_table)
+    greatest = "GREATEST" if connection.vendor == "postgresql" else "MAX"  # SQLite's two-argument MAX
+    newest = " UNION ALL ".join(["SELECT %s AS id, %s AS seq"] * len(last_seqs))
+    params: list[Any] = [connection.ops.adapt_datetimefield_value(timezone.now())]
+    for session_id, seq in last_seqs.items():
+        params += [int(session_id), int(seq)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET last_enqueued_at = %s,"
+            f" last_enqueued_seq = {greatest}(COALESCE({table}.last_enqueued_seq, 0), newest.seq)"
+            f" FROM ({newest}) AS newest WHERE {table}.id = newest.id",
+            params,
+        )
 
 
 def analyze_frames_in_thread(frames: list[dict[str, Any]], reply_to: str | None = None) -> None:
@@ -221,6 +231,19 @@ def analyze_frames_in_thread(frames: list[dict[str, Any]], reply_to: str | None 
     finally:
         # Pool threads live on; close their connection so none is left open between batches.
         connections.close_all()
+
+
+def analyze_and_store_batch(batch_key: str, reply_to: str | None = None) -> int:
+    """A batch queued with enqueue_frames: its frames wait in Redis under `batch_key` (batch_store.py) until
+    they are stored. Returns rows written; 0 when the batch is gone (expired, lost with Redis, or stored and
+    dropped by an earlier delivery): frames never stored were never acked, so their clients resend them."""
+    frames = get_batch(batch_key)
+    if frames is None:
+        logger.warning("frame batch %s is gone from Redis; its unacked frames will be resent", batch_key)
+        return 0
+    written = analyze_and_store_frames(frames, reply_to)
+    drop_batch(batch_key)
+    return written
 
 
 def analyze_and_store_frames(frames: list[dict[str, Any]], reply_to: str | None = None) -> int:
@@ -279,12 +302,58 @@ def store_frame_images(frames: list[dict[str, Any]]) -> None:
 def store_results(rows: list[FrameResult], reply_to: str | None = None) -> int:
     """Bulk insert; a frame stored before (a resend, a redelivered task) is skipped, never duplicated.
     Then ack the rows' frames to the web process that queued them and update the analytics rollups."""
-    created = FrameResult.objects.bulk_create(rows, ignore_conflicts=True)
+    written = insert_frame_results(rows)
     if reply_to:
         do_ack_stored(rows, reply_to)
     record_stored(len(rows), sum(1 for row in rows if row.error))
     do_update_rollups(rows)  # analytics (issue 5): per-second rollups + live dashboards; never raises
-    return len(created)
+    return written
+
+
+def insert_frame_results(rows: list[FrameResult]) -> int:
+    """One multi-row INSERT ... ON CONFLICT DO NOTHING: a (session, seq) stored before is skipped. Returns the
+    rows inserted.
+
+    Plain SQL because the ORM's bulk_create prepared each of a batch's ~900 values through its field: 2 ms of
+    CPU per 32-row batch in the analysing process, about a tenth of what it spends besides the model."""
+    if not rows:
+        return 0
+    fields = [field for field in FrameResult._meta.concrete_fields if not field.primary_key]
+    # Plain Python values for the driver (readings may hold numpy scalars; SQLite stores datetimes as text).
+    converters = {
+        "FloatField": float,
+        "IntegerField": int,
+        "PositiveIntegerField": int,
+        "DateTimeField": connection.ops.adapt_datetimefield_value,
+    }
+    converted = [
+        (index, converters[field.get_internal_type()])
+        for index, field in enumerate(fields)
+        if field.get_internal_type() in converters
+    ]
+    stored_at = timezone.now()
+    table = connection.ops.quote_name(FrameResult._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    written = 0
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), INSERT_CHUNK_ROWS):
+            chunk = rows[start : start + INSERT_CHUNK_ROWS]
+            params: list[Any] = []
+            for row in chunk:
+                row.stored_at = stored_at
+                values = [row.__dict__[field.attname] for field in fields]
+                for index, convert in converted:
+                    if values[index] is not None:
+                        values[index] = convert(values[index])
+                params += values
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES {', '.join([row_sql] * len(chunk))} "
+                "ON CONFLICT DO NOTHING",
+                params,
+            )
+            written += cursor.rowcount
+    return written
 
 
 def do_ack_stored(rows: list[FrameResult], inbox: str) -> None:

@@ -5,10 +5,10 @@ from celery.signals import worker_ready
 from django.db import InterfaceError, OperationalError
 
 from research_portal.capture.flow import start_worker_heartbeat
-from research_portal.capture.services import analyze_and_store_frames
+from research_portal.capture.services import analyze_and_store_batch, analyze_and_store_frames
 
 BATCH_TASK_OPTIONS = dict(
-    # Frames are bytes: msgpack carries them as-is (JSON would need base64, +33%).
+    # Batches carry a key (batch_store.py); the legacy task's frames are bytes, which msgpack carries as-is.
     serializer="msgpack",
     # Removed from the queue only once stored: a killed worker's batch is redelivered, and the unique
     # (session, seq) constraint makes the second delivery store nothing twice.
@@ -23,8 +23,15 @@ BATCH_TASK_OPTIONS = dict(
 
 
 @shared_task(**BATCH_TASK_OPTIONS)
+def analyze_frame_batch_task(batch_key: str, reply_to: str | None = None) -> int:
+    """One task per batch of frames (of any sessions, never one per frame), its frames waiting in Redis under
+    `batch_key`; see services.enqueue_frames."""
+    return analyze_and_store_batch(batch_key, reply_to)
+
+
+@shared_task(**BATCH_TASK_OPTIONS)
 def analyze_frames_task(frames: list[dict[str, Any]], reply_to: str | None = None) -> int:
-    """One task per batch of frames (of any sessions, never one per frame); see services.enqueue_frames."""
+    """A batch with its frames inside the message, as queued by earlier web processes (rolling upgrade)."""
     return analyze_and_store_frames(frames, reply_to)
 
 

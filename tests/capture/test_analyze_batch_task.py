@@ -1,4 +1,4 @@
-"""analyze_frames_task through real Redis to a real Celery worker process, stored in real Postgres."""
+"""analyze_frame_batch_task through real Redis to a real Celery worker process, stored in real Postgres."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_batch_queued_to_a_worker_lands_in_postgres(acme, celery_worker, face_jp
     assert [row.seq for row in rows] == list(range(8))
     assert sum(row.face_found for row in rows) >= 7
     assert all(row.error == "" for row in rows)
-    assert "analyze_frames_task" in celery_worker.log()
+    assert "analyze_frame_batch_task" in celery_worker.log()
     assert ParticipantSession.objects.get(pk=session.pk).last_enqueued_seq == 7
 
 

@@ -229,8 +229,8 @@ async def kill_a_worker(stack: Stack) -> str:
 
 def task_in_flight(log: str) -> str:
     """The id of a frame batch task the worker log shows as received but not finished, or ''."""
-    received = re.findall(r"analyze_frames_task\[([0-9a-f-]+)\] received", log)
-    finished = set(re.findall(r"analyze_frames_task\[([0-9a-f-]+)\] (?:succeeded|retry|raised)", log))
+    received = re.findall(r"analyze_frame_batch_task\[([0-9a-f-]+)\] received", log)
+    finished = set(re.findall(r"analyze_frame_batch_task\[([0-9a-f-]+)\] (?:succeeded|retry|raised)", log))
     pending = [task for task in received if task not in finished]
     return pending[-1] if pending else ""
 

@@ -10,9 +10,6 @@ import os
 def _bench_one(core: int | None, jpegs: list[bytes], batch: int, seconds: float, barrier, results) -> None:
     if core is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})
-    import cv2
-
-    cv2.setNumThreads(1)
     import inference.bench as bench
     from inference.pipeline import Pipeline
 

@@ -157,7 +157,7 @@ def run_step(
         # Where the workers' time went during the step (Celery INFO log lines; empty at other log levels).
         tasks = worker_logs.profile(log_offsets)
         result["worker_tasks"] = tasks
-        frame_tasks = tasks.get("analyze_frames_task")
+        frame_tasks = tasks.get("analyze_frame_batch_task") or tasks.get("analyze_frames_task")
         if frame_tasks and frame_tasks["count"]:
             result["frames_per_batch"] = round(frame_tasks["result_sum"] / frame_tasks["count"], 1)
     return result
