@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
+import redis
+
+from research_portal.capture.batch_store import BATCH_KEY_PREFIX, BATCH_TTL_S, get_batch, put_batch
 from research_portal.capture.models import FrameResult, ParticipantSession
-from research_portal.capture.services import Frame, analyze_and_store_frames, enqueue_frames
+from research_portal.capture.services import (
+    Frame,
+    analyze_and_store_batch,
+    analyze_and_store_frames,
+    enqueue_frames,
+)
 
 
 def wait_for_count(session: ParticipantSession, expected: int, timeout: float = 60) -> int:
@@ -38,6 +47,35 @@ def test_batch_queued_to_a_worker_lands_in_postgres(acme, celery_worker, face_jp
     assert all(row.error == "" for row in rows)
     assert "analyze_frame_batch_task" in celery_worker.log()
     assert ParticipantSession.objects.get(pk=session.pk).last_enqueued_seq == 7
+    # The frames travelled beside the message and are dropped once stored: no batch is left in Redis.
+    assert wait_for_no_batches(settings.REDIS_URL) == []
+
+
+def wait_for_no_batches(redis_url: str, timeout: float = 10) -> list[bytes]:
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout
+    while (left := list(client.scan_iter(f"{BATCH_KEY_PREFIX}*"))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def test_a_batch_waits_in_redis_until_stored_and_a_second_delivery_finds_nothing(
+    postgres, acme, face_jpegs, redis_url, settings, caplog
+):
+    settings.REDIS_URL = redis_url
+    session = ParticipantSession.objects.create(study=acme.study, state="viewing")
+    frames = make_frames(session.pk, acme.ad.pk, face_jpegs[:3])
+    key = put_batch(frames)
+    assert 0 < redis.Redis.from_url(redis_url).ttl(key) <= BATCH_TTL_S
+    assert [frame["jpeg"] for frame in get_batch(key)] == face_jpegs[:3]  # bytes survive the round trip
+    assert analyze_and_store_batch(key) == 3
+    assert get_batch(key) is None
+    with caplog.at_level(logging.WARNING):
+        # A redelivered task (its worker died after storing) or a batch lost with Redis: nothing to do, and
+        # nothing lost, since its frames were either stored or never acked (the clients resend them).
+        assert analyze_and_store_batch(key) == 0
+    assert "gone from Redis" in caplog.text
+    assert FrameResult.objects.filter(session=session).count() == 3
 
 
 def test_one_batch_carries_frames_of_several_sessions(acme, celery_worker, face_jpegs, settings):
@@ -70,5 +108,6 @@ def test_redelivered_batch_is_stored_once(postgres, acme, face_jpegs):
     session = ParticipantSession.objects.create(study=acme.study, state="viewing")
     payload = make_frames(session.pk, acme.ad.pk, face_jpegs[:4])
     assert analyze_and_store_frames(payload) == 4
-    analyze_and_store_frames(payload)  # e.g. a worker killed after insert, task redelivered
+    # e.g. a worker killed after insert, task redelivered: nothing written, the frames acked again
+    assert analyze_and_store_frames(payload) == 0
     assert FrameResult.objects.filter(session=session).count() == 4

@@ -96,6 +96,20 @@ def test_haar_can_be_forced_and_model_version_is_exposed(
     assert len(pipeline.analyze_images(face_frames[:1])[0].faces) == 1
 
 
+def test_opencv_runs_one_thread_unless_told_otherwise(contract_model_path: Path, yunet_path: Path) -> None:
+    # Parallelism comes from one analysis process per core; OpenCV's own pool only burnt CPU on top of it.
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(2)
+        Pipeline(contract_model_path, yunet_path)
+        assert cv2.getNumThreads() == 1
+        cv2.setNumThreads(2)
+        Pipeline(contract_model_path, yunet_path, opencv_threads=None)
+        assert cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_face_reading_serialises_to_the_cli_shape() -> None:
     face = FaceReading((1, 2, 3, 4), 0.9, np.array([0, 0, 0, 0.7, 0, 0.2, 0.1], np.float32))
     as_dict = face.to_dict()
