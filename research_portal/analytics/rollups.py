@@ -231,6 +231,22 @@ def participant_summaries(
     return summaries
 
 
+def cell_difference(
+    before: dict[tuple, np.ndarray], after: dict[tuple, np.ndarray]
+) -> dict[tuple, np.ndarray]:
+    """after - before, per cell key, for the cells that changed (one array operation, not one per cell)."""
+    keys = list(before.keys() | after.keys())
+    if not keys:
+        return {}
+    width = len(next(iter(before.values() or after.values())))
+    zeros = np.zeros(width)
+    difference = np.array([after.get(key, zeros) for key in keys]) - np.array(
+        [before.get(key, zeros) for key in keys]
+    )
+    changed = np.flatnonzero(np.any(difference != 0.0, axis=1))
+    return {keys[index]: difference[index] for index in changed}
+
+
 def apply_cell_delta(delta: dict[tuple, np.ndarray]) -> None:
     """Add `delta` to SecondCell rows, creating them as needed (one upsert per chunk, keys sorted so that
     concurrent workers lock shared cells in the same order)."""
@@ -239,21 +255,27 @@ def apply_cell_delta(delta: dict[tuple, np.ndarray]) -> None:
     table = SecondCell._meta.db_table
     keys = ["ad_id", "level", "model_version", "second", "country", "device_type", "completed", "day"]
     values = ["participants", *cell_columns()]
+    is_count = np.array([column == "participants" or column.startswith("n") for column in values])
+    # Counts first, then sums: each row's numbers are two .tolist() calls, not one conversion per value.
+    values = [column for column, count in zip(values, is_count, strict=True) if count] + [
+        column for column, count in zip(values, is_count, strict=True) if not count
+    ]
     columns = keys + values
     row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
     updates = ", ".join(f"{column} = {table}.{column} + excluded.{column}" for column in values)
     items = sorted(delta.items(), key=lambda item: tuple(str(part) for part in item[0]))
-    integer_columns = np.array([column == "participants" or column.startswith("n") for column in values])
+    vectors = np.array([vector for _key, vector in items], dtype=float)
+    counts = np.rint(vectors[:, is_count]).astype(np.int64).tolist()
+    sums = vectors[:, ~is_count].tolist()
     with connection.cursor() as cursor:
         for start in range(0, len(items), INSERT_CHUNK):
             chunk = items[start : start + INSERT_CHUNK]
             params: list = []
-            for (ad, level, model, second, country, device, completed, day), vector in chunk:
-                numbers = [
-                    int(round(v)) if is_int else float(v)
-                    for v, is_int in zip(vector, integer_columns, strict=True)
-                ]
-                params += [ad, level, model, second, country, device, completed, day.isoformat(), *numbers]
+            for index, ((ad, level, model, second, country, device, completed, day), _vector) in enumerate(
+                chunk, start
+            ):
+                params += [ad, level, model, second, country, device, completed, day.isoformat()]
+                params += counts[index] + sums[index]
             cursor.execute(
                 f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row_sql] * len(chunk))} "
                 f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}",
@@ -391,13 +413,7 @@ def do_refresh_session(
     if not rows_changed and not attributes_changed and not state.stale:
         return RefreshResult(session["study_id"], frozenset(), changed=False)
 
-    before = cell_contributions(old, old_attributes)
-    after = cell_contributions(new, attributes)
-    delta = {}
-    for key in before.keys() | after.keys():
-        difference = after.get(key, 0.0) - before.get(key, 0.0)
-        if np.any(difference != 0.0):
-            delta[key] = difference
+    delta = cell_difference(cell_contributions(old, old_attributes), cell_contributions(new, attributes))
     apply_cell_delta(delta)
 
     ParticipantAdSummary.objects.filter(session_id=session_id).delete()
