@@ -9,13 +9,17 @@ so a task retried while the database is away, or redelivered after a worker died
 
 from __future__ import annotations
 
+import logging
 import secrets
 from typing import Any
 
 import msgpack
+import redis
 from django.conf import settings
 
 from research_portal.redis_clients import redis_client
+
+logger = logging.getLogger(__name__)
 
 BATCH_KEY_PREFIX = "portal:batch:"
 # Covers a batch's wait in the queue, the database retries (about 5 minutes of backoff) and a redelivery
@@ -37,4 +41,9 @@ def get_batch(key: str) -> list[dict[str, Any]] | None:
 
 
 def drop_batch(key: str) -> None:
-    redis_client(settings.REDIS_URL).delete(key)
+    """After the batch is stored. Best effort: a batch left behind (Redis away just now) expires by itself,
+    and a second delivery of its task would only find rows already stored."""
+    try:
+        redis_client(settings.REDIS_URL).delete(key)
+    except redis.RedisError:
+        logger.warning("could not drop stored frame batch %s; it expires in %s s", key, BATCH_TTL_S)

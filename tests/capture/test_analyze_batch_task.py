@@ -111,3 +111,12 @@ def test_redelivered_batch_is_stored_once(postgres, acme, face_jpegs):
     # e.g. a worker killed after insert, task redelivered: nothing written, the frames acked again
     assert analyze_and_store_frames(payload) == 0
     assert FrameResult.objects.filter(session=session).count() == 4
+
+
+def test_dropping_a_stored_batch_while_redis_is_away_only_logs(settings, caplog):
+    from research_portal.capture.batch_store import drop_batch
+
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there: connection refused at once
+    with caplog.at_level(logging.WARNING):
+        drop_batch(f"{BATCH_KEY_PREFIX}gone")  # the frames are stored already; the key expires by itself
+    assert "could not drop stored frame batch" in caplog.text
