@@ -309,9 +309,11 @@ def _recompute_rows(
     with connection.cursor() as cursor:
         if ad_keys is None or ad_keys:
             fresh = _replace_second_rows(cursor, session_id, ad_keys)
-            touched = set(ad_keys or ())
-            kept = [row for row in second_rows if ad_keys is not None and (row[0], row[1]) not in touched]
-            second_rows = kept + fresh
+            if ad_keys is None:
+                second_rows = fresh
+            else:
+                touched = set(ad_keys)
+                second_rows = [row for row in second_rows if (row[0], row[1]) not in touched] + fresh
         if baseline_touched:
             baseline_rows = _replace_rows(
                 cursor,

@@ -13,6 +13,7 @@ from research_portal.capture.services import (
     Frame,
     analyze_and_store_batch,
     analyze_and_store_frames,
+    do_record_enqueued,
     enqueue_frames,
 )
 
@@ -120,3 +121,12 @@ def test_dropping_a_stored_batch_while_redis_is_away_only_logs(settings, caplog)
     with caplog.at_level(logging.WARNING):
         drop_batch(f"{BATCH_KEY_PREFIX}gone")  # the frames are stored already; the key expires by itself
     assert "could not drop stored frame batch" in caplog.text
+
+
+def test_the_queued_seq_of_a_session_only_moves_forward(db, acme):
+    first, second = (ParticipantSession.objects.create(study=acme.study, state="viewing") for _ in range(2))
+    do_record_enqueued({first.pk: 5, second.pk: 0})
+    do_record_enqueued({first.pk: 2})  # a batch of resent older frames queued after newer ones
+    sessions = ParticipantSession.objects.in_bulk([first.pk, second.pk])
+    assert (sessions[first.pk].last_enqueued_seq, sessions[second.pk].last_enqueued_seq) == (5, 0)
+    assert all(session.last_enqueued_at is not None for session in sessions.values())
