@@ -1,7 +1,7 @@
 import os
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "research_portal.settings")
 
@@ -22,3 +22,13 @@ def use_django_logging(loglevel=None, **_kwargs) -> None:
     dictConfig(settings.LOGGING)
     if loglevel:
         logging.getLogger().setLevel(loglevel)
+
+
+@task_prerun.connect
+def drop_unusable_database_connections(**_kwargs) -> None:
+    """Connections live across tasks (settings.CELERY_DB_REUSE_MAX): before each task, close one that broke
+    (the database restarted: the task would otherwise fail on it) or outlived CONN_MAX_AGE, as Django does
+    before each request. The next query opens a fresh one."""
+    from django.db import close_old_connections
+
+    close_old_connections()

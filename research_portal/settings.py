@@ -183,6 +183,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "unacked_restore_interval": int(os.environ.get("CELERY_RESTORE_INTERVAL_S", "5")),
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery's Django fixup closes the database connection before and after every task unless this is set, so
+# each frame batch paid a new Postgres connection (a backend fork, auth, Django's session setup). Workers
+# keep theirs (closed after every 2 x this many tasks); research_portal.celery drops a broken or obsolete
+# one (CONN_MAX_AGE, CONN_HEALTH_CHECKS) before each task, as Django does before each request.
+CELERY_DB_REUSE_MAX = int(os.environ.get("CELERY_DB_REUSE_MAX", "1000"))
 # `celery -A research_portal beat` runs these (embedded mode: `manage.py apply_retention` from cron).
 CELERY_BEAT_SCHEDULE = {
     "apply-retention": {

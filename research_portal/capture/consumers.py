@@ -66,6 +66,7 @@ class CaptureConsumer(AsyncWebsocketConsumer):
         )
         remember_server_loop(asyncio.get_running_loop())  # embedded analysis threads send acks through it
         self.rejections = 0
+        self.next_new_seq = self.context.next_seq
         self.limiter = FrameRateLimiter(self.context.fps, RESEND_BURST_FRAMES)
         self.batcher = frame_batcher()
         self.batcher.register(self, self.context.session_id)
@@ -134,7 +135,11 @@ class CaptureConsumer(AsyncWebsocketConsumer):
         except FrameRejected as rejected:
             await self.reject(rejected)
             return
-        self.batcher.add(frame.to_payload(self.context.session_id, self.context.store_frames))
+        # A seq at or below the newest this socket took (or below where the session stood when it connected)
+        # is a resend: the worker looks it up before running the model on it again.
+        resend = frame.seq < self.next_new_seq
+        self.next_new_seq = max(self.next_new_seq, frame.seq + 1)
+        self.batcher.add(frame.to_payload(self.context.session_id, self.context.store_frames, resend))
 
     async def send_acks(self, seqs: list[int]) -> None:
         """A worker stored these frames' rows (relayed by the batcher): the client may forget them."""

@@ -13,6 +13,7 @@ import math
 import struct
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -76,8 +77,9 @@ class Frame:
     capture_time_ms: float
     jpeg: bytes
 
-    def to_payload(self, session_id: int, store_frames: bool = False) -> dict[str, Any]:
-        """Plain types only, so the batch survives the msgpack trip through the broker."""
+    def to_payload(self, session_id: int, store_frames: bool = False, resend: bool = False) -> dict[str, Any]:
+        """Plain types only, so the batch survives the msgpack trip through the broker. `resend`: the socket
+        saw this seq (or a later one) before, so the frame may be stored already (see stored_frame_keys)."""
         return {
             "session_id": session_id,
             "store_frames": store_frames,
@@ -86,6 +88,7 @@ class Frame:
             "media_time_ms": self.media_time_ms,
             "capture_time_ms": self.capture_time_ms,
             "jpeg": self.jpeg,
+            "resend": resend,
         }
 
 
@@ -253,11 +256,17 @@ def analyze_and_store_frames(frames: list[dict[str, Any]], reply_to: str | None 
 
     The JPEGs are dropped afterwards unless the frame's study opted in to keeping them (`store_frames`).
     """
+    stored_before = stored_frame_keys(frames)
+    if stored_before:
+        # Resends of frames stored meanwhile (their ack was late or lost): acked again, never analysed again.
+        # Under overload, when the queue holds frames longer than the clients' resend timeout, this is what
+        # keeps resends from eating the workers' time (docs/scaling.md, "Backpressure").
+        frames = [frame for frame in frames if (frame["session_id"], frame["seq"]) not in stored_before]
     kept = [frame for frame in frames if frame.get("store_frames")]
     if kept:
         store_frame_images(kept)
     pipeline = get_pipeline()
-    readings = pipeline.analyze_jpegs([frame["jpeg"] for frame in frames])
+    readings = pipeline.analyze_jpegs([frame["jpeg"] for frame in frames]) if frames else []
     rows = []
     for frame, reading in zip(frames, readings, strict=True):
         row = FrameResult(
@@ -274,7 +283,19 @@ def analyze_and_store_frames(frames: list[dict[str, Any]], reply_to: str | None 
         if face is not None:
             fill_face_columns(row, face)
         rows.append(row)
-    return store_results(rows, reply_to)
+    return store_results(rows, reply_to, also_acked=sorted(stored_before))
+
+
+def stored_frame_keys(frames: list[dict[str, Any]]) -> set[tuple[int, int]]:
+    """(session id, seq) of the batch's resent frames that are stored already. One indexed query, and only
+    for batches holding frames their socket flagged as resends, so the normal path pays nothing."""
+    resent = {(frame["session_id"], frame["seq"]) for frame in frames if frame.get("resend")}
+    if not resent:
+        return set()
+    stored = FrameResult.objects.filter(
+        session_id__in={session_id for session_id, _ in resent}, seq__in={seq for _, seq in resent}
+    ).values_list("session_id", "seq")
+    return resent.intersection(stored)
 
 
 def fill_face_columns(row: FrameResult, face: FaceReading) -> None:
@@ -299,13 +320,17 @@ def store_frame_images(frames: list[dict[str, Any]]) -> None:
         (folder / f"{frame['seq']}.jpg").write_bytes(frame["jpeg"])
 
 
-def store_results(rows: list[FrameResult], reply_to: str | None = None) -> int:
+def store_results(
+    rows: list[FrameResult], reply_to: str | None = None, also_acked: Sequence[tuple[int, int]] = ()
+) -> int:
     """Bulk insert; a frame stored before (a resend, a redelivered task) is skipped, never duplicated.
-    Then ack the rows' frames to the web process that queued them and update the analytics rollups."""
+    Then ack the rows' frames, and `also_acked` (session id, seq) stored earlier, to the web process that
+    queued them, and update the analytics rollups."""
     written = insert_frame_results(rows)
     if reply_to:
-        do_ack_stored(rows, reply_to)
-    record_stored(len(rows), sum(1 for row in rows if row.error))
+        do_ack_stored([(row.session_id, row.seq) for row in rows] + list(also_acked), reply_to)
+    # Frames stored before leave the queue too: flow control's service rate counts them.
+    record_stored(len(rows) + len(also_acked), sum(1 for row in rows if row.error))
     do_update_rollups(rows)  # analytics (issue 5): per-second rollups + live dashboards; never raises
     return written
 
@@ -356,13 +381,14 @@ def insert_frame_results(rows: list[FrameResult]) -> int:
     return written
 
 
-def do_ack_stored(rows: list[FrameResult], inbox: str) -> None:
+def do_ack_stored(stored: list[tuple[int, int]], inbox: str) -> None:
     """One message per batch to the ack inbox of the web process that queued it (acks.py), which acks each
-    session's socket. A lost ack (the socket moved to another process, Redis away) costs only a resend,
-    which the unique (session, seq) constraint absorbs, so failures are logged, never raised."""
+    session's socket. `stored`: (session id, seq) pairs. A lost ack (the socket moved to another process,
+    Redis away) costs only a resend, which the unique (session, seq) constraint absorbs, so failures are
+    logged, never raised."""
     seqs_by_session: dict[int, list[int]] = defaultdict(list)
-    for row in rows:
-        seqs_by_session[row.session_id].append(row.seq)
+    for session_id, seq in stored:
+        seqs_by_session[session_id].append(seq)
     try:
         post_acks(inbox, [[session_id, sorted(seqs)] for session_id, seqs in seqs_by_session.items()])
     except Exception:

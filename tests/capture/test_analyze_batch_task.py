@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
 import redis
 
+from inference.pipeline import get_pipeline
+from research_portal.capture.acks import new_inbox_name
 from research_portal.capture.batch_store import BATCH_KEY_PREFIX, BATCH_TTL_S, get_batch, put_batch
 from research_portal.capture.models import FrameResult, ParticipantSession
 from research_portal.capture.services import (
@@ -112,6 +115,28 @@ def test_redelivered_batch_is_stored_once(postgres, acme, face_jpegs):
     # e.g. a worker killed after insert, task redelivered: nothing written, the frames acked again
     assert analyze_and_store_frames(payload) == 0
     assert FrameResult.objects.filter(session=session).count() == 4
+
+
+def test_resent_frames_already_stored_are_acked_again_without_running_the_model(
+    postgres, acme, face_jpegs, redis_url, settings, monkeypatch
+):
+    settings.REDIS_URL = redis_url
+    session = ParticipantSession.objects.create(study=acme.study, state="viewing")
+    first = make_frames(session.pk, acme.ad.pk, face_jpegs[:3])
+    assert analyze_and_store_frames(first) == 3
+    pipeline = get_pipeline()
+    analysed: list[bytes] = []
+    analyze = pipeline.analyze_jpegs
+    monkeypatch.setattr(pipeline, "analyze_jpegs", lambda jpegs: analysed.extend(jpegs) or analyze(jpegs))
+    # Under overload the client resent 1 and 2 (stored meanwhile) and 4 (its batch was lost with Redis),
+    # and captured 3: the socket flags the resends, the worker looks them up and analyses only 3 and 4.
+    later = make_frames(session.pk, acme.ad.pk, face_jpegs[3:5], first_seq=3)
+    batch = [{**frame, "resend": True} for frame in first[1:]] + [later[0], {**later[1], "resend": True}]
+    inbox = new_inbox_name()
+    assert analyze_and_store_frames(batch, inbox) == 2
+    assert analysed == face_jpegs[3:5]
+    assert json.loads(redis.Redis.from_url(redis_url).lpop(inbox)) == [[session.pk, [1, 2, 3, 4]]]
+    assert FrameResult.objects.filter(session=session).count() == 5
 
 
 def test_dropping_a_stored_batch_while_redis_is_away_only_logs(settings, caplog):

@@ -12,6 +12,7 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
+from inference.pipeline import get_pipeline
 from research_portal.capture.models import FrameResult, ParticipantSession, SessionEvent
 from research_portal.capture.routing import capture_socket_path, websocket_urlpatterns
 from research_portal.capture.services import FRAME_HEADER, analysis_thread_pool
@@ -128,6 +129,29 @@ async def test_resent_frames_are_stored_once(acme, viewing_session, face_jpegs):
     await wait_for_rows(viewing_session, 3)
     await asyncio.sleep(1.0)  # give a wrongly duplicated insert the time to land
     assert await database_sync_to_async(FrameResult.objects.filter(session=viewing_session).count)() == 3
+
+
+async def test_frames_resent_after_a_reconnect_are_acked_without_running_the_model_again(
+    acme, viewing_session, face_jpegs, monkeypatch
+):
+    pipeline = get_pipeline()
+    analysed: list[bytes] = []
+    analyze = pipeline.analyze_jpegs
+    monkeypatch.setattr(pipeline, "analyze_jpegs", lambda jpegs: analysed.extend(jpegs) or analyze(jpegs))
+    communicator, _ = await connect(viewing_session.token)
+    for seq in range(3):
+        await communicator.send_to(bytes_data=frame(seq, acme.ad.pk, face_jpegs[seq]))
+    assert await collect_acks(communicator, 3) == {0, 1, 2}
+    await communicator.disconnect()
+    # The acks were lost on the way (the page reloaded): the client resends 0-2 and goes on with 3.
+    communicator, hello = await connect(viewing_session.token)
+    assert hello["next_seq"] == 3
+    for seq in range(4):
+        await communicator.send_to(bytes_data=frame(seq, acme.ad.pk, face_jpegs[seq]))
+    assert await collect_acks(communicator, 4) == {0, 1, 2, 3}
+    await communicator.disconnect()
+    assert analysed == face_jpegs[:4]  # 0-2 once, then only the new frame 3
+    assert len(await wait_for_rows(viewing_session, 4)) == 4
 
 
 async def test_bad_frames_get_error_messages_and_good_ones_still_land(acme, viewing_session, face_jpegs):

@@ -57,7 +57,9 @@ def test_queue_bound(settings):
 def test_load_read_from_redis_counters_queue_and_heartbeats(redis_flow):
     store = flow.flow_store()
     now = int(time.time())
-    for second in range(now - 10, now):  # ten finished seconds: 60 frames/s queued, 40 stored, 1 failed
+    # The ten finished seconds, and the next two in case the clock ticks before the read: 60 frames/s queued,
+    # 40 stored, 1 failed.
+    for second in range(now - 10, now + 3):
         store.add({"queued_frames": 60, "queued_batches": 3, "stored_frames": 40, "failed_frames": 1}, second)
     store.add({"queued_frames": 999}, now - 30)  # outside the window
     redis_flow.rpush("flow-test-queue", *[b"batch"] * 5)  # 5 batches of 20 frames waiting

@@ -37,7 +37,7 @@ class Unacked:
 
 @dataclass
 class ParticipantStats:
-    sent: int = 0  # distinct frames sent (resends not counted)
+    sent: int = 0  # distinct frames captured and handed to the socket (resends not counted)
     resent: int = 0
     acked: int = 0  # distinct frames acked
     duplicate_acks: int = 0
@@ -207,10 +207,12 @@ class Participant:
             self.frame_index += 1
             self.unacked[seq] = entry
             self.drained.clear()
-            await ws.send(self.frame_message(seq, entry))
+            # Counted before the send: a frame whose send fails (the socket just broke) stays in `unacked`,
+            # like a browser's resend buffer, and is resent after the reconnect; it was captured all the same.
             self.stats.sent += 1
             self.stats.sent_capture_ms.append(capture_ms)
             self.last_sent_at = next_at
+            await ws.send(self.frame_message(seq, entry))
             next_at = next_at + (1 / self.fps if self.fps > 0 else math.inf)
             if not math.isfinite(next_at):
                 await self.sleep_until(loop, stop_loop)
