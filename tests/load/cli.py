@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -41,6 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--pool", choices=["solo", "prefork"], default="solo", help="Celery pool of each worker (solo)"
     )
     parser.add_argument("--worker-loglevel", default="info", help="as in production (info)")
+    parser.add_argument(
+        "--pin-workers",
+        action="store_true",
+        help="pin worker i to core i (taskset), as the bare pipeline pins its processes",
+    )
     parser.add_argument("--ramp", action="store_true", help="find the largest N held at --fps")
     parser.add_argument("--ramp-start", type=int, default=8, help="first N of the ramp (8)")
     parser.add_argument("--ramp-max", type=int, default=256, help="largest N the ramp tries (256)")
@@ -99,6 +105,16 @@ def run(args: argparse.Namespace) -> dict:
     db.setup_django(args.database_url, args.redis_url)
     db.migrate()
     progress(f"database {database_name} migrated")
+    bare_runs: list[dict] = []
+    if args.compare_bare:
+        # The bare pipeline runs before and after the load and the mean is the reference: on a shared VM the
+        # same code's speed drifts by ~10% within minutes, and one side-run would move every ratio with it.
+        from tests.load.bare import run_bare
+
+        first_n = args.ramp_start if args.ramp else args.participants
+        batch = args.bare_batch or expected_batch(first_n * args.fps)
+        bare_runs.append(run_bare(frames, args.bare_processes, batch, args.bare_seconds))
+        progress(f"bare pipeline before the load: {bare_runs[0]['frames_per_s']} frames/s")
     log_dir = REPO_ROOT / "var" / "load" / "logs" / time.strftime("%Y%m%d-%H%M%S")
     log_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(service_env(args.database_url, args.redis_url), log_dir)
@@ -111,7 +127,7 @@ def run(args: argparse.Namespace) -> dict:
             stack.start_web(args.server, args.web_processes)
             urls = stack.urls
         if args.workers:
-            stack.start_workers(args.workers, args.pool, args.worker_loglevel)
+            stack.start_workers(args.workers, args.pool, args.worker_loglevel, pin=args.pin_workers)
         progress(f"servers {urls} and {args.workers} workers ready (logs in {log_dir})")
 
         def step(participants: int, label: str) -> dict:
@@ -169,7 +185,8 @@ def run(args: argparse.Namespace) -> dict:
             "server": "external (--url)" if args.url else args.server,
             "web_processes": len(urls) if args.url else args.web_processes,
             "workers": args.workers,
-            "worker_pool": f"{args.pool} x concurrency 1",
+            "worker_pool": f"{args.pool} x concurrency 1"
+            + (", pinned one per core" if args.pin_workers else ""),
             "fps": args.fps,
             "cores": os.cpu_count(),
             "database": database_name,
@@ -198,20 +215,42 @@ def run(args: argparse.Namespace) -> dict:
         }
         report["result"] = best
     if args.compare_bare:
-        from tests.load.bare import run_bare
-
         reference = report["result"] or steps[-1]
         # batch like the workers did: the mean frames per analysis task measured in the step
         batch = args.bare_batch or max(1, round(reference.get("frames_per_batch") or 5))
-        bare = run_bare(frames, args.bare_processes, batch, args.bare_seconds)
-        e2e_rate = reference["rate_per_s"]["stored"]
-        e2e_cpu = reference["cpu"]["server_ms_per_stored_frame"]
-        bare["end_to_end_stored_per_s"] = e2e_rate
-        bare["ratio_rate"] = round(e2e_rate / bare["frames_per_s"], 3)
-        bare["ratio_cpu"] = round(bare["cpu_ms_per_frame"] / e2e_cpu, 3) if e2e_cpu else None
-        report["bare"] = bare
+        bare_runs.append(run_bare(frames, args.bare_processes, batch, args.bare_seconds))
+        report["bare"] = compare_with_bare(bare_runs, reference)
     report["wall_s"] = round(time.monotonic() - started, 1)
     return report
+
+
+def expected_batch(frames_per_s: float) -> int:
+    """Frames per analysis batch at this offered rate: what a flush interval collects, up to a full batch."""
+    from django.conf import settings
+
+    collected = math.ceil(frames_per_s * settings.CAPTURE_FLUSH_INTERVAL_S)
+    return max(1, min(settings.CAPTURE_FLUSH_MAX_FRAMES, collected))
+
+
+def compare_with_bare(bare_runs: list[dict], reference: dict) -> dict:
+    """The bare pipeline (mean of its runs before and after the load) against the reference step."""
+    frames_per_s = sum(run["frames_per_s"] for run in bare_runs) / len(bare_runs)
+    processes = bare_runs[-1]["processes"]
+    bare = {
+        **bare_runs[-1],
+        "runs": [
+            {key: run[key] for key in ("batch", "frames_per_s", "cpu_ms_per_frame")} for run in bare_runs
+        ],
+        "batch": "/".join(str(run["batch"]) for run in bare_runs),
+        "frames_per_s": round(frames_per_s, 1),
+        "cpu_ms_per_frame": round(1000 * processes / frames_per_s, 3),
+    }
+    e2e_rate = reference["rate_per_s"]["stored"]
+    e2e_cpu = reference["cpu"]["server_ms_per_stored_frame"]
+    bare["end_to_end_stored_per_s"] = e2e_rate
+    bare["ratio_rate"] = round(e2e_rate / bare["frames_per_s"], 3)
+    bare["ratio_cpu"] = round(bare["cpu_ms_per_frame"] / e2e_cpu, 3) if e2e_cpu else None
+    return bare
 
 
 def fmt(value, unit: str = "") -> str:
@@ -309,7 +348,9 @@ def print_table(report: dict) -> None:
         rows += [
             (
                 f"bare pipeline frames/s ({bare['processes']} proc, batch {bare['batch']})",
-                bare["frames_per_s"],
+                f"{bare['frames_per_s']} (before / after the load: "
+                + " / ".join(str(run["frames_per_s"]) for run in bare.get("runs", [bare]))
+                + ")",
             ),
             ("bare CPU ms per frame", fmt(bare["cpu_ms_per_frame"])),
             ("end-to-end / bare (stored rate)", f"{bare['ratio_rate']:.1%}"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -139,8 +140,11 @@ def web_command(server: str, port: int) -> list[str]:
     raise ValueError(f"unknown server {server!r}")
 
 
-def worker_command(index: int, pool: str, loglevel: str) -> list[str]:
+def worker_command(index: int, pool: str, loglevel: str, core: int | None = None) -> list[str]:
+    """`core`: run the worker pinned to that CPU (taskset), as the bare pipeline's processes are."""
+    pinned = ["taskset", "-c", str(core)] if core is not None else []
     return [
+        *pinned,
         str(BIN / "celery"),
         "-A",
         "research_portal",
@@ -177,13 +181,17 @@ class Stack:
             )
             self.urls.append(f"http://127.0.0.1:{port}")
 
-    def start_workers(self, count: int, pool: str, loglevel: str) -> None:
-        """K workers booted in parallel; ready once each logs " ready." (INFO) or answers a ping."""
+    def start_workers(self, count: int, pool: str, loglevel: str, pin: bool = False) -> None:
+        """K workers booted in parallel; ready once each logs " ready." (INFO) or answers a ping. `pin`:
+        worker i runs on core i modulo the cores this process may use."""
         from research_portal.celery import app
 
+        if pin and not shutil.which("taskset"):
+            raise StackError("--pin-workers needs taskset (util-linux)")
+        cores = sorted(os.sched_getaffinity(0))
         names = [f"load{index}@{socket.gethostname()}" for index in range(count)]
         for index in range(count):
-            command = worker_command(index, pool, loglevel)
+            command = worker_command(index, pool, loglevel, cores[index % len(cores)] if pin else None)
             self.workers.append(
                 start_service(f"worker-{index}", command, self.env, self.log_dir, lambda _s: True)
             )

@@ -48,6 +48,7 @@ def test_two_participants_every_frame_sent_is_acked_and_stored_once(tmp_path: Pa
     report_path = tmp_path / "load.json"
     command = [sys.executable, "-m", "tests.load", "--participants", "2", "--seconds", "6", "--workers", "1"]
     command += ["--database-url", database_url, "--redis-url", redis_url, "--json", str(report_path)]
+    command += ["--pin-workers", "--compare-bare", "--bare-seconds", "1"]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "frames sent / acked / stored" in done.stdout  # the printed table
@@ -70,3 +71,10 @@ def test_two_participants_every_frame_sent_is_acked_and_stored_once(tmp_path: Pa
     assert step["cpu"]["server_ms_per_stored_frame"] > 0
     assert step["generator"]["reconnects"] == 0 and not step["failures"]
     assert step["throttle"]["min_fps"] > 0
+    assert report["setup"]["worker_pool"].endswith("pinned one per core")
+    # The bare pipeline ran before and after the load; the ratios use the mean of the two.
+    bare = report["bare"]
+    before, after = (run["frames_per_s"] for run in bare["runs"])
+    assert before > 0 and after > 0
+    assert bare["frames_per_s"] == pytest.approx((before + after) / 2, abs=0.1)
+    assert 0 < bare["ratio_cpu"] and 0 < bare["ratio_rate"]
