@@ -28,7 +28,9 @@ RATE_WINDOW_S = 10
 COUNTER_TTL_S = 120
 WORKER_HEARTBEAT_S = 5
 WORKER_STALE_AFTER_S = 3 * WORKER_HEARTBEAT_S
-COUNTERS = ("queued_frames", "queued_batches", "stored_frames", "failed_frames")
+# analysis_cpu_us: CPU the model pipeline itself used (decode, detect, align, classify) in the analysing
+# threads, so the share of the capture path's CPU that is not the model can be read in production.
+COUNTERS = ("queued_frames", "queued_batches", "stored_frames", "failed_frames", "analysis_cpu_us")
 # Up to this many batches per analysis process waiting is normal pipelining, not a backlog: the stored rate
 # only measures demand while workers keep up (at a run's start it is near 0 and made every short queue look
 # like seconds of backlog: throttled 20% of a 64-participant run the workers were keeping up with).
@@ -45,6 +47,7 @@ class CaptureLoad:
     workers: int  # worker nodes alive (`celery worker` instances, heartbeats)
     worker_processes: int  # analysis processes (threads in embedded mode) across those nodes
     backlog_s: float  # queue_frames / stored_fps: how long a new frame waits; inf when nothing is stored
+    analysis_ms_per_frame: float | None = None  # model pipeline CPU per stored frame; None when none stored
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -147,9 +150,10 @@ def record_queued(frames: int, batches: int) -> None:
     _count({"queued_frames": frames, "queued_batches": batches})
 
 
-def record_stored(frames: int, failed: int) -> None:
-    """Workers, after a batch is stored. Counting must never fail a stored batch."""
-    _count({"stored_frames": frames, "failed_frames": failed})
+def record_stored(frames: int, failed: int, analysis_cpu_s: float = 0.0) -> None:
+    """Workers, after a batch is stored (`analysis_cpu_s`: the pipeline's CPU for it). Counting must never
+    fail a stored batch."""
+    _count({"stored_frames": frames, "failed_frames": failed, "analysis_cpu_us": round(analysis_cpu_s * 1e6)})
 
 
 def _count(amounts: dict[str, int]) -> None:
@@ -186,6 +190,11 @@ def read_capture_load() -> CaptureLoad:
         workers=workers,
         worker_processes=worker_processes,
         backlog_s=backlog_s,
+        analysis_ms_per_frame=(
+            round(sums["analysis_cpu_us"] / 1000 / sums["stored_frames"], 3)
+            if sums["stored_frames"]
+            else None
+        ),
     )
 
 

@@ -266,7 +266,10 @@ def analyze_and_store_frames(frames: list[dict[str, Any]], reply_to: str | None 
     if kept:
         store_frame_images(kept)
     pipeline = get_pipeline()
+    # The pipeline runs in this thread (ONNX Runtime and OpenCV one thread each), so thread time is its CPU.
+    analysis_started = time.thread_time()
     readings = pipeline.analyze_jpegs([frame["jpeg"] for frame in frames]) if frames else []
+    analysis_cpu_s = time.thread_time() - analysis_started
     rows = []
     for frame, reading in zip(frames, readings, strict=True):
         row = FrameResult(
@@ -283,7 +286,7 @@ def analyze_and_store_frames(frames: list[dict[str, Any]], reply_to: str | None 
         if face is not None:
             fill_face_columns(row, face)
         rows.append(row)
-    return store_results(rows, reply_to, also_acked=sorted(stored_before))
+    return store_results(rows, reply_to, also_acked=sorted(stored_before), analysis_cpu_s=analysis_cpu_s)
 
 
 def stored_frame_keys(frames: list[dict[str, Any]]) -> set[tuple[int, int]]:
@@ -321,16 +324,20 @@ def store_frame_images(frames: list[dict[str, Any]]) -> None:
 
 
 def store_results(
-    rows: list[FrameResult], reply_to: str | None = None, also_acked: Sequence[tuple[int, int]] = ()
+    rows: list[FrameResult],
+    reply_to: str | None = None,
+    also_acked: Sequence[tuple[int, int]] = (),
+    analysis_cpu_s: float = 0.0,
 ) -> int:
     """Bulk insert; a frame stored before (a resend, a redelivered task) is skipped, never duplicated.
     Then ack the rows' frames, and `also_acked` (session id, seq) stored earlier, to the web process that
-    queued them, and update the analytics rollups."""
+    queued them, count them for flow control (with the pipeline's CPU, `analysis_cpu_s`), and update the
+    analytics rollups."""
     written = insert_frame_results(rows)
     if reply_to:
         do_ack_stored([(row.session_id, row.seq) for row in rows] + list(also_acked), reply_to)
     # Frames stored before leave the queue too: flow control's service rate counts them.
-    record_stored(len(rows) + len(also_acked), sum(1 for row in rows if row.error))
+    record_stored(len(rows) + len(also_acked), sum(1 for row in rows if row.error), analysis_cpu_s)
     do_update_rollups(rows)  # analytics (issue 5): per-second rollups + live dashboards; never raises
     return written
 

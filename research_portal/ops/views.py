@@ -108,6 +108,11 @@ def prometheus_text(snapshot: dict) -> str:
             "Frames stored with an analysis error per second",
             capture["failed_fps"],
         ),
+        (
+            "portal_capture_analysis_ms_per_frame",
+            "Model pipeline CPU per stored frame, milliseconds",
+            "NaN" if capture["analysis_ms_per_frame"] is None else capture["analysis_ms_per_frame"],
+        ),
         ("portal_workers", "Celery worker nodes alive", capture["workers"]),
         ("portal_worker_processes", "Analysis processes across worker nodes", capture["worker_processes"]),
         ("portal_web_capture_sockets", "Capture sockets open in this web process", web["capture_sockets"]),

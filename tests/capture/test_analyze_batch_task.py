@@ -139,6 +139,20 @@ def test_resent_frames_already_stored_are_acked_again_without_running_the_model(
     assert FrameResult.objects.filter(session=session).count() == 5
 
 
+def test_a_stored_batch_counts_its_frames_and_the_pipelines_cpu_for_flow_control(
+    postgres, acme, face_jpegs, redis_flow
+):
+    from research_portal.capture import flow
+
+    session = ParticipantSession.objects.create(study=acme.study, state="viewing")
+    second = int(time.time())
+    assert analyze_and_store_frames(make_frames(session.pk, acme.ad.pk, face_jpegs[:4])) == 4
+    counts = flow.flow_store().window_sums(list(range(second, int(time.time()) + 1)))
+    assert counts["stored_frames"] == 4
+    # Thread CPU of the model pipeline: a face frame takes milliseconds, never nothing, never a minute.
+    assert 4 * 200 < counts["analysis_cpu_us"] < 60_000_000
+
+
 def test_dropping_a_stored_batch_while_redis_is_away_only_logs(settings, caplog):
     from research_portal.capture.batch_store import drop_batch
 

@@ -323,6 +323,12 @@ def print_table(report: dict) -> None:
             "  web / workers / postgres / redis",
             " / ".join(fmt(comp[k]) for k in ("web", "workers", "postgres", "redis")),
         ),
+        (
+            "  of which the model pipeline (in workers)",
+            f"{fmt(cpu.get('analysis_ms_per_stored_frame'))} ms = "
+            + (f"{cpu['analysis_share_of_server']:.1%}" if cpu.get("analysis_share_of_server") else "-")
+            + " of server CPU",
+        ),
         ("server CPU cores busy", fmt(cpu["server_cores"])),
         ("machine busy minus generator, s", fmt(cpu["machine_minus_generator_s"])),
         ("other busy CPU s (should be ~0)", fmt(cpu["other_s"])),

@@ -152,7 +152,8 @@ def run_step(
     finally:
         if not config.keep_data:
             db.delete_load_study(study.study_id)
-    result = summarize(config, stats, from_db, sampler.result(), epoch_window, drain_s, wall_started, urls)
+    cpu = {**sampler.result(), "analysis_s": analysis_cpu_s(epoch_window)}
+    result = summarize(config, stats, from_db, cpu, epoch_window, drain_s, wall_started, urls)
     if worker_logs:
         # Where the workers' time went during the step (Celery INFO log lines; empty at other log levels).
         tasks = worker_logs.profile(log_offsets)
@@ -161,6 +162,18 @@ def run_step(
         if frame_tasks and frame_tasks["count"]:
             result["frames_per_batch"] = round(frame_tasks["result_sum"] / frame_tasks["count"], 1)
     return result
+
+
+def analysis_cpu_s(window: tuple[float, float]) -> float | None:
+    """CPU the model pipeline used inside the workers over the window (epoch seconds): the workers count it
+    per second of storing (flow counters in Redis); whole seconds, scaled to the window's span."""
+    from research_portal.capture import flow
+
+    seconds = list(range(math.ceil(window[0]), math.floor(window[1])))
+    if not seconds:
+        return None
+    counted_us = flow.flow_store().window_sums(seconds)["analysis_cpu_us"]
+    return round(counted_us / 1e6 * (window[1] - window[0]) / len(seconds), 3)
 
 
 def summarize(
@@ -186,6 +199,7 @@ def summarize(
             errors[code] = errors.get(code, 0) + n
     stored_in_window = from_db["stored_in_window"]
     server_cpu = cpu["server_s"]
+    analysis_s = cpu.get("analysis_s")
     min_fps = min((s.min_fps for s in stats), default=config.fps)
     throttled = [s.throttled_s for s in stats]
     failures = [s.failure for s in stats if s.failure]
@@ -240,6 +254,12 @@ def summarize(
                 name: _per(1000 * seconds, stored_in_window)
                 for name, seconds in cpu["server_by_component_s"].items()
             },
+            # The model pipeline's CPU inside the workers, and its share of all the server's CPU: the
+            # layers around the model (web, queue, database, rollups) cost the rest, measured in the same run.
+            "analysis_ms_per_stored_frame": _per(1000 * analysis_s, stored_in_window) if analysis_s else None,
+            "analysis_share_of_server": round(analysis_s / server_cpu, 3)
+            if analysis_s and server_cpu
+            else None,
             "generator_cores": round(cpu["generator_s"] / max(1e-9, cpu["window_s"]), 3),
             "server_cores": round(server_cpu / max(1e-9, cpu["window_s"]), 3),
         },

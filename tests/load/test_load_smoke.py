@@ -69,6 +69,9 @@ def test_two_participants_every_frame_sent_is_acked_and_stored_once(tmp_path: Pa
         )
     assert step["rate_per_s"]["stored"] > 0
     assert step["cpu"]["server_ms_per_stored_frame"] > 0
+    # The workers' own count of the model pipeline's CPU: a part of the server's, never all of it.
+    assert 0 < step["cpu"]["analysis_ms_per_stored_frame"] < step["cpu"]["server_ms_per_stored_frame"]
+    assert 0 < step["cpu"]["analysis_share_of_server"] < 1
     assert step["generator"]["reconnects"] == 0 and not step["failures"]
     assert step["throttle"]["min_fps"] > 0
     assert report["setup"]["worker_pool"].endswith("pinned one per core")

@@ -43,7 +43,9 @@ def test_queue_depth_rates_and_workers_from_redis(client, redis_counters):
     now = int(time.time())
     # Every second around the rate window holds the same counts, so the request may start in the next second.
     for second in range(now - 10, now + 3):
-        store.add({"queued_frames": 30, "queued_batches": 1, "stored_frames": 20}, second)
+        store.add(
+            {"queued_frames": 30, "queued_batches": 1, "stored_frames": 20, "analysis_cpu_us": 50_000}, second
+        )
     redis_counters.rpush("flow-test-queue", *[b"batch"] * 5)
     store.heartbeat("worker-1", 2, time.time())
 
@@ -60,6 +62,7 @@ def test_queue_depth_rates_and_workers_from_redis(client, redis_counters):
         "workers": 1,
         "worker_processes": 2,
         "backlog_s": 7.5,
+        "analysis_ms_per_frame": 2.5,  # 50 ms of pipeline CPU for 20 frames each second
     }
     assert body["queue_bound_frames"] > 150 and body["queue_full"] is False
     assert set(body["web_process"]) == {"capture_sockets", "buffered_frames", "fps_scale"}
@@ -76,6 +79,7 @@ def test_prometheus_format_for_staff(client, redis_counters, staff):
     )
     assert samples["portal_capture_queue_batches"] == "3"
     assert samples["portal_capture_backlog_seconds"] == "+Inf"  # queued, nothing stored lately
+    assert samples["portal_capture_analysis_ms_per_frame"] == "NaN"
     assert "portal_workers" in samples and "portal_web_fps_scale" in samples
 
 
