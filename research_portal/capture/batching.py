@@ -28,7 +28,7 @@ from research_portal.capture.acks import (
     open_local_inbox,
     receive_acks,
 )
-from research_portal.capture.flow import next_fps_scale, queue_is_full, read_capture_load
+from research_portal.capture.flow import next_fps_scale, queue_is_full, read_capture_load, resend_after_s
 from research_portal.capture.services import enqueue_frames
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ BROKER_RETRY_S = 1.0
 
 
 class CaptureSocket(Protocol):
-    async def apply_fps_scale(self, scale: float) -> None: ...
+    async def apply_flow(self, scale: float, resend_after_s: float) -> None: ...
 
     async def send_acks(self, seqs: list[int]) -> None: ...
 
@@ -53,6 +53,7 @@ class FrameBatcher:
         self.wake = asyncio.Event()
         self.runner: asyncio.Task | None = None
         self.fps_scale = 1.0
+        self.resend_after_s = settings.CAPTURE_RESEND_AFTER_S
         self.queue_full = False
         self.broker_retry_at = 0.0
         self.next_flow_check = 0.0
@@ -174,16 +175,22 @@ class FrameBatcher:
             return
         self.queue_full = queue_is_full(load)
         scale = next_fps_scale(self.fps_scale, load)
-        if abs(scale - self.fps_scale) >= 0.01:
+        resend = resend_after_s(load)
+        if abs(scale - self.fps_scale) >= 0.01 or resend != self.resend_after_s:
             logger.info(
-                "capture rate scale %.2f -> %.2f",
+                "capture rate scale %.2f -> %.2f, resend after %g s",
                 self.fps_scale,
                 scale,
+                resend,
                 extra={"backlog_s": load.as_dict()["backlog_s"], "queue_frames": load.queue_frames},
             )
-            self.fps_scale = scale
+            self.fps_scale, self.resend_after_s = scale, resend
             for socket in list(self.sockets):
-                await socket.apply_fps_scale(scale)
+                await socket.apply_flow(scale, resend)
+
+    @property
+    def flow_is_normal(self) -> bool:
+        return self.fps_scale >= 1.0 and self.resend_after_s == settings.CAPTURE_RESEND_AFTER_S
 
 
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FrameBatcher] = weakref.WeakKeyDictionary()

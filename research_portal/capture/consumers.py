@@ -79,8 +79,8 @@ class CaptureConsumer(AsyncWebsocketConsumer):
                 "next_seq": self.context.next_seq,
             }
         )
-        if self.batcher.fps_scale < 1.0:
-            await self.apply_fps_scale(self.batcher.fps_scale)
+        if not self.batcher.flow_is_normal:
+            await self.apply_flow(self.batcher.fps_scale, self.batcher.resend_after_s)
 
     async def dispatch(self, message: dict) -> None:
         # Channels closes stale database connections before every message, a hop to a worker thread each
@@ -145,9 +145,12 @@ class CaptureConsumer(AsyncWebsocketConsumer):
         """A worker stored these frames' rows (relayed by the batcher): the client may forget them."""
         await self.send_json({"type": "ack", "seqs": seqs})
 
-    async def apply_fps_scale(self, scale: float) -> None:
-        """Flow control: capture at this share of the study's rate until told otherwise."""
-        await self.send_json({"type": "throttle", "fps": round(self.context.fps * scale, 2)})
+    async def apply_flow(self, scale: float, resend_after_s: float) -> None:
+        """Flow control: capture at this share of the study's rate, and resend frames unacked for this long,
+        until told otherwise."""
+        await self.send_json(
+            {"type": "throttle", "fps": round(self.context.fps * scale, 2), "resend_after_s": resend_after_s}
+        )
 
     async def receive_command(self, text: str) -> None:
         try:

@@ -10,6 +10,7 @@ queue_is_full() says when new frames are refused (the client keeps them and rese
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -212,6 +213,13 @@ def next_fps_scale(current: float, load: CaptureLoad) -> float:
     if load.backlog_s < settings.CAPTURE_BACKLOG_LOW_S:
         return min(1.0, current * 1.25)
     return current
+
+
+def resend_after_s(load: CaptureLoad) -> float:
+    """How long clients should wait for an ack before resending a frame: the default, or twice the backlog
+    while frames wait that long in the queue (whole seconds, so the hint only changes with the load)."""
+    wanted = math.ceil(2 * load.backlog_s) if math.isfinite(load.backlog_s) else math.inf
+    return float(min(settings.CAPTURE_MAX_RESEND_AFTER_S, max(settings.CAPTURE_RESEND_AFTER_S, wanted)))
 
 
 def queue_is_full(load: CaptureLoad) -> bool:

@@ -16,6 +16,7 @@
   const ACK_WAIT_MS = 30000;
   // The server acks a frame once its reading is stored (normally within a second); a frame unacked this
   // long was refused while the server was busy or its ack was lost, so it is sent again (stored once).
+  // The server asks for longer ("throttle" with resend_after_s) while its queue holds frames that long.
   const RESEND_AFTER_MS = 5000;
   const RESEND_PER_TICK = 10;
 
@@ -44,6 +45,7 @@
     stream: null,
     lastMediaTime: 0,
     fps: config.fps, // lowered by the server's "throttle" messages while its workers catch up
+    resendAfterMs: RESEND_AFTER_MS, // raised by the same messages while its queue is long
     captureTimer: null,
   };
 
@@ -95,6 +97,9 @@
           for (const seq of message.seqs) if (state.pending.delete(seq)) state.acked += 1;
         } else if (message.type === "throttle") {
           setCaptureRate(message.fps);
+          if (message.resend_after_s > 0) {
+            state.resendAfterMs = Math.max(RESEND_AFTER_MS, 1000 * message.resend_after_s);
+          }
         } else if (message.type === "error") {
           console.warn("capture error", message.code, message.detail);
           if (message.seq !== null && state.pending.delete(message.seq)) state.rejected += 1;
@@ -163,7 +168,7 @@
   // Frames the server has not acked for a while go again, a few per tick (the server rate-limits bursts).
   function resendStaleFrames() {
     if (!state.socket || state.socket.readyState !== WebSocket.OPEN) return;
-    const staleBefore = Date.now() - RESEND_AFTER_MS;
+    const staleBefore = Date.now() - state.resendAfterMs;
     let resent = 0;
     for (const frame of state.pending.values()) {
       if (resent >= RESEND_PER_TICK) break;

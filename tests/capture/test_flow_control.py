@@ -12,7 +12,13 @@ from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
 from research_portal.capture import flow
-from research_portal.capture.flow import CaptureLoad, next_fps_scale, queue_is_full, read_capture_load
+from research_portal.capture.flow import (
+    CaptureLoad,
+    next_fps_scale,
+    queue_is_full,
+    read_capture_load,
+    resend_after_s,
+)
 from research_portal.capture.models import FrameResult, ParticipantSession
 from research_portal.capture.routing import capture_socket_path, websocket_urlpatterns
 from research_portal.capture.services import FRAME_HEADER, Frame, analysis_thread_pool, enqueue_frames
@@ -46,6 +52,16 @@ def test_rate_holds_between_the_marks_and_grows_back_when_drained():
     assert next_fps_scale(0.5, load(backlog_s=1.0)) == 0.5
     assert next_fps_scale(0.5, load(backlog_s=0.0)) == 0.625
     assert next_fps_scale(0.9, load(backlog_s=0.0)) == 1.0
+
+
+def test_clients_wait_longer_before_resending_while_frames_wait_long_in_the_queue(settings):
+    settings.CAPTURE_RESEND_AFTER_S = 5
+    settings.CAPTURE_MAX_RESEND_AFTER_S = 30
+    assert resend_after_s(load(backlog_s=0.0)) == 5  # normal: the client's own default
+    assert resend_after_s(load(backlog_s=2.4)) == 5
+    assert resend_after_s(load(backlog_s=4.2)) == 9  # twice the backlog, in whole seconds
+    assert resend_after_s(load(backlog_s=60.0)) == 30
+    assert resend_after_s(load(backlog_s=float("inf"))) == 30  # queued, nothing stored lately
 
 
 def test_queue_bound(settings):
@@ -138,6 +154,7 @@ async def test_stalled_workers_slow_the_client_then_refuse_frames_and_nothing_is
     assert json.loads(await communicator.receive_from(timeout=5))["type"] == "hello"
 
     throttles: list[float] = []
+    resend_hints: list[float] = []
     busy = 0
     acked: set[int] = set()
 
@@ -151,6 +168,7 @@ async def test_stalled_workers_slow_the_client_then_refuse_frames_and_nothing_is
             message = json.loads(await communicator.receive_from())
             if message["type"] == "throttle":
                 throttles.append(message["fps"])
+                resend_hints.append(message["resend_after_s"])
             elif message["type"] == "ack":
                 acked.update(message["seqs"])
             elif message["type"] == "error":
@@ -165,6 +183,7 @@ async def test_stalled_workers_slow_the_client_then_refuse_frames_and_nothing_is
         await drain(0.15)
 
     assert throttles and min(throttles) < 5, throttles  # told to slow down while nothing was stored
+    assert max(resend_hints) == 30, resend_hints  # and not to resend what waits in the queue meanwhile
     assert busy > 0  # and, with the queue at its bound, to hold frames back
     assert not acked  # nothing is acked before it is stored
 
@@ -192,3 +211,4 @@ async def test_stalled_workers_slow_the_client_then_refuse_frames_and_nothing_is
     )()
     assert sorted(seqs) == sent  # stored once each
     assert throttles[-1] == 5
+    assert resend_hints[-1] == 5  # back to the client's default

@@ -85,7 +85,7 @@ class Participant:
         self.capture_at = capture_at
         self.stop_at = stop_at
         self.frame_index = first_frame
-        self.resend_after_s = resend_after_s
+        self.resend_after_s = self.base_resend_after_s = resend_after_s
         self.drain_timeout_s = drain_timeout_s
         self.max_reconnects = max_reconnects
         self.stats = ParticipantStats(min_fps=fps)
@@ -145,6 +145,8 @@ class Participant:
         elif kind == "throttle":
             try:
                 self.set_fps(max(0.0, float(message.get("fps"))))
+                if message.get("resend_after_s"):  # like capture.js: never below our own setting
+                    self.resend_after_s = max(self.base_resend_after_s, float(message["resend_after_s"]))
             except (TypeError, ValueError):
                 self.stats.errors["bad_throttle"] += 1
         elif kind == "error":
