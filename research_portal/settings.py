@@ -300,9 +300,9 @@ CAPTURE_FLOW_INTERVAL_S = float(os.environ.get("CAPTURE_FLOW_INTERVAL_S", "1.0")
 CAPTURE_BACKLOG_HIGH_S = float(os.environ.get("CAPTURE_BACKLOG_HIGH_S", "2.0"))
 CAPTURE_BACKLOG_LOW_S = float(os.environ.get("CAPTURE_BACKLOG_LOW_S", "0.5"))
 CAPTURE_MIN_FPS_SCALE = float(os.environ.get("CAPTURE_MIN_FPS_SCALE", "0.2"))  # 5 fps studies: 1 fps
-# Clients resend a frame unacked this long (capture.js's default). While the queue holds more than half of
-# it, flow control asks for twice the backlog instead, up to the maximum: a resend of a frame still queued
-# only costs upload and a lookup (measured at 160 participants on 2 cores: 1364 resends in 25 s before).
+# Clients resend a frame unacked this long (told in `hello`). While the queue holds more than half of it,
+# flow control asks for twice the backlog instead (`throttle`), up to the maximum: a resend of a frame still
+# queued only costs upload and a lookup (measured at 160 participants on 2 cores: 1364 resends in 25 s).
 CAPTURE_RESEND_AFTER_S = float(os.environ.get("CAPTURE_RESEND_AFTER_S", "5"))
 CAPTURE_MAX_RESEND_AFTER_S = float(os.environ.get("CAPTURE_MAX_RESEND_AFTER_S", "30"))
 # Scrapers read /metrics with `Authorization: Bearer <this>`; staff users may read it signed in.

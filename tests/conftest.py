@@ -178,6 +178,8 @@ def service_env(database: dict, redis_url: str) -> dict[str, str]:
         PORTAL_MEDIA_ROOT=str(settings.MEDIA_ROOT),
         PYTHONUNBUFFERED="1",
         DATABASE_CONN_MAX_AGE="0",
+        # Not capture.js's built-in 5 s, so browser tests see the server's value arrive in `hello`.
+        CAPTURE_RESEND_AFTER_S="6",
     )
     return env
 
@@ -197,7 +199,14 @@ def start_process(
 @pytest.fixture
 def celery_worker(postgres: dict, redis_url: str, tmp_path: Path) -> Iterator[Service]:
     """A real `celery -A research_portal worker` process on the test database and Redis."""
-    redis.Redis.from_url(redis_url).flushdb()
+    worker = start_celery_worker(service_env(postgres, redis_url), tmp_path / "celery-worker.log")
+    yield worker
+    worker.stop()
+
+
+def start_celery_worker(env: dict[str, str], log_path: Path) -> Service:
+    """`celery -A research_portal worker` (solo, one process) on a flushed Redis; returns once it is ready."""
+    redis.Redis.from_url(env["REDIS_URL"]).flushdb()
     command = [
         str(Path(sys.executable).parent / "celery"),
         "-A",
@@ -209,15 +218,19 @@ def celery_worker(postgres: dict, redis_url: str, tmp_path: Path) -> Iterator[Se
         "--without-gossip",
         "--without-mingle",
     ]
-    worker = start_process(
-        command,
-        service_env(postgres, redis_url),
-        lambda s: " ready." in s.log(),
-        tmp_path / "celery-worker.log",
-        timeout_s=90,
-    )
-    yield worker
-    worker.stop()
+    return start_process(command, env, lambda s: " ready." in s.log(), log_path, timeout_s=90)
+
+
+@pytest.fixture
+def model_calls(monkeypatch) -> list[bytes]:
+    """Every JPEG this process's pipeline analyses from now on, in order (the pipeline still runs)."""
+    from inference.pipeline import get_pipeline
+
+    pipeline = get_pipeline()
+    analysed: list[bytes] = []
+    analyze = pipeline.analyze_jpegs
+    monkeypatch.setattr(pipeline, "analyze_jpegs", lambda jpegs: analysed.extend(jpegs) or analyze(jpegs))
+    return analysed
 
 
 def start_daphne(env: dict[str, str], port: int, log_path: Path) -> Service:

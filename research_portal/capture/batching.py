@@ -188,10 +188,6 @@ class FrameBatcher:
             for socket in list(self.sockets):
                 await socket.apply_flow(scale, resend)
 
-    @property
-    def flow_is_normal(self) -> bool:
-        return self.fps_scale >= 1.0 and self.resend_after_s == settings.CAPTURE_RESEND_AFTER_S
-
 
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FrameBatcher] = weakref.WeakKeyDictionary()
 

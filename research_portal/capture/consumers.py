@@ -77,9 +77,10 @@ class CaptureConsumer(AsyncWebsocketConsumer):
                 "fps": self.context.fps,
                 "max_frame_bytes": self.context.max_frame_bytes,
                 "next_seq": self.context.next_seq,
+                "resend_after_s": self.batcher.resend_after_s,
             }
         )
-        if not self.batcher.flow_is_normal:
+        if self.batcher.fps_scale < 1.0:
             await self.apply_flow(self.batcher.fps_scale, self.batcher.resend_after_s)
 
     async def dispatch(self, message: dict) -> None:

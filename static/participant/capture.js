@@ -16,8 +16,9 @@
   const ACK_WAIT_MS = 30000;
   // The server acks a frame once its reading is stored (normally within a second); a frame unacked this
   // long was refused while the server was busy or its ack was lost, so it is sent again (stored once).
-  // The server asks for longer ("throttle" with resend_after_s) while its queue holds frames that long.
+  // The server says how long in "hello", and asks for longer ("throttle") while its queue holds frames long.
   const RESEND_AFTER_MS = 5000;
+  const MIN_RESEND_AFTER_MS = 1000;
   const RESEND_PER_TICK = 10;
 
   const statusLine = document.getElementById("status");
@@ -45,7 +46,7 @@
     stream: null,
     lastMediaTime: 0,
     fps: config.fps, // lowered by the server's "throttle" messages while its workers catch up
-    resendAfterMs: RESEND_AFTER_MS, // raised by the same messages while its queue is long
+    resendAfterMs: RESEND_AFTER_MS, // as "hello" and "throttle" say
     captureTimer: null,
   };
 
@@ -85,6 +86,7 @@
         try { message = JSON.parse(event.data); } catch { return; }
         if (message.type === "hello") {
           state.seq = Math.max(state.seq, message.next_seq || 0);
+          setResendDelay(message.resend_after_s);
           // Resend everything not yet acked, then any page events; the server stores each frame once.
           for (const seq of [...state.pending.keys()].sort((a, b) => a - b)) {
             const frame = state.pending.get(seq);
@@ -97,9 +99,7 @@
           for (const seq of message.seqs) if (state.pending.delete(seq)) state.acked += 1;
         } else if (message.type === "throttle") {
           setCaptureRate(message.fps);
-          if (message.resend_after_s > 0) {
-            state.resendAfterMs = Math.max(RESEND_AFTER_MS, 1000 * message.resend_after_s);
-          }
+          setResendDelay(message.resend_after_s);
         } else if (message.type === "error") {
           console.warn("capture error", message.code, message.detail);
           if (message.seq !== null && state.pending.delete(message.seq)) state.rejected += 1;
@@ -179,6 +179,12 @@
     }
   }
   setInterval(resendStaleFrames, 1000);
+
+  function setResendDelay(seconds) {
+    if (!(seconds > 0)) return;  // an older server says nothing: keep the default
+    state.resendAfterMs = Math.max(MIN_RESEND_AFTER_MS, 1000 * seconds);
+    document.body.dataset.resendAfterMs = String(state.resendAfterMs);
+  }
 
   function setCaptureRate(fps) {
     if (!(fps > 0)) return;

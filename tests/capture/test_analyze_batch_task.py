@@ -7,8 +7,8 @@ import logging
 import time
 
 import redis
+from django.db import connection
 
-from inference.pipeline import get_pipeline
 from research_portal.capture.acks import new_inbox_name
 from research_portal.capture.batch_store import BATCH_KEY_PREFIX, BATCH_TTL_S, get_batch, put_batch
 from research_portal.capture.models import FrameResult, ParticipantSession
@@ -19,6 +19,7 @@ from research_portal.capture.services import (
     do_record_enqueued,
     enqueue_frames,
 )
+from tests.conftest import service_env, start_celery_worker
 
 
 def wait_for_count(session: ParticipantSession, expected: int, timeout: float = 60) -> int:
@@ -118,23 +119,20 @@ def test_redelivered_batch_is_stored_once(postgres, acme, face_jpegs):
 
 
 def test_resent_frames_already_stored_are_acked_again_without_running_the_model(
-    postgres, acme, face_jpegs, redis_url, settings, monkeypatch
+    postgres, acme, face_jpegs, redis_url, settings, request
 ):
     settings.REDIS_URL = redis_url
     session = ParticipantSession.objects.create(study=acme.study, state="viewing")
     first = make_frames(session.pk, acme.ad.pk, face_jpegs[:3])
     assert analyze_and_store_frames(first) == 3
-    pipeline = get_pipeline()
-    analysed: list[bytes] = []
-    analyze = pipeline.analyze_jpegs
-    monkeypatch.setattr(pipeline, "analyze_jpegs", lambda jpegs: analysed.extend(jpegs) or analyze(jpegs))
+    model_calls = request.getfixturevalue("model_calls")  # counts from here on
     # Under overload the client resent 1 and 2 (stored meanwhile) and 4 (its batch was lost with Redis),
     # and captured 3: the socket flags the resends, the worker looks them up and analyses only 3 and 4.
     later = make_frames(session.pk, acme.ad.pk, face_jpegs[3:5], first_seq=3)
     batch = [{**frame, "resend": True} for frame in first[1:]] + [later[0], {**later[1], "resend": True}]
     inbox = new_inbox_name()
     assert analyze_and_store_frames(batch, inbox) == 2
-    assert analysed == face_jpegs[3:5]
+    assert model_calls == face_jpegs[3:5]
     assert json.loads(redis.Redis.from_url(redis_url).lpop(inbox)) == [[session.pk, [1, 2, 3, 4]]]
     assert FrameResult.objects.filter(session=session).count() == 5
 
@@ -169,3 +167,32 @@ def test_the_queued_seq_of_a_session_only_moves_forward(db, acme):
     sessions = ParticipantSession.objects.in_bulk([first.pk, second.pk])
     assert (sessions[first.pk].last_enqueued_seq, sessions[second.pk].last_enqueued_seq) == (5, 0)
     assert all(session.last_enqueued_at is not None for session in sessions.values())
+
+
+def test_a_worker_keeps_its_database_connection_from_batch_to_batch(
+    postgres, acme, face_jpegs, redis_url, settings, tmp_path
+):
+    """Celery closes the connection around every task unless CELERY_DB_REUSE_MAX is set: each batch then paid
+    a new Postgres backend. With a CONN_MAX_AGE like production's, the second batch finds the first's."""
+    settings.CAPTURE_ANALYSIS_BACKEND = "celery"
+    env = {**service_env(postgres, redis_url), "DATABASE_CONN_MAX_AGE": "60"}
+    worker = start_celery_worker(env, tmp_path / "worker.log")
+    try:
+        session = ParticipantSession.objects.create(study=acme.study, state="viewing")
+        enqueue_frames(make_frames(session.pk, acme.ad.pk, face_jpegs[:2]))
+        assert wait_for_count(session, 2) == 2, worker.log()[-3000:]
+        after_first = worker_backends()
+        enqueue_frames(make_frames(session.pk, acme.ad.pk, face_jpegs[2:4], first_seq=2))
+        assert wait_for_count(session, 4) == 4, worker.log()[-3000:]
+        assert after_first and worker_backends() == after_first
+    finally:
+        worker.stop()
+
+
+def worker_backends() -> set[int]:
+    """Postgres backends on the test database other than this test's own connection."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return {pid for (pid,) in cursor.fetchall()}

@@ -12,7 +12,6 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
-from inference.pipeline import get_pipeline
 from research_portal.capture.models import FrameResult, ParticipantSession, SessionEvent
 from research_portal.capture.routing import capture_socket_path, websocket_urlpatterns
 from research_portal.capture.services import FRAME_HEADER, analysis_thread_pool
@@ -97,6 +96,7 @@ async def test_frames_are_acked_analysed_and_stored(acme, viewing_session, face_
         "fps": 5,
         "max_frame_bytes": 256 * 1024,
         "next_seq": 0,
+        "resend_after_s": 5.0,  # resend a frame unacked this long (CAPTURE_RESEND_AFTER_S)
     }
     for seq, jpeg in enumerate(face_jpegs[:6]):
         await communicator.send_to(bytes_data=frame(seq, acme.ad.pk, jpeg))
@@ -132,13 +132,11 @@ async def test_resent_frames_are_stored_once(acme, viewing_session, face_jpegs):
 
 
 async def test_frames_resent_after_a_reconnect_are_acked_without_running_the_model_again(
-    acme, viewing_session, face_jpegs, monkeypatch
+    acme, viewing_session, face_jpegs, model_calls, settings
 ):
-    pipeline = get_pipeline()
-    analysed: list[bytes] = []
-    analyze = pipeline.analyze_jpegs
-    monkeypatch.setattr(pipeline, "analyze_jpegs", lambda jpegs: analysed.extend(jpegs) or analyze(jpegs))
-    communicator, _ = await connect(viewing_session.token)
+    settings.CAPTURE_RESEND_AFTER_S = 7
+    communicator, hello = await connect(viewing_session.token)
+    assert hello["resend_after_s"] == 7  # how long the client waits for an ack before resending
     for seq in range(3):
         await communicator.send_to(bytes_data=frame(seq, acme.ad.pk, face_jpegs[seq]))
     assert await collect_acks(communicator, 3) == {0, 1, 2}
@@ -150,7 +148,7 @@ async def test_frames_resent_after_a_reconnect_are_acked_without_running_the_mod
         await communicator.send_to(bytes_data=frame(seq, acme.ad.pk, face_jpegs[seq]))
     assert await collect_acks(communicator, 4) == {0, 1, 2, 3}
     await communicator.disconnect()
-    assert analysed == face_jpegs[:4]  # 0-2 once, then only the new frame 3
+    assert model_calls == face_jpegs[:4]  # 0-2 once, then only the new frame 3
     assert len(await wait_for_rows(viewing_session, 4)) == 4
 
 

@@ -74,8 +74,15 @@ def screenshot(page, folder: Path | None, name: str) -> None:
         page.screenshot(path=folder / f"{name}.png", full_page=True)
 
 
-def walk_through_study(page, link: str, artifacts: Path | None = None, end_url_glob: str = "") -> None:
-    """A participant's whole journey by keyboard: consent, camera check, baseline and ads, end page."""
+def walk_through_study(
+    page,
+    link: str,
+    artifacts: Path | None = None,
+    end_url_glob: str = "",
+    resend_after_ms: int | None = None,
+) -> None:
+    """A participant's whole journey by keyboard: consent, camera check, baseline and ads, end page.
+    `resend_after_ms`: the resend delay the page must have taken from the server's `hello` while viewing."""
     page.goto(link)
     page.wait_for_selector("#accept")
     screenshot(page, artifacts, "1-consent")
@@ -93,6 +100,8 @@ def walk_through_study(page, link: str, artifacts: Path | None = None, end_url_g
     screenshot(page, artifacts, "3-baseline")
     page.wait_for_selector("#ad:not([hidden])", timeout=20_000)
     page.wait_for_function("Number(document.body.dataset.framesSent) >= 30", timeout=20_000)
+    if resend_after_ms is not None:
+        assert page.evaluate("document.body.dataset.resendAfterMs") == str(resend_after_ms)
     screenshot(page, artifacts, "4-ad")
     page.wait_for_url("**/end/", timeout=60_000)
     if end_url_glob:

@@ -35,6 +35,7 @@ def test_participant_link_to_stored_readings(acme, celery_worker, asgi_server, b
         f"{asgi_server}/s/{acme.study.public_id}/?pid=e2e-1&c=DE",
         ARTIFACTS / "desktop",
         end_url_glob="**/panel-return/?status=complete&pid=e2e-1",
+        resend_after_ms=6000,  # the test servers' CAPTURE_RESEND_AFTER_S, not capture.js's built-in 5 s
     )
 
     session = ParticipantSession.objects.get(external_participant_id="e2e-1")

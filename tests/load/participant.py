@@ -112,6 +112,11 @@ class Participant:
         if self.wake is not None and not self.wake.done():
             self.wake.set_result(None)  # obey at once: the capture loop recomputes its next frame time
 
+    def set_resend_delay(self, seconds) -> None:
+        """The server's `resend_after_s` (hello, throttle), never below this generator's own setting."""
+        if seconds:
+            self.resend_after_s = max(self.base_resend_after_s, float(seconds))
+
     def close_throttle(self) -> None:
         if self.throttled_since is not None:
             self.stats.throttled_s += time.monotonic() - self.throttled_since
@@ -145,8 +150,7 @@ class Participant:
         elif kind == "throttle":
             try:
                 self.set_fps(max(0.0, float(message.get("fps"))))
-                if message.get("resend_after_s"):  # like capture.js: never below our own setting
-                    self.resend_after_s = max(self.base_resend_after_s, float(message["resend_after_s"]))
+                self.set_resend_delay(message.get("resend_after_s"))
             except (TypeError, ValueError):
                 self.stats.errors["bad_throttle"] += 1
         elif kind == "error":
@@ -242,6 +246,7 @@ class Participant:
             raise ConnectionError(f"no hello: {hello}")
         # A reconnect continues numbering where the server says (never below our own counter).
         self.seq = max(self.seq, int(hello.get("next_seq") or 0))
+        self.set_resend_delay(hello.get("resend_after_s"))
         for entry in self.unacked.values():
             entry.sent_at = -math.inf  # resend everything unacked on the next check
         reader = asyncio.create_task(self.read(ws))
