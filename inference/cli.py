@@ -165,84 +165,57 @@ def command_fetch_detector(args: argparse.Namespace) -> int:
     return 0  # by design even on failure: no YuNet just means the Haar cascade is used
 
 
-FERPLUS_PROTOCOL = (
-    "FER2013 PrivateTest rows relabelled by the FER+ votes (10 annotators per image): the label is the "
-    "majority vote over 8 classes (neutral, happiness, surprise, sadness, anger, disgust, fear, contempt); "
-    "rows whose majority is unknown or not-a-face (NF) are dropped; accuracy of the model's "
-    "`ferplus_probabilities` argmax."
-)
 EVALUATION_PROTOCOL = {
-    "fer2013": "FER2013 PrivateTest (never used for training or selection), original 7 labels, argmax of the "
-    "model's probabilities; macro-F1 and recall per class; confusion_matrix rows = true label, columns = "
-    "predicted, in confusion_labels order, computed through the product loader (inference.model).",
-    "ferplus": FERPLUS_PROTOCOL,
-    "happy_vs_rest": "smile score = p(happy): accuracy of (argmax == happy) against (label == happy), and "
-    "ROC AUC of p(happy) for happy vs the 6 other classes, on FER2013 PrivateTest.",
-    "ece": "expected calibration error of the top-1 confidence, 15 equal-width bins, FER2013 PrivateTest.",
+    "output": "the model output evaluated (`--output`, default the one its metadata names) and its labels; "
+    "every output is measured the same way, so the heads of one file compare side by side.",
+    "fer2013": "FER2013 PrivateTest (never used for training or selection), original 7 labels, through the "
+    "product loader (inference.model); the prediction is the argmax over the 7 FER2013 labels (a label "
+    "FER2013 lacks, e.g. contempt, is dropped and the row renormalised); macro-F1 and recall per class; "
+    "confusion_matrix rows = true label, columns = predicted, in confusion_labels order.",
+    "ferplus": "the same PrivateTest rows relabelled by the FER+ votes (10 annotators per image): the label "
+    "is the majority vote over 8 classes (neutral, happy, surprise, sad, angry, disgust, fear, contempt); "
+    "rows whose majority is unknown or not-a-face (NF) are dropped; argmax over those 8 labels (a label the "
+    "output lacks can never be predicted).",
+    "happy_vs_rest": "smile score = p(happy): accuracy of (dominant label == happy) against (label == "
+    "happy), the dominant label taken over all the output's labels, and ROC AUC of p(happy), on FER2013 "
+    "labels (fer2013) and on FER+ majority labels (ferplus).",
+    "ece": "expected calibration error of the top-1 confidence, 15 equal-width bins.",
+    "real_faces": "through the product's own path (Pipeline.analyze_jpegs: decode, detect, align, classify; "
+    "the largest face): photos = $PORTAL_SHARED_DIR/data/realfaces_dev (labelled happy/neutral; recall "
+    "over the photos whose face was found, confusion row = dominant labels per true label, p(neutral) on "
+    "the neutral photos, mean valence and smile score per class); video = $PORTAL_SHARED_DIR/media/"
+    "liveportrait_d3.mp4, each frame re-encoded as capture.js does (JPEG quality 80): share of each dominant "
+    "label and mean valence, over the relaxed opening (first relaxed_seconds) and the rest. A development "
+    "set: used to measure and select, never to train.",
     "size_bytes": "size of the ONNX file.",
     "cpu_crops_per_s_b32_1thread": "face crops per second at batch 32, ONNX Runtime with 1 intra-op thread "
     "(median batch time); absent with --no-speed.",
 }
 
 
-def _confusion_matrix(model_path: str, data_dir: str | None) -> dict[str, object]:
-    """FER2013 PrivateTest confusion matrix through the product's loader (metadata-driven preprocessing), so
-    it also checks that the loader and the evaluator read the model the same way."""
-    from inference import EMOTIONS
-    from inference.model import EmotionModel
-    from inference.training.data import PRIVATE, load_data
-
-    model = EmotionModel(model_path)
-    data = load_data(data_dir)
-    rows = data.split(PRIVATE)
-    images, labels = data.images[rows], data.labels[rows]
-    size, channels = model.input_size, model.input_channels
-    if images.shape[1:] != (size, size):
-        images = np.stack([cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in images])
-    if channels == 3:
-        images = np.repeat(images[..., None], 3, axis=3)
-    predicted = np.concatenate(
-        [model.predict(images[start : start + 512]).argmax(axis=1) for start in range(0, len(images), 512)]
-    )
-    count = len(EMOTIONS)
-    matrix = np.bincount(labels * count + predicted, minlength=count * count).reshape(count, count)
-    return {"confusion_labels": list(EMOTIONS), "confusion_matrix": matrix.tolist()}
-
-
-def complete_evaluation(report: dict, model_path: str, data_dir: str | None) -> dict:
-    """Add what issue 3 asks of `evaluate` and the evaluator does not (yet) report, without overriding it:
-    the FER2013 confusion matrix, the FER+ protocol (or why there is no FER+ figure) and the protocol text."""
-    fer = report.setdefault("fer2013", {})
-    if "confusion_matrix" not in fer:
-        fer.update(_confusion_matrix(model_path, data_dir))
-    ferplus = report.get("ferplus")
-    if ferplus is None:
-        report["ferplus"] = {"available": False, "reason": "the model has no `ferplus_probabilities` output"}
-    else:
-        ferplus.setdefault("protocol", FERPLUS_PROTOCOL)
-    report.setdefault("protocol", EVALUATION_PROTOCOL)
-    return report
-
-
 def command_evaluate(args: argparse.Namespace) -> int:
     try:
         from inference.training.evaluate import evaluate_model
+        from inference.training.real_faces import evaluate_real_faces
     except ImportError as error:
-        print(
-            "error: `evaluate` is not available: inference/training/evaluate.py cannot be imported "
-            f"({error})",
-            file=sys.stderr,
-        )
+        message = f"error: `evaluate` is not available: inference/training cannot be imported ({error})"
+        print(message, file=sys.stderr)
         return 2
-    from inference.resources import default_model_path
+    from inference.model import ModelContractError
+    from inference.resources import default_model_path, shared_dir
 
     model = args.model or str(default_model_path())
     try:
-        result = evaluate_model(model, args.data_dir, speed=not args.no_speed)
-        result = complete_evaluation(result, model, args.data_dir)
+        result = evaluate_model(model, args.data_dir, speed=not args.no_speed, output=args.output)
+        if not args.no_real_faces:
+            result["real_faces"] = evaluate_real_faces(model, shared_dir(), output=args.output)
+    except (ModelContractError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except Exception as error:  # noqa: BLE001
         print(f"error: evaluation failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
+    result["protocol"] = EVALUATION_PROTOCOL
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 
@@ -281,11 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--force", action="store_true", help="download even if a YuNet file is configured")
     fetch.set_defaults(handler=command_fetch_detector)
 
-    evaluate = commands.add_parser("evaluate", help="model metrics on FER2013 PrivateTest")
+    evaluate = commands.add_parser(
+        "evaluate", help="model metrics on FER2013 PrivateTest, FER+ and real faces"
+    )
     evaluate.add_argument("--json", action="store_true")
     evaluate.add_argument("--model")
+    evaluate.add_argument(
+        "--output", help="model output to evaluate (default: its metadata's), e.g. ferplus_probabilities"
+    )
     evaluate.add_argument("--data-dir", help="directory with fer2013.npz (default: shared data)")
     evaluate.add_argument("--no-speed", action="store_true", help="skip the throughput measurement")
+    evaluate.add_argument("--no-real-faces", action="store_true", help="skip the real-face section")
     evaluate.set_defaults(handler=command_evaluate)
     return parser
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inference import EMOTIONS
 from inference.align import TEMPLATE_SIZE, RollRefiner, crop_faces, face_geometry, roll_angles, yaw_angles
 from inference.detect import Detection, FaceDetector, create_detector, scale_detections
 from inference.model import EmotionModel
@@ -27,22 +26,24 @@ HAAR = "haar"  # pass as detector_path to force OpenCV's Haar cascade
 
 @dataclass(frozen=True)
 class FaceReading:
-    """One face: box (x, y, w, h) in frame pixels, detector score, probabilities in `EMOTIONS` order."""
+    """One face: box (x, y, w, h) in frame pixels, detector score, and probabilities in the order of `labels`
+    (the model's labels, from its metadata: `EmotionModel.labels`)."""
 
     box: tuple[int, int, int, int]
     score: float
     probabilities: np.ndarray
+    labels: tuple[str, ...] = field(default=(), compare=False, repr=False)
     landmarks: np.ndarray | None = field(default=None, compare=False, repr=False)
     quality: FaceQuality | None = field(default=None, compare=False)
     valence: float | None = None  # only when the model's metadata defines valence weights
 
     @property
     def emotions(self) -> dict[str, float]:
-        return {label: float(p) for label, p in zip(EMOTIONS, self.probabilities, strict=True)}
+        return {label: float(p) for label, p in zip(self.labels, self.probabilities, strict=True)}
 
     @property
     def dominant(self) -> str:
-        return EMOTIONS[int(np.argmax(self.probabilities))]
+        return self.labels[int(np.argmax(self.probabilities))]
 
     @property
     def area(self) -> int:
@@ -155,6 +156,19 @@ def decode_frame(blob: bytes, min_side: int | None = None) -> _Frame | None:
     return None if image is None else _Frame(image, image.shape[0], image.shape[1])
 
 
+@dataclass
+class _LocatedFaces:
+    """The faces of a batch before classification: per frame its detections (or an error), all crops."""
+
+    per_frame: list[list[Detection] | str] = field(default_factory=list)
+    crops: np.ndarray | None = None
+    frame_areas: np.ndarray | None = None
+    rolls: np.ndarray | None = None
+    decode_s: float = 0.0
+    detect_s: float = 0.0
+    align_s: float = 0.0
+
+
 def _as_bgr(image: np.ndarray | None) -> np.ndarray | str:
     """The image as uint8 BGR, or an error string for what cannot be analysed."""
     if image is None:
@@ -188,6 +202,7 @@ class Pipeline:
     whose face crop would then have fewer pixels than the model's input is decoded again at full size.
     `refine_roll`: level the eyes with `RollRefiner` (the landmarks alone under-read the roll of faces that
     are small in the detector's input); False: the landmarks' eye line only.
+    `output`: the model output to read (default: the one its metadata names; see `EmotionModel`).
     `opencv_threads`: OpenCV's thread count, which is process-wide (None: leave it as it is). One, like ONNX
     Runtime's: serving runs one analysis process (or thread) per core, and OpenCV's own pool on top of that
     only adds synchronisation. Measured on 2 cores, 32-frame batches of the load test's 640x480 JPEGs:
@@ -208,10 +223,13 @@ class Pipeline:
         decode_min_side: int | None = 320,
         refine_roll: bool = True,
         opencv_threads: int | None = 1,
+        output: str | None = None,
     ) -> None:
         if opencv_threads is not None:
             cv2.setNumThreads(opencv_threads)
-        self.model = EmotionModel(model_path or default_model_path(), intra_op_threads=intra_op_threads)
+        self.model = EmotionModel(
+            model_path or default_model_path(), intra_op_threads=intra_op_threads, output=output
+        )
         if detector_path is None:
             detector_path = default_detector_path()
         elif str(detector_path).lower() == HAAR:
@@ -232,6 +250,11 @@ class Pipeline:
     def model_version(self) -> str:
         """Recorded with every stored reading, so results stay attributable after a model update."""
         return self.model.version
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The labels of every reading's probabilities, in order (the model's, from its metadata)."""
+        return self.model.labels
 
     @property
     def detector_name(self) -> str:
@@ -282,17 +305,32 @@ class Pipeline:
             timings.decode += time.perf_counter() - started
         return self._analyze(frames, timings)
 
-    def _analyze(self, frames: Sequence[_Frame | str], timings: StageTimings | None) -> list[FrameReading]:
+    def crop_jpegs(self, blobs: Sequence[bytes]) -> list[np.ndarray | None]:
+        """The model-sized, aligned face crops of each encoded frame, largest face first ([faces, H, W] grey
+        or [faces, H, W, 3]); None for a frame that could not be read. What `analyze_jpegs` classifies, for
+        evaluating or selecting other models on the product's own crops."""
+        frames = [decode_frame(blob, self.decode_min_side) or "could not decode image" for blob in blobs]
+        located = self._locate(frames)
+        crops, offset = [], 0
+        for item in located.per_frame:
+            if isinstance(item, str):
+                crops.append(None)
+                continue
+            crops.append(located.crops[offset : offset + len(item)])
+            offset += len(item)
+        return crops
+
+    def _locate(self, frames: Sequence[_Frame | str]) -> _LocatedFaces:
+        """Detect and align the faces of a batch of frames (everything before the model call)."""
         clock = time.perf_counter
         size = self.model.input_size
-        per_frame: list[list[Detection] | str] = []
+        located = _LocatedFaces()
         crops: list[np.ndarray] = []
         frame_areas: list[np.ndarray] = []  # per face: its frame's pixel count (for face_fraction)
         rolls: list[np.ndarray] = []  # per face: the roll undone by alignment
-        decode_s = detect_s = align_s = 0.0
         for frame in frames:
             if isinstance(frame, str):
-                per_frame.append(frame)
+                located.per_frame.append(frame)
                 continue
             started = clock()
             try:
@@ -305,24 +343,33 @@ class Pipeline:
                 redecoded = clock()
                 face_crops, face_rolls = self._aligned_crops(frame, detections)
             except cv2.error as error:  # one odd frame must not sink the whole batch
-                per_frame.append(f"face detection failed: {error.err or error}")
+                located.per_frame.append(f"face detection failed: {error.err or error}")
                 continue
             crops.append(face_crops)
             rolls.append(face_rolls)
-            detect_s += detected - started
-            decode_s += redecoded - detected
-            align_s += clock() - redecoded
-            per_frame.append(detections)
+            located.detect_s += detected - started
+            located.decode_s += redecoded - detected
+            located.align_s += clock() - redecoded
+            located.per_frame.append(detections)
             frame_areas.append(np.full(len(detections), frame.height * frame.width, np.float32))
+        located.crops = np.concatenate(crops) if crops else np.zeros((0, size, size), np.uint8)
+        located.frame_areas = np.concatenate(frame_areas) if frame_areas else np.zeros(0, np.float32)
+        located.rolls = np.concatenate(rolls) if rolls else np.zeros(0, np.float32)
+        return located
+
+    def _analyze(self, frames: Sequence[_Frame | str], timings: StageTimings | None) -> list[FrameReading]:
+        clock = time.perf_counter
+        located = self._locate(frames)
+        per_frame = located.per_frame
         started = clock()
-        all_crops = np.concatenate(crops) if crops else np.zeros((0, size, size), np.uint8)
         # All faces of the batch in ONE model call: per-call overhead dominates at webcam batch sizes.
-        probabilities = self.model.predict(all_crops)
+        probabilities = self.model.predict(located.crops)
         valences = self.model.valence(probabilities)
         classify_s = clock() - started
         started = clock()
-        qualities = self._qualities(per_frame, all_crops, frame_areas, rolls)
-        align_s += clock() - started  # quality signals are crop post-processing: count them with alignment
+        qualities = self._qualities(per_frame, located.crops, located.frame_areas, located.rolls)
+        align_s = located.align_s + clock() - started  # quality signals are crop post-processing
+        labels = self.model.labels
         readings: list[FrameReading] = []
         offset = 0
         for item in per_frame:
@@ -334,6 +381,7 @@ class Pipeline:
                     d.box,
                     d.score,
                     probabilities[offset + index],
+                    labels=labels,
                     landmarks=d.landmarks,
                     quality=qualities[offset + index],
                     valence=None if valences is None else float(valences[offset + index]),
@@ -343,8 +391,8 @@ class Pipeline:
             offset += len(item)
             readings.append(FrameReading(faces=faces))
         if timings is not None:
-            timings.decode += decode_s
-            timings.detect += detect_s
+            timings.decode += located.decode_s
+            timings.detect += located.detect_s
             timings.align += align_s
             timings.classify += classify_s
             timings.frames += len(frames)
@@ -386,21 +434,15 @@ class Pipeline:
     def _qualities(
         per_frame: list[list[Detection] | str],
         crops: np.ndarray,
-        frame_areas: list[np.ndarray],
-        rolls: list[np.ndarray],
+        frame_areas: np.ndarray,
+        rolls: np.ndarray,
     ) -> list[FaceQuality]:
         """Quality signals for every face of the batch, computed together."""
         detections = [d for item in per_frame if not isinstance(item, str) for d in item]
         if not detections:
             return []
         boxes = np.array([d.box for d in detections], np.float32)
-        return face_qualities(
-            crop_statistics(crops),
-            boxes,
-            np.concatenate(frame_areas),
-            np.concatenate(rolls),
-            yaw_angles(detections),
-        )
+        return face_qualities(crop_statistics(crops), boxes, frame_areas, rolls, yaw_angles(detections))
 
 
 _pipelines: dict[int, Pipeline] = {}

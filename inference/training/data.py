@@ -26,6 +26,10 @@ class FerData:
     labels: np.ndarray  # int64 [N], FER2013 order
     usage: np.ndarray  # int8 [N], index into USAGES
     votes: np.ndarray  # uint8 [N, 10], FER+ columns (8 emotions, unknown, NF)
+    # The product pipeline's crops of the real-face development photos and their labels ("happy",
+    # "neutral"), carried in a pack for selecting models where ../shared is not mounted; never trained on.
+    real_crops: np.ndarray | None = None  # uint8 [M, 48, 48]
+    real_labels: np.ndarray | None = None  # str [M]
 
     def split(self, which: int) -> np.ndarray:
         """Row indices of one usage split."""
@@ -59,7 +63,8 @@ def load_data(path: str | os.PathLike[str] | None = None) -> FerData:
                     )
                 )
             )
-            return FerData(images, z["labels"].astype(np.int64), z["usage"], z["votes"])
+            real = (z["real_crops"], z["real_labels"]) if "real_crops" in z.files else (None, None)
+            return FerData(images, z["labels"].astype(np.int64), z["usage"], z["votes"], *real)
     with np.load(p / "fer2013.npz", allow_pickle=False) as z:
         images, labels, usage_s = z["images"], z["labels"].astype(np.int64), z["usage"]
     with np.load(p / "ferplus_votes.npz", allow_pickle=False) as z:
@@ -106,11 +111,17 @@ def _med_decode(r: np.ndarray) -> np.ndarray:
     return x.astype(np.uint8)
 
 
-def pack(data: FerData, out: str | os.PathLike[str], splits: tuple[int, ...] = (0, 1)) -> Path:
+def pack(
+    data: FerData,
+    out: str | os.PathLike[str],
+    splits: tuple[int, ...] = (0, 1),
+    real: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Path:
     """Write the compact single-file form for carrying to another machine.
 
     Lossless: MED-predictor residuals + xz (about 0.68 of raw; plain zlib on pixels gets 0.95).
     Only `splits` are kept (default Training + PublicTest: the GPU run never sees PrivateTest).
+    `real`: (crops, labels) of the real-face development photos (`real_selection_crops`), for selection.
     """
     keep = np.flatnonzero(np.isin(data.usage, splits))
     im = data.images[keep].astype(np.int16)
@@ -125,8 +136,24 @@ def pack(data: FerData, out: str | os.PathLike[str], splits: tuple[int, ...] = (
         labels=data.labels[keep].astype(np.int8),
         usage=data.usage[keep],
         votes=data.votes[keep],
+        **({} if real is None else {"real_crops": real[0], "real_labels": np.asarray(real[1], dtype="U16")}),
     )
     return out_p
+
+
+def real_selection_crops(data: FerData, shared_data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(crops, labels) of the real-face development photos for selection: from a pack if it carries them,
+    else cut now by the product pipeline (shipped model's input size, YuNet or Haar) from
+    `shared_data_dir/realfaces_dev`."""
+    if data.real_crops is not None and data.real_labels is not None:
+        return data.real_crops, data.real_labels
+    from inference.pipeline import Pipeline
+
+    from .real_faces import photo_crops
+
+    photos = (shared_data_dir or default_data_dir()) / "realfaces_dev"
+    crops, labels = photo_crops(Pipeline(), photos)
+    return crops, np.asarray(labels, dtype="U16")
 
 
 def ferplus_majority(votes: np.ndarray) -> np.ndarray:

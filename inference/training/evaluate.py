@@ -16,12 +16,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from inference import EMOTIONS
 from inference.model import EmotionModel
 
+from . import FER_LABELS, FERPLUS_LABELS
 from .data import PRIVATE, FerData, ferplus_majority, load_data
-
-HAPPY = 3  # FER2013 label index of "happy"
 
 
 def _session(onnx_path: str | os.PathLike[str], threads: int = 1) -> Any:
@@ -78,30 +76,63 @@ def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
     return float(np.abs(acc_sum - conf_sum).sum() / len(y))
 
 
-def fer_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    k = probs.shape[1]
-    pred = probs.argmax(1)
-    happy_true = y == HAPPY
-    return {
+def restrict(probs: np.ndarray, labels: tuple[str, ...], classes: tuple[str, ...]) -> np.ndarray:
+    """An output's probabilities as columns of a dataset's `classes` (matched by name; a class the output
+    lacks is a zero column, an output label the dataset lacks, e.g. contempt for FER2013, is dropped), rows
+    renormalised to sum 1."""
+    columns = np.zeros((len(probs), len(classes)), np.float64)
+    for index, name in enumerate(classes):
+        if name in labels:
+            columns[:, index] = probs[:, labels.index(name)]
+    totals = columns.sum(1, keepdims=True)
+    return np.divide(columns, totals, out=np.full_like(columns, 1 / len(classes)), where=totals > 0)
+
+
+def classification_metrics(
+    probs: np.ndarray, y: np.ndarray, classes: tuple[str, ...], labels: tuple[str, ...]
+) -> dict[str, Any]:
+    """Accuracy, macro-F1, recall per class, happy-vs-rest, calibration and the confusion matrix of an
+    output (`labels`, probabilities `probs` [N, len(labels)]) against true classes `y` (indices into
+    `classes`). The prediction is the argmax over the dataset's classes; happy-vs-rest uses the argmax over
+    all the output's labels (the product's dominant label) and p(happy)."""
+    k = len(classes)
+    p = restrict(probs, labels, classes)
+    pred = p.argmax(1)
+    cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+    missing = [name for name in classes if name not in labels]
+    out: dict[str, Any] = {
         "accuracy": float((pred == y).mean()),
         "macro_f1": macro_f1(y, pred, k),
         "per_class_recall": {
-            lab: float(r) for lab, r in zip(labels, per_class_recall(y, pred, k), strict=True)
+            name: float(r) for name, r in zip(classes, per_class_recall(y, pred, k), strict=True)
         },
-        "happy_vs_rest_accuracy": float(((pred == HAPPY) == happy_true).mean()),
-        "happy_vs_rest_auc": roc_auc(happy_true, probs[:, HAPPY]),
-        "ece": ece(probs, y),
-        "nll": float(-np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12)).mean()),
+        "confusion_labels": list(classes),
+        "confusion_matrix": cm.tolist(),
         "n": int(len(y)),
     }
+    if missing:
+        out["classes_not_in_output"] = missing
+    else:
+        out["ece"] = ece(p, y)
+        out["nll"] = float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean())
+    if "happy" in labels and "happy" in classes:
+        happy_true = y == classes.index("happy")
+        dominant_happy = probs.argmax(1) == labels.index("happy")
+        out["happy_vs_rest_accuracy"] = float((dominant_happy == happy_true).mean())
+        out["happy_vs_rest_auc"] = roc_auc(happy_true, probs[:, labels.index("happy")])
+    return out
 
 
-def ferplus_metrics(probs8: np.ndarray, votes: np.ndarray) -> dict[str, Any]:
-    """Majority-vote accuracy over 8 classes; rows whose majority is unknown/NF are dropped."""
+def fer_metrics(probs: np.ndarray, y: np.ndarray, labels: tuple[str, ...]) -> dict[str, Any]:
+    """Against FER2013's original labels (7 classes)."""
+    return classification_metrics(probs, y, FER_LABELS, labels)
+
+
+def ferplus_metrics(probs: np.ndarray, votes: np.ndarray, labels: tuple[str, ...]) -> dict[str, Any]:
+    """Against the FER+ majority vote over 8 classes; rows whose majority is unknown/NF are dropped."""
     maj = ferplus_majority(votes)
     keep = maj >= 0
-    pred = probs8[keep].argmax(1)
-    return {"accuracy": float((pred == maj[keep]).mean()), "n": int(keep.sum())}
+    return classification_metrics(probs[keep], maj[keep], FERPLUS_LABELS, labels)
 
 
 def cpu_throughput(
@@ -141,33 +172,29 @@ def evaluate_model(
     split: int = PRIVATE,
     speed: bool = True,
     data: FerData | None = None,
+    output: str | None = None,
 ) -> dict[str, Any]:
-    """All product-facing metrics of an emotion ONNX file on a FER2013 split (default PrivateTest).
+    """All product-facing metrics of one output of an emotion ONNX file (default: the one its metadata
+    names) on a FER2013 split (default PrivateTest), against FER2013's labels and against FER+'s majority
+    votes. Every output is measured the same way, so two heads of one file compare side by side.
 
-    FER2013 figures go through the product's loader, so the model's own label order, input size,
-    channels and normalisation are honoured exactly as in production.
+    Crops go through the product's loader, so the model's own labels, input size, channels and
+    normalisation are honoured exactly as in production.
     """
-    model = EmotionModel(onnx_path, intra_op_threads=os.cpu_count() or 1, max_batch=512)
+    model = EmotionModel(onnx_path, intra_op_threads=os.cpu_count() or 1, max_batch=512, output=output)
     d = data if data is not None else load_data(data_dir)
     rows = d.split(split)
-    crops = model_crops(d.images[rows], model)
+    probs = model.predict(model_crops(d.images[rows], model))
     res: dict[str, Any] = {
         "model": str(onnx_path),
         "version": model.version,
+        "output": model.output_name,
+        "labels": list(model.labels),
         "split": ("Training", "PublicTest", "PrivateTest")[split],
-        # EMOTIONS is FER2013's label order, so the loader's columns line up with the dataset's labels.
-        "fer2013": fer_metrics(model.predict(crops), d.labels[rows], list(EMOTIONS)),
+        "fer2013": fer_metrics(probs, d.labels[rows], model.labels),
+        "ferplus": ferplus_metrics(probs, d.votes[rows], model.labels),
         "size_bytes": Path(onnx_path).stat().st_size,
     }
-    if "ferplus_probabilities" in {output.name for output in model.session.get_outputs()}:
-        inputs = model.preprocess(crops)
-        probs8 = np.concatenate(
-            [
-                model.session.run(["ferplus_probabilities"], {model.input_name: inputs[i : i + 512]})[0]
-                for i in range(0, len(inputs), 512)
-            ]
-        )
-        res["ferplus"] = ferplus_metrics(probs8, d.votes[rows])
     if speed:
         res["cpu_crops_per_s_b32_1thread"] = cpu_throughput(onnx_path, 32, 1)
     return res
@@ -182,8 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--data", default=None, help="data dir or packed npz (default: shared data)")
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--output", default=None, help="model output to evaluate (default: the metadata's)")
     a = ap.parse_args(argv)
-    print(json.dumps(evaluate_model(a.model, a.data, speed=not a.no_speed), indent=2))
+    print(json.dumps(evaluate_model(a.model, a.data, speed=not a.no_speed, output=a.output), indent=2))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from . import FER_LABELS, FERPLUS_LABELS
+from . import HEAD_OUTPUTS
 
 if TYPE_CHECKING:
     from .model import EmotionNet
@@ -155,26 +155,38 @@ def add_flip_tta(src: str | Path, out: str | Path, *, average: str = "logits") -
 
 
 def contract_metadata(
-    normalization: dict[str, float], version: str, metrics: dict[str, Any], trained_on: str
+    normalization: dict[str, float],
+    version: str,
+    metrics: dict[str, Any],
+    trained_on: str,
+    default_output: str = "probabilities",
 ) -> dict[str, Any]:
+    """The metadata contract (docs/architecture.md): the default output's labels and valence weights as
+    `labels`/`valence_weights`, the other head in `extra_outputs` with its own."""
+    others = {
+        name: {"labels": list(labels), "valence_weights": valence_weights(labels)}
+        for name, labels in HEAD_OUTPUTS.items()
+        if name != default_output
+    }
+    labels = HEAD_OUTPUTS[default_output]
     return {
-        "labels": list(FER_LABELS),
+        "labels": list(labels),
         "input_size": "48",
         "input_channels": "1",
         "normalization": normalization,
-        "output": "probabilities",
+        "output": default_output,
         "version": version,
         "metrics": metrics,
         "trained_on": trained_on,
-        # extra (not part of the loader contract): the FER+ head, 8 classes incl. contempt
-        "extra_outputs": {"ferplus_probabilities": list(FERPLUS_LABELS)},
-        "smile_score": "probabilities[happy]",
-        "valence_weights": VALENCE_WEIGHTS,
+        "extra_outputs": others,
+        "smile_score": "p(happy) of the output read",
+        "valence_weights": valence_weights(labels),
     }
 
 
-# valence = sum_k p_k * w_k over the FER2013 output; happy positive, surprise mildly positive
-# (ambiguous), neutral 0, negative emotions negative. A convention, documented in the card.
+# valence = sum_k p_k * w_k; happy positive, surprise mildly positive (ambiguous), neutral 0, negative
+# emotions negative; contempt (FER+ only) between sadness and neutral, as a mild negative display. A
+# convention, documented in the card.
 VALENCE_WEIGHTS: dict[str, float] = {
     "angry": -0.8,
     "disgust": -0.9,
@@ -183,7 +195,13 @@ VALENCE_WEIGHTS: dict[str, float] = {
     "sad": -0.8,
     "surprise": 0.2,
     "neutral": 0.0,
+    "contempt": -0.6,
 }
+
+
+def valence_weights(labels: tuple[str, ...]) -> dict[str, float]:
+    """The valence weights of one head's labels, in its order."""
+    return {label: VALENCE_WEIGHTS[label] for label in labels}
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray, batch: int = 32) -> Path:

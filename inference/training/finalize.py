@@ -5,6 +5,12 @@ Used after a GPU run that had no PrivateTest data (the packed carry holds Traini
     python -m inference.training.finalize --onnx inference/models/emotion.onnx \\
         --summary var/training/emotion.summary.json
 
+An exported file whose training run is gone, re-stamped with its default output chosen again on PublicTest +
+realfaces_dev (`pipeline.choose_default_output`), a new version and its card (same weights):
+
+    python -m inference.training.finalize --restamp --onnx inference/models/emotion.onnx \
+        --out inference/models/emotion.onnx --version V --training-notes notes.md
+
 Horizontal-flip averaging folded into an exported file (graph surgery, no torch, no summary needed;
 keeps every metadata entry, sets `version` and `flip_tta`, re-measures and stamps `metrics`):
 
@@ -57,11 +63,15 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="re-run the config's int8 quantization from this fp32 export into --onnx first",
     )
+    ap.add_argument("--restamp", action="store_true", help="choose the default output of --onnx again")
+    ap.add_argument("--training-notes", help="with --restamp: Markdown for the card's training section")
     flip = ap.add_argument_group("flip averaging (graph surgery on --onnx; card left as is)")
     flip.add_argument("--add-flip-tta", action="store_true", help="write --out: --onnx with flip averaging")
     flip.add_argument("--out", help="output ONNX for --add-flip-tta (may equal --onnx)")
     flip.add_argument("--average", choices=("logits", "probabilities"), default="logits")
-    flip.add_argument("--version", help="new `version` metadata (default: the old one + '-flip')")
+    flip.add_argument(
+        "--version", help="new `version` metadata (--add-flip-tta default: the old one + '-flip')"
+    )
     flip.add_argument("--no-speed", action="store_true", help="skip the CPU speed measurement")
     a = ap.parse_args(argv)
     if a.add_flip_tta:
@@ -73,8 +83,23 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
         return
+    if a.restamp:
+        from .pipeline import restamp_default_output
+
+        if not (a.out and a.version and a.training_notes):
+            ap.error("--restamp needs --out, --version and --training-notes")
+        metrics = restamp_default_output(
+            Path(a.onnx),
+            Path(a.out),
+            version=a.version,
+            data_path=a.data,
+            training_md=Path(a.training_notes).read_text().strip(),
+            speed=not a.no_speed,
+        )
+        print(json.dumps(metrics, indent=2))
+        return
     if not a.summary:
-        ap.error("--summary is required (unless --add-flip-tta)")
+        ap.error("--summary is required (unless --add-flip-tta or --restamp)")
     s = json.loads(Path(a.summary).read_text())
     summary, cfg = s["summary"], s["config"]
     if a.config:

@@ -35,6 +35,7 @@ VALENCE_WEIGHTS = {
     "sad": -0.8,
     "surprise": 0.2,
     "neutral": 0.0,
+    "contempt": -0.6,
 }
 FRAME_COLUMNS = [
     "session_id",
@@ -55,6 +56,7 @@ FRAME_COLUMNS = [
     "sad",
     "surprise",
     "neutral",
+    "contempt",
     "smile",
     "valence",
     "quality",
@@ -104,13 +106,14 @@ def _frames_sql(baseline: bool) -> str:
                CASE WHEN face_found THEN angry END, CASE WHEN face_found THEN disgust END,
                CASE WHEN face_found THEN fear END, CASE WHEN face_found THEN happy END,
                CASE WHEN face_found THEN sad END, CASE WHEN face_found THEN surprise END,
-               CASE WHEN face_found THEN neutral END, CASE WHEN face_found THEN happy END,
+               CASE WHEN face_found THEN neutral END, CASE WHEN face_found THEN contempt END,
+               CASE WHEN face_found THEN happy END,
                CASE WHEN face_found THEN {weights} END,
                CASE WHEN face_found THEN quality END, '', %(model)s, %(now)s
         FROM (
             SELECT session_id, ad_id, seq, media_time_ms, captured_at, face_found, quality, happy, surprise,
-                   rest * 0.62 AS neutral, rest * 0.1 AS sad, rest * 0.08 AS angry, rest * 0.07 AS fear,
-                   rest * 0.13 AS disgust
+                   rest * 0.6 AS neutral, rest * 0.1 AS sad, rest * 0.08 AS angry, rest * 0.07 AS fear,
+                   rest * 0.1 AS disgust, rest * 0.05 AS contempt
             FROM (
                 SELECT session_id, ad_id, seq, media_time_ms, captured_at, face_found, quality, happy,
                        surprise, greatest(1.0 - happy - surprise, 0.0) AS rest

@@ -6,7 +6,7 @@ views, the live socket and the exports all call them, so every surface shows the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -70,6 +70,9 @@ class AdFacets:
     devices: list[str]
     first_day: str | None
     last_day: str | None
+    # Per model version, the measures its readings have (its labels, in display order): a label the model
+    # does not read has no participant-second, so its traces, legend entries and export columns are left out.
+    measures: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def default_model(self, requested: str) -> str:
         versions = [version for version, _n in self.model_versions]
@@ -77,16 +80,31 @@ class AdFacets:
             return requested
         return versions[0] if versions else requested
 
+    def measures_of(self, model_version: str) -> tuple[str, ...]:
+        """The model version's measures; every measure for a version with no rollups yet."""
+        return self.measures.get(model_version, MEASURES)
+
+    def measures_of_all(self, model_version: str = "") -> tuple[str, ...]:
+        """The measures of one model version, or (empty version) of any of the ad's versions."""
+        if model_version:
+            return self.measures_of(model_version)
+        present = {measure for measures in self.measures.values() for measure in measures}
+        return tuple(m for m in MEASURES if m in present) if present else MEASURES
+
 
 def ad_facets(ad: Ad) -> AdFacets:
+    counts = {f"count_{measure}": Sum(f"n_{measure}") for measure in MEASURES}
     rows = list(
         SecondCell.objects.filter(ad=ad, level=0, participants__gt=0)
         .values("model_version", "country", "device_type")
-        .annotate(participants=Sum("participants"), first=Min("day"), last=Max("day"))
+        .annotate(participants=Sum("participants"), first=Min("day"), last=Max("day"), **counts)
     )
     per_model: dict[str, int] = {}
+    present: dict[str, set[str]] = {}
     for row in rows:
-        per_model[row["model_version"]] = per_model.get(row["model_version"], 0) + row["participants"]
+        model = row["model_version"]
+        per_model[model] = per_model.get(model, 0) + row["participants"]
+        present.setdefault(model, set()).update(m for m in MEASURES if row[f"count_{m}"])
     firsts = [row["first"] for row in rows]
     lasts = [row["last"] for row in rows]
     return AdFacets(
@@ -95,6 +113,10 @@ def ad_facets(ad: Ad) -> AdFacets:
         devices=sorted({row["device_type"] for row in rows}),
         first_day=min(firsts).isoformat() if firsts else None,
         last_day=max(lasts).isoformat() if lasts else None,
+        measures={
+            model: tuple(m for m in MEASURES if m in found or m == "smile")
+            for model, found in present.items()
+        },
     )
 
 
@@ -296,13 +318,16 @@ def build_ad_dashboard(ad: Ad, filters: Filters, reconcile: bool = True) -> dict
         do_reconcile_study(ad.study_id)
     facets = ad_facets(ad)
     model_version = facets.default_model(filters.model_version)
+    measures = facets.measures_of(model_version)
+    if filters.measure not in measures:  # e.g. contempt, chosen for a model that reads it, then switched
+        filters = filters.with_measure("smile")
     filters = filters.with_model(model_version)
     traces = load_traces(ad, filters, model_version)
     colors = {country: country_color(index) for index, country in enumerate(facets.countries)}
     colors[ALL] = "#333333"
     x = [second + 0.5 for second in range(traces.seconds)]
     duration_s = float(traces.seconds)
-    estimates = {measure: traces.estimate(measure, filters.baseline) for measure in MEASURES}
+    estimates = {measure: traces.estimate(measure, filters.baseline) for measure in measures}
     participants = traces.participants()
 
     summary = country_summary(ad, filters, model_version, traces, colors)
@@ -378,7 +403,7 @@ def build_ad_dashboard(ad: Ad, filters: Filters, reconcile: bool = True) -> dict
             "devices": facets.devices,
             "model_versions": [version for version, _n in facets.model_versions],
             "quality_levels": list(QUALITY_LEVELS),
-            "measures": [[measure, MEASURE_LABELS[measure]] for measure in MEASURES],
+            "measures": [[measure, MEASURE_LABELS[measure]] for measure in measures],
             "first_day": facets.first_day,
             "last_day": facets.last_day,
             "smile_threshold": SMILE_THRESHOLD,

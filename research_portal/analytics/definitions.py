@@ -6,8 +6,12 @@ figures and exports agree.
 
 from __future__ import annotations
 
-# FrameResult columns aggregated per participant and second, in display order.
-EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+from research_portal.capture.readings import READING_LABELS
+
+# FrameResult columns aggregated per participant and second, in display order: every emotion label a
+# reading can carry. A model version reads a subset of them (its metadata's labels); the others are NULL in
+# its frames and rollups, and `AdFacets.measures` leaves them out of its traces, legend and exports.
+EMOTIONS: tuple[str, ...] = READING_LABELS
 MEASURES: tuple[str, ...] = ("smile", "valence", *EMOTIONS)
 MEASURE_LABELS: dict[str, str] = {
     "smile": "Smile",
@@ -19,9 +23,11 @@ MEASURE_LABELS: dict[str, str] = {
     "sad": "Sadness",
     "surprise": "Surprise",
     "neutral": "Neutral",
+    "contempt": "Contempt",
 }
 # A measure that may be NULL on a frame with a face (valence needs weights in the model's metadata) is
-# counted separately; every other measure is present whenever a face was found.
+# counted separately; every other measure is present whenever a face was found, or, for an emotion, never
+# in a model version that lacks that label (its rollup sums are then NULL, not 0).
 NULLABLE_MEASURES: frozenset[str] = frozenset({"valence"})
 
 # Quality filter: a participant-second is computed from the frames whose face quality is at least the level's

@@ -7,6 +7,10 @@
            (none / baseline): n participants, mean, sd, se and the 95% CI.
 - comparison: the per-second test between the two compared countries.
 
+The emotion columns (frames, seconds) and measures (traces) are those of the exported model version's
+labels, or of any of the ad's model versions when none is chosen (`AdFacets.measures`); a model that lacks
+one of them leaves its cells empty.
+
 Each is a generator of CSV lines, so a 10-million-frame export streams in constant memory (Parquet is not
 offered: pyarrow is not a dependency).
 """
@@ -20,10 +24,9 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 from django.db.models import Q
 
-from research_portal.analytics.dashboard import ALL, build_ad_dashboard, load_traces
+from research_portal.analytics.dashboard import ALL, ad_facets, build_ad_dashboard, load_traces
 from research_portal.analytics.definitions import (
     EMOTIONS,
-    MEASURES,
     NULLABLE_MEASURES,
     QUALITY_LEVELS,
 )
@@ -94,72 +97,83 @@ def _sessions(ad: Ad, filters: Filters):
     return sessions
 
 
-FRAME_FIELDS = [
-    "session_id",
-    "session__external_participant_id",
-    "session__country",
-    "session__device_type",
-    "session__state",
-    "ad_id",
-    "seq",
-    "media_time_ms",
-    "captured_at",
-    "face_found",
-    "face_x",
-    "face_y",
-    "face_w",
-    "face_h",
-    "face_score",
-    *EMOTIONS,
-    "smile",
-    "valence",
-    "quality",
-    "error",
-    "model_version",
-]
-FRAME_HEADER = [
-    "study_id",
-    "ad_id",
-    "ad_title",
-    "phase",
-    "session_id",
-    "participant_id",
-    "country",
-    "device_type",
-    "session_state",
-    "seq",
-    "media_time_ms",
-    "second",
-    "captured_at",
-    "face_found",
-    "face_x",
-    "face_y",
-    "face_w",
-    "face_h",
-    "face_score",
-    *EMOTIONS,
-    "smile",
-    "valence",
-    "quality",
-    "error",
-    "model_version",
-]
+def frame_fields(emotions: tuple[str, ...]) -> list[str]:
+    return [
+        "session_id",
+        "session__external_participant_id",
+        "session__country",
+        "session__device_type",
+        "session__state",
+        "ad_id",
+        "seq",
+        "media_time_ms",
+        "captured_at",
+        "face_found",
+        "face_x",
+        "face_y",
+        "face_w",
+        "face_h",
+        "face_score",
+        *emotions,
+        "smile",
+        "valence",
+        "quality",
+        "error",
+        "model_version",
+    ]
+
+
+def frame_header(emotions: tuple[str, ...]) -> list[str]:
+    return [
+        "study_id",
+        "ad_id",
+        "ad_title",
+        "phase",
+        "session_id",
+        "participant_id",
+        "country",
+        "device_type",
+        "session_state",
+        "seq",
+        "media_time_ms",
+        "second",
+        "captured_at",
+        "face_found",
+        "face_x",
+        "face_y",
+        "face_w",
+        "face_h",
+        "face_score",
+        *emotions,
+        "smile",
+        "valence",
+        "quality",
+        "error",
+        "model_version",
+    ]
+
+
+def exported_measures(ad: Ad, filters: Filters) -> tuple[str, ...]:
+    """The measures of the exported model version (all of the ad's versions when none is chosen)."""
+    return ad_facets(ad).measures_of_all(filters.model_version)
 
 
 def frame_export(ad: Ad, filters: Filters) -> Iterator[str]:
     """Raw readings of the ad's frames and of the same participants' baseline frames. The quality filter
     keeps frames with a face at that quality (at 0, every frame, with or without a face)."""
+    emotions = tuple(m for m in exported_measures(ad, filters) if m in EMOTIONS)
+    fields = frame_fields(emotions)
     sessions = _sessions(ad, filters).values("id")
     frames = FrameResult.objects.filter(Q(ad=ad) | Q(ad__isnull=True), session__in=sessions)
     if filters.quality > 0:
         frames = frames.filter(face_found=True, quality__gte=filters.quality)
     if filters.model_version:
         frames = frames.filter(model_version=filters.model_version)
-    values = frames.order_by("session_id", "seq").values_list(*FRAME_FIELDS).iterator(chunk_size=CHUNK_ROWS)
+    values = frames.order_by("session_id", "seq").values_list(*fields).iterator(chunk_size=CHUNK_ROWS)
 
     def rows() -> Iterator[list]:
         for row in values:
-            record = dict(zip(FRAME_FIELDS, row, strict=True))
+            record = dict(zip(fields, row, strict=True))
             baseline = record["ad_id"] is None
             yield [
                 ad.study_id,
@@ -177,48 +191,51 @@ def frame_export(ad: Ad, filters: Filters) -> Iterator[str]:
                 record["captured_at"].isoformat(),
                 int(record["face_found"]),
                 *["" if record[k] is None else record[k] for k in ("face_x", "face_y", "face_w", "face_h")],
-                *[_number(record[k]) for k in ("face_score", *EMOTIONS, "smile", "valence", "quality")],
+                *[_number(record[k]) for k in ("face_score", *emotions, "smile", "valence", "quality")],
                 record["error"],
                 record["model_version"],
             ]
 
-    return csv_lines(FRAME_HEADER, rows())
+    return csv_lines(frame_header(emotions), rows())
 
 
-SECOND_HEADER = [
-    "study_id",
-    "ad_id",
-    "ad_title",
-    "session_id",
-    "participant_id",
-    "country",
-    "device_type",
-    "completed",
-    "session_day",
-    "second",
-    "second_start_s",
-    "second_end_s",
-    "quality_min",
-    "n_frames",
-    "n_valence_frames",
-    *MEASURES,
-    *[f"{m}_baseline" for m in MEASURES],
-    *[f"{m}_minus_baseline" for m in MEASURES],
-    "model_version",
-]
+def second_header(measures: tuple[str, ...]) -> list[str]:
+    return [
+        "study_id",
+        "ad_id",
+        "ad_title",
+        "session_id",
+        "participant_id",
+        "country",
+        "device_type",
+        "completed",
+        "session_day",
+        "second",
+        "second_start_s",
+        "second_end_s",
+        "quality_min",
+        "n_frames",
+        "n_valence_frames",
+        *measures,
+        *[f"{m}_baseline" for m in measures],
+        *[f"{m}_minus_baseline" for m in measures],
+        "model_version",
+    ]
 
 
 def second_export(ad: Ad, filters: Filters) -> Iterator[str]:
     """Per participant and second: mean per measure, baseline mean, and the difference (empty when the
     participant has no baseline frame at this quality level)."""
+    measures = exported_measures(ad, filters)
+    sum_columns = [f"sum_{m}" for m in measures]
     seconds = SecondRollup.objects.filter(ad=ad, level=filters.level, session__in=_sessions(ad, filters))
     if filters.model_version:
         seconds = seconds.filter(model_version=filters.model_version)
     baselines: dict[tuple[int, str], np.ndarray] = {}
     for session_id, model, n_frames, n_valence, *sums in BaselineRollup.objects.filter(
         level=filters.level, session__study_id=ad.study_id
-    ).values_list("session_id", "model_version", "n_frames", "n_valence", *[f"sum_{m}" for m in MEASURES]):
-        baselines[(session_id, model)] = _means(n_frames, n_valence, sums)
+    ).values_list("session_id", "model_version", "n_frames", "n_valence", *sum_columns):
+        baselines[(session_id, model)] = _means(measures, n_frames, n_valence, sums)
     fields = [
         "session_id",
         "session__external_participant_id",
@@ -230,7 +247,7 @@ def second_export(ad: Ad, filters: Filters) -> Iterator[str]:
         "model_version",
         "n_frames",
         "n_valence",
-        *[f"sum_{m}" for m in MEASURES],
+        *sum_columns,
     ]
     values = seconds.order_by("session_id", "second", "model_version").values_list(*fields)
 
@@ -248,8 +265,8 @@ def second_export(ad: Ad, filters: Filters) -> Iterator[str]:
             nv,
             *sums,
         ) in values.iterator(chunk_size=CHUNK_ROWS):
-            means = _means(n, nv, sums)
-            base = baselines.get((session_id, model), np.full(len(MEASURES), np.nan))
+            means = _means(measures, n, nv, sums)
+            base = baselines.get((session_id, model), np.full(len(measures), np.nan))
             yield [
                 ad.study_id,
                 ad.pk,
@@ -272,11 +289,12 @@ def second_export(ad: Ad, filters: Filters) -> Iterator[str]:
                 model,
             ]
 
-    return csv_lines(SECOND_HEADER, rows())
+    return csv_lines(second_header(measures), rows())
 
 
-def _means(n_frames: int, n_valence: int, sums: list[float]) -> np.ndarray:
-    counts = np.array([n_valence if m in NULLABLE_MEASURES else n_frames for m in MEASURES], dtype=float)
+def _means(measures: tuple[str, ...], n_frames: int, n_valence: int, sums: list) -> np.ndarray:
+    """Per measure, the mean of its frames (NaN without frames, or for an emotion the model lacks)."""
+    counts = np.array([n_valence if m in NULLABLE_MEASURES else n_frames for m in measures], dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(counts > 0, np.asarray(sums, dtype=float) / counts, np.nan)
 
@@ -304,15 +322,14 @@ TRACE_HEADER = [
 
 def trace_export(ad: Ad, filters: Filters) -> Iterator[str]:
     """The aggregated traces, overall and per country, raw and baseline-corrected (read from the rollups)."""
-    from research_portal.analytics.dashboard import ad_facets
-
-    model_version = ad_facets(ad).default_model(filters.model_version)
+    facets = ad_facets(ad)
+    model_version = facets.default_model(filters.model_version)
     traces = load_traces(ad, filters, model_version)
     described = filter_description(filters)
 
     def rows() -> Iterator[list]:
         for group in [ALL, *traces.countries]:
-            for measure in MEASURES:
+            for measure in facets.measures_of(model_version):
                 for correction, baseline in (("none", False), ("baseline", True)):
                     estimate = traces.estimate(measure, baseline, group)
                     for second in range(traces.seconds):

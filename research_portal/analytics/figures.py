@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from research_portal.analytics.definitions import MEASURE_LABELS, MEASURES
+from research_portal.analytics.definitions import MEASURE_LABELS
 from research_portal.analytics.stats import MeanEstimate
 
 MEASURE_COLORS = {
@@ -21,6 +21,7 @@ MEASURE_COLORS = {
     "sad": "#56B4E9",
     "surprise": "#6A3D9A",
     "neutral": "#7F7F7F",
+    "contempt": "#8C564B",
 }
 COUNTRY_COLORS = [
     "#1F77B4",
@@ -158,10 +159,11 @@ def trace_figure(
     baseline: bool,
     title: str,
 ) -> dict:
-    """Every measure over the ad timeline with 95% bands (smile and valence shown, the emotions one legend
-    click away), and below it the number of participants behind each second."""
+    """Every measure of `estimates` (those the model version reads, in display order) over the ad timeline
+    with 95% bands (smile and valence shown, the emotions one legend click away), and below it the number
+    of participants behind each second."""
     data = []
-    for measure in MEASURES:
+    for measure in estimates:
         visible = True if measure in ("smile", "valence") else "legendonly"
         data += band_traces(
             x, estimates[measure], MEASURE_LABELS[measure], MEASURE_COLORS[measure], measure, visible

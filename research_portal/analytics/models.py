@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from django.db import models
 
-from research_portal.analytics.definitions import CELL_STATS, MEASURES
+from research_portal.analytics.definitions import CELL_STATS, EMOTIONS, MEASURES
 from research_portal.capture.models import ParticipantSession
 from research_portal.studies.models import Ad, Study
 
@@ -98,8 +98,10 @@ class BaselineRollup(models.Model):
 
 
 for _measure in MEASURES:
-    SecondRollup.add_to_class(f"sum_{_measure}", models.FloatField(default=0.0))
-    BaselineRollup.add_to_class(f"sum_{_measure}", models.FloatField(default=0.0))
+    # An emotion's sum is NULL when the rows' model version does not have that label (definitions.EMOTIONS).
+    _options = {"null": True, "default": None} if _measure in EMOTIONS else {"default": 0.0}
+    SecondRollup.add_to_class(f"sum_{_measure}", models.FloatField(**_options))
+    BaselineRollup.add_to_class(f"sum_{_measure}", models.FloatField(**_options))
 
 
 class SecondCell(models.Model):

@@ -24,6 +24,7 @@ from django.db.models import F, Q
 
 from research_portal.analytics.definitions import (
     CELL_STATS,
+    EMOTIONS,
     MEASURES,
     NULLABLE_MEASURES,
     QUALITY_LEVELS,
@@ -62,7 +63,8 @@ def _frame_sums_select(group_by_session: bool, baseline: bool) -> str:
 
     A frame counts when a face was found, it has its readings, and, at level k > 0, quality >= threshold k."""
     frames = FrameResult._meta.db_table
-    sums = ", ".join(f"COALESCE(SUM(f.{m}), 0.0)" for m in MEASURES)
+    # An emotion the rows' model does not have stays NULL (no reading), never 0.
+    sums = ", ".join(f"SUM(f.{m})" if m in EMOTIONS else f"COALESCE(SUM(f.{m}), 0.0)" for m in MEASURES)
     keys = ["f.session_id"] if group_by_session else []
     keys += [] if baseline else ["f.ad_id", "f.media_time_ms / 1000"]
     keys += ["q.level", "f.model_version"]
@@ -375,13 +377,13 @@ def _replace_rows(
 
 
 def _same_rows(old: SessionRows, new: SessionRows) -> bool:
+    """True when nothing changed (NaN, an emotion the model lacks, equals NaN)."""
     if old.keys != new.keys or old.baseline.keys() != new.baseline.keys():
         return False
-    if not (np.array_equal(old.counts, new.counts) and np.array_equal(old.sums, new.sums)):
-        return False
-    return all(
+    same = np.array_equal(old.counts, new.counts) and np.array_equal(old.sums, new.sums, equal_nan=True)
+    return same and all(
         np.array_equal(old.baseline[key][0], new.baseline[key][0])
-        and np.array_equal(old.baseline[key][1], new.baseline[key][1])
+        and np.array_equal(old.baseline[key][1], new.baseline[key][1], equal_nan=True)
         for key in old.baseline
     )
 

@@ -88,6 +88,9 @@ class Filters:
     def with_model(self, model_version: str) -> Filters:
         return replace(self, model_version=model_version)
 
+    def with_measure(self, measure: str) -> Filters:
+        return replace(self, measure=measure)
+
     def to_query(self) -> dict[str, object]:
         """The query parameters that reproduce these filters (for links and the live socket)."""
         query: dict[str, object] = {

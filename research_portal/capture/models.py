@@ -2,6 +2,7 @@ import secrets
 
 from django.db import models
 
+from research_portal.capture.readings import READING_LABELS
 from research_portal.studies.models import Ad, ConsentVersion, Study
 
 
@@ -115,14 +116,9 @@ class FrameResult(models.Model):
     face_w = models.IntegerField(null=True)
     face_h = models.IntegerField(null=True)
     face_score = models.FloatField(null=True)
-    angry = models.FloatField(null=True)
-    disgust = models.FloatField(null=True)
-    fear = models.FloatField(null=True)
-    happy = models.FloatField(null=True)
-    sad = models.FloatField(null=True)
-    surprise = models.FloatField(null=True)
-    neutral = models.FloatField(null=True)
-    # Smile intensity = P(happy); valence = model-defined weighted sum of the 7 probabilities, in [-1, 1].
+    # One probability column per label in readings.READING_LABELS (added below): NULL without a face, and
+    # NULL for a label the reading's model does not have.
+    # Smile intensity = P(happy); valence = model-defined weighted sum of the model's probabilities, [-1, 1].
     smile = models.FloatField(null=True)
     valence = models.FloatField(null=True)
     # Usability of the face for analysis, 0 (useless) .. 1 (large, sharp, well lit, frontal).
@@ -140,3 +136,7 @@ class FrameResult(models.Model):
 
     def __str__(self) -> str:
         return f"{self.session_id}#{self.seq}"
+
+
+for _label in READING_LABELS:
+    FrameResult.add_to_class(_label, models.FloatField(null=True))

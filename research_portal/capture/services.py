@@ -26,12 +26,13 @@ from django.conf import settings
 from django.db import connection, connections
 from django.utils import timezone
 
-from inference.pipeline import FaceReading, get_pipeline
+from inference.pipeline import FaceReading, Pipeline, get_pipeline
 from research_portal.analytics.rollups import do_update_rollups
 from research_portal.capture.acks import post_acks
 from research_portal.capture.batch_store import drop_batch, get_batch, put_batch
 from research_portal.capture.flow import record_queued, record_stored
 from research_portal.capture.models import FrameResult, ParticipantSession
+from research_portal.capture.readings import SMILE_LABEL, check_model_labels
 
 logger = logging.getLogger(__name__)
 
@@ -265,7 +266,7 @@ def analyze_and_store_frames(frames: list[dict[str, Any]], reply_to: str | None 
     kept = [frame for frame in frames if frame.get("store_frames")]
     if kept:
         store_frame_images(kept)
-    pipeline = get_pipeline()
+    pipeline = analysis_pipeline()
     # The pipeline runs in this thread (ONNX Runtime and OpenCV one thread each), so thread time is its CPU.
     analysis_started = time.thread_time()
     readings = pipeline.analyze_jpegs([frame["jpeg"] for frame in frames]) if frames else []
@@ -289,6 +290,20 @@ def analyze_and_store_frames(frames: list[dict[str, Any]], reply_to: str | None 
     return store_results(rows, reply_to, also_acked=sorted(stored_before), analysis_cpu_s=analysis_cpu_s)
 
 
+def analysis_pipeline() -> Pipeline:
+    """This process's pipeline, once its model's labels are known to fit FrameResult's columns
+    (ModelLabelsError otherwise: a deployment error, also reported by /readyz)."""
+    pipeline = get_pipeline()
+    model = (pipeline.model_version, pipeline.labels)
+    if model not in _checked_models:
+        check_model_labels(pipeline.labels)
+        _checked_models.add(model)
+    return pipeline
+
+
+_checked_models: set[tuple[str, tuple[str, ...]]] = set()
+
+
 def stored_frame_keys(frames: list[dict[str, Any]]) -> set[tuple[int, int]]:
     """(session id, seq) of the batch's resent frames that are stored already. One indexed query, and only
     for batches holding frames their socket flagged as resends, so the normal path pays nothing."""
@@ -302,11 +317,13 @@ def stored_frame_keys(frames: list[dict[str, Any]]) -> set[tuple[int, int]]:
 
 
 def fill_face_columns(row: FrameResult, face: FaceReading) -> None:
+    """The face's box, score, quality and readings: each of the model's labels into its column (the labels
+    were checked against the columns when the pipeline was loaded, `analysis_pipeline`)."""
     row.face_x, row.face_y, row.face_w, row.face_h = (int(v) for v in face.box)
     row.face_score = float(face.score)
-    for label, probability in face.emotions.items():
-        setattr(row, label, float(probability))
-    row.smile = row.happy
+    for label, probability in zip(face.labels, face.probabilities.tolist(), strict=True):
+        setattr(row, label, probability)
+    row.smile = getattr(row, SMILE_LABEL)
     row.valence = None if face.valence is None else float(face.valence)
     row.quality = None if face.quality is None else float(face.quality.score)
 

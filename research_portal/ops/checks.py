@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from inference.pipeline import get_pipeline
+from research_portal.capture.readings import check_model_labels
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +97,15 @@ def check_redis() -> CheckResult:
 
 
 def check_model() -> CheckResult:
-    """The emotion model is loaded (get_pipeline() loads it once per process and caches it)."""
+    """The emotion model is loaded (get_pipeline() loads it once per process and caches it) and its labels
+    fit FrameResult's columns (capture.readings)."""
     pipeline = get_pipeline()
+    check_model_labels(pipeline.labels)
     return CheckResult(
         True,
-        f"{pipeline.model_version} ({pipeline.detector_name})",
+        f"{pipeline.model_version} ({pipeline.detector_name}; labels {', '.join(pipeline.labels)})",
         0.0,
-        {"model_version": pipeline.model_version},
+        {"model_version": pipeline.model_version, "labels": list(pipeline.labels)},
     )
 
 

@@ -6,12 +6,15 @@ import json
 import logging
 import time
 
+import pytest
 import redis
 from django.db import connection
 
+from inference.pipeline import reset_pipeline
 from research_portal.capture.acks import new_inbox_name
 from research_portal.capture.batch_store import BATCH_KEY_PREFIX, BATCH_TTL_S, get_batch, put_batch
 from research_portal.capture.models import FrameResult, ParticipantSession
+from research_portal.capture.readings import ModelLabelsError
 from research_portal.capture.services import (
     Frame,
     analyze_and_store_batch,
@@ -20,6 +23,7 @@ from research_portal.capture.services import (
     enqueue_frames,
 )
 from tests.conftest import service_env, start_celery_worker
+from tests.model_files import build_contract_model
 
 
 def wait_for_count(session: ParticipantSession, expected: int, timeout: float = 60) -> int:
@@ -196,3 +200,22 @@ def worker_backends() -> set[int]:
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
         return {pid for (pid,) in cursor.fetchall()}
+
+
+def test_a_model_whose_labels_have_no_column_stores_nothing_and_says_why(
+    db, acme, face_jpegs, monkeypatch, tmp_path
+):
+    """A deployment error (also a 503 from /readyz): refused before any row is written, never half-stored."""
+    path = build_contract_model(
+        tmp_path / "odd.onnx", ["happy", "confused"], [0.0, 0.0], [0.0, 0.0], version="odd"
+    )
+    monkeypatch.setenv("PORTAL_MODEL_PATH", str(path))
+    reset_pipeline()
+    try:
+        session = ParticipantSession.objects.create(study=acme.study, state="viewing")
+        with pytest.raises(ModelLabelsError, match="confused"):
+            analyze_and_store_frames(make_frames(session.pk, acme.ad.pk, face_jpegs[:2]))
+        assert not FrameResult.objects.filter(session=session).exists()
+    finally:
+        monkeypatch.undo()
+        reset_pipeline()

@@ -11,8 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from inference import EMOTIONS
 from inference.resources import YUNET_FILENAME, default_model_path, shared_dir
+from tests.model_files import FER2013_LABELS, FERPLUS_LABELS, Head, build_contract_model
+
+__all__ = ["FER2013_LABELS", "FERPLUS_LABELS", "Head", "build_contract_model"]
 
 
 def require(path: Path, what: str) -> Path:
@@ -67,78 +69,73 @@ def real_model_path() -> Path:
     return require(default_model_path(), "shipped emotion model (inference/models/emotion.onnx)")
 
 
-def build_contract_model(
-    path: Path,
-    labels: list[str],
-    weights: list[float],
-    biases: list[float],
-    input_size: int = 48,
-    version: str = "test-0",
-    output_name: str = "probabilities",
-    extra_props: dict[str, str] | None = None,
-    channels: int = 1,
-    output_scale: float = 1.0,
-) -> Path:
-    """A tiny ONNX model honouring the metadata contract: softmax(mean(normalised input) * w + b).
-
-    Its output depends on brightness only, which makes label re-ordering and batching easy to check.
-    """
-    onnx = pytest.importorskip("onnx")
-    helper, tensor_proto = onnx.helper, onnx.TensorProto
-    count = len(labels)
-    graph = helper.make_graph(
-        [
-            helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1, 2, 3], keepdims=1),
-            helper.make_node("Reshape", ["mean", "shape"], ["flat"]),
-            helper.make_node("MatMul", ["flat", "weights"], ["scaled"]),
-            helper.make_node("Add", ["scaled", "biases"], ["scores"]),
-            helper.make_node("Softmax", ["scores"], ["softmax"], axis=1),
-            # output_scale != 1 imitates a quantised model whose probabilities do not quite sum to 1
-            helper.make_node("Mul", ["softmax", "output_scale"], [output_name]),
-        ],
-        "contract_model",
-        [helper.make_tensor_value_info("input", tensor_proto.FLOAT, ["N", channels, input_size, input_size])],
-        [helper.make_tensor_value_info(output_name, tensor_proto.FLOAT, ["N", count])],
-        initializer=[
-            helper.make_tensor("shape", tensor_proto.INT64, [2], [-1, 1]),
-            helper.make_tensor("weights", tensor_proto.FLOAT, [1, count], weights),
-            helper.make_tensor("biases", tensor_proto.FLOAT, [count], biases),
-            helper.make_tensor("output_scale", tensor_proto.FLOAT, [], [output_scale]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(
-        model,
-        {
-            "labels": json.dumps(labels),
-            "input_size": str(input_size),
-            "input_channels": str(channels),
-            "normalization": json.dumps({"scale": 1 / 255, "mean": 0.5, "std": 0.25}),
-            "output": output_name,
-            "version": version,
-            "metrics": json.dumps({"note": "synthetic test model"}),
-            "trained_on": "nothing",
-        }
-        | (extra_props or {}),
-    )
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
-# Model label order deliberately differs from EMOTIONS; "happy" rises with brightness, "sad" falls.
+# Model label order deliberately differs from FER2013's; "happy" rises with brightness, "sad" falls.
 SHUFFLED_LABELS = ["neutral", "happy", "surprise", "angry", "sad", "fear", "disgust"]
 
 
 @pytest.fixture(scope="session")
 def contract_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    weights = {label: 0.0 for label in EMOTIONS} | {"happy": 3.0, "sad": -3.0}
-    biases = {label: 0.1 * i for i, label in enumerate(EMOTIONS)}
+    weights = {label: 0.0 for label in FER2013_LABELS} | {"happy": 3.0, "sad": -3.0}
+    biases = {label: 0.1 * i for i, label in enumerate(FER2013_LABELS)}
     return build_contract_model(
         tmp_path_factory.mktemp("models") / "contract.onnx",
         SHUFFLED_LABELS,
         [weights[label] for label in SHUFFLED_LABELS],
         [biases[label] for label in SHUFFLED_LABELS],
         version="contract-test-1",
+    )
+
+
+# An 8-label model (FER2013's seven + contempt, in FER+ order): "contempt" wins on dark crops, "happy" on
+# bright ones, so the eighth column is visibly kept end to end.
+EIGHT_LABELS = FERPLUS_LABELS
+EIGHT_WEIGHTS = {label: 0.0 for label in EIGHT_LABELS} | {"happy": 4.0, "contempt": -4.0}
+EIGHT_BIASES = {label: 0.05 * i for i, label in enumerate(EIGHT_LABELS)}
+
+
+@pytest.fixture(scope="session")
+def eight_label_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_contract_model(
+        tmp_path_factory.mktemp("models") / "eight.onnx",
+        EIGHT_LABELS,
+        [EIGHT_WEIGHTS[label] for label in EIGHT_LABELS],
+        [EIGHT_BIASES[label] for label in EIGHT_LABELS],
+        version="eight-test-1",
+        extra_props={"valence_weights": json.dumps({"happy": 1.0, "contempt": -0.6})},
+    )
+
+
+# A two-output model: the default output "probabilities" (SHUFFLED_LABELS, "happy" rises with brightness)
+# and "ferplus_probabilities" (8 labels, "happy" FALLS with brightness), each with its own valence weights.
+TWO_HEAD_DEFAULT_WEIGHTS = {"happy": 1.0, "sad": -1.0}
+TWO_HEAD_SECOND_WEIGHTS = {"happy": 0.5, "contempt": -2.0}
+
+
+def two_head_second() -> Head:
+    weights = {label: 0.0 for label in FERPLUS_LABELS} | {"happy": -4.0, "surprise": 4.0}
+    return Head(
+        "ferplus_probabilities",
+        FERPLUS_LABELS,
+        [weights[label] for label in FERPLUS_LABELS],
+        [0.05 * i for i in range(len(FERPLUS_LABELS))],
+    )
+
+
+@pytest.fixture(scope="session")
+def two_head_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    weights = {label: 0.0 for label in SHUFFLED_LABELS} | {"happy": 3.0, "sad": -3.0}
+    second = two_head_second()
+    return build_contract_model(
+        tmp_path_factory.mktemp("models") / "two_heads.onnx",
+        SHUFFLED_LABELS,
+        [weights[label] for label in SHUFFLED_LABELS],
+        [0.1 * i for i in range(len(SHUFFLED_LABELS))],
+        version="two-heads-test-1",
+        second=second,
+        extra_props={
+            "valence_weights": json.dumps(TWO_HEAD_DEFAULT_WEIGHTS),
+            "extra_outputs": json.dumps(
+                {second.name: {"labels": second.labels, "valence_weights": TWO_HEAD_SECOND_WEIGHTS}}
+            ),
+        },
     )

@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 
-from inference import EMOTIONS
 from inference.align import yaw_angles
 from inference.detect import Detection
 from inference.pipeline import FaceReading, FrameReading, Pipeline
@@ -29,7 +28,7 @@ from inference.quality import (
     quality_problems,
 )
 
-from .conftest import build_contract_model
+from .conftest import FER2013_LABELS, build_contract_model
 
 
 def test_crop_statistics_rank_blur_darkness_and_flatness() -> None:
@@ -73,7 +72,7 @@ def test_valence_uses_the_weights_from_metadata(tmp_path: Path, yunet_path: Path
     weights = {"happy": 1.0, "sad": -0.8, "angry": -0.8}
     path = build_contract_model(
         tmp_path / "valence.onnx",
-        list(EMOTIONS),
+        FER2013_LABELS,
         [0.5] * 7,
         [0.1 * i for i in range(7)],
         extra_props={"valence_weights": json.dumps(weights)},

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference import EMOTIONS
 from inference.model import EmotionModel
+
+from .conftest import FER2013_LABELS
 
 onnx = pytest.importorskip("onnx")
 
@@ -53,7 +54,7 @@ def _mirror_sensitive_model(path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     helper.set_model_props(
         model,
         {
-            "labels": json.dumps(list(EMOTIONS)),
+            "labels": json.dumps(FER2013_LABELS),
             "input_size": "48",
             "input_channels": "1",
             "normalization": json.dumps({"scale": 1 / 255, "mean": 0.5, "std": 0.25}),
@@ -61,7 +62,7 @@ def _mirror_sensitive_model(path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
             "version": "mirror-test-1",
             "metrics": "{}",
             "trained_on": "nothing",
-            "extra_outputs": json.dumps({"other_probabilities": list(EMOTIONS)}),
+            "extra_outputs": json.dumps({"other_probabilities": FER2013_LABELS}),
         },
     )
     onnx.save(model, str(path))
@@ -113,9 +114,14 @@ def test_shipped_model_with_flip_averaging_is_mirror_invariant(real_model_path: 
     np.testing.assert_allclose(batch, model.predict(np.ascontiguousarray(crops[:, :, ::-1])), atol=1e-5)
     singles = np.concatenate([model.predict(crop[None]) for crop in crops])
     np.testing.assert_allclose(batch, singles, atol=1e-5)
-    ferplus = model.session.run(["ferplus_probabilities"], {"input": model.preprocess(crops)})[0]
-    assert ferplus.shape == (5, 8)
-    np.testing.assert_allclose(ferplus.sum(axis=1), 1.0, atol=1e-5)
+    # every output the metadata describes (e.g. the FER+ head) is averaged too and keeps its labels' width
+    for name, spec in model.metadata.outputs.items():
+        head = EmotionModel(out, output=name)
+        raw = head.session.run([name], {head.input_name: head.preprocess(crops)})[0]
+        assert raw.shape == (5, len(spec.labels)) == (5, len(head.labels))
+        np.testing.assert_allclose(raw.sum(axis=1), 1.0, atol=1e-5)
+        mirrored = head.predict(np.ascontiguousarray(crops[:, :, ::-1]))
+        np.testing.assert_allclose(head.predict(crops), mirrored, atol=1e-5)
 
 
 def test_finalize_add_flip_tta_restamps_version_flag_and_metrics(

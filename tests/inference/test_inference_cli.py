@@ -9,12 +9,20 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
-from inference import EMOTIONS
 from inference.resources import REPO_ROOT
 
-from .conftest import build_contract_model
+from .conftest import (
+    EIGHT_LABELS,
+    FER2013_LABELS,
+    FERPLUS_LABELS,
+    SHUFFLED_LABELS,
+    build_contract_model,
+    require,
+)
+from .evaluation_contract import assert_real_faces, assert_report, ferplus_majority_counts
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -55,10 +63,11 @@ def short_clip(face_video_path: Path, tmp_path_factory: pytest.TempPathFactory) 
     return path
 
 
-def assert_face_contract(face: dict) -> None:
+def assert_face_contract(face: dict, labels: list[str] = SHUFFLED_LABELS) -> None:
+    """One face of `analyze --json`; `labels`: the model's, in its order (default: the contract model's)."""
     assert set(face) == {"box", "score", "emotions", "dominant"}
     assert len(face["box"]) == 4 and all(isinstance(v, int) for v in face["box"])
-    assert list(face["emotions"]) == list(EMOTIONS)
+    assert list(face["emotions"]) == labels
     assert abs(sum(face["emotions"].values()) - 1) < 1e-3
     assert face["dominant"] == max(face["emotions"], key=face["emotions"].get)
 
@@ -84,6 +93,24 @@ def test_analyze_video_prints_one_object_per_frame(cli_env: dict, short_clip: Pa
         assert set(record) == {"file", "faces", "frame", "time_ms"}
         assert len(record["faces"]) == 1
         assert_face_contract(record["faces"][0])
+
+
+def test_analyze_emits_all_eight_labels_of_an_eight_label_model(
+    eight_label_model_path: Path, yunet_path: Path, face_image: Path, short_clip: Path, tmp_path: Path
+) -> None:
+    dark = tmp_path / "dark.jpg"  # "contempt" wins on a dark face
+    cv2.imwrite(str(dark), (cv2.imread(str(face_image)) // 6).astype(np.uint8))
+    env = {"PORTAL_MODEL_PATH": str(eight_label_model_path), "PORTAL_FACE_DETECTOR": str(yunet_path)}
+    result = run_cli("analyze", str(face_image), str(dark), str(short_clip), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 2 + 6
+    for record in records:
+        assert len(record["faces"]) == 1
+        assert_face_contract(record["faces"][0], EIGHT_LABELS)
+    assert records[1]["faces"][0]["dominant"] == "contempt"
+    human = run_cli("analyze", str(dark), env=env)
+    assert human.returncode == 0 and "contempt" in human.stdout
 
 
 def test_unreadable_files_give_error_objects_and_a_failing_exit(
@@ -114,74 +141,129 @@ def test_human_readable_output(cli_env: dict, face_image: Path) -> None:
     assert result.returncode == 0 and str(face_image) in result.stdout
 
 
-def assert_evaluation_contract(report: dict, *, speed: bool) -> None:
-    """What issue 3 item 2 asks `python -m inference evaluate --json` to print."""
-    fer = report["fer2013"]
-    assert report["split"] == "PrivateTest" and report["version"]
-    assert 0 <= fer["accuracy"] <= 1 and 0 <= fer["macro_f1"] <= 1
-    assert set(fer["per_class_recall"]) == set(EMOTIONS)
-    assert fer["confusion_labels"] == list(EMOTIONS)
-    matrix = fer["confusion_matrix"]
-    assert len(matrix) == 7 and all(len(row) == 7 for row in matrix)
-    assert sum(map(sum, matrix)) == fer["n"] > 3000
-    # The matrix goes through the product loader, the accuracy through the evaluator: they must agree.
-    assert abs(sum(matrix[i][i] for i in range(7)) / fer["n"] - fer["accuracy"]) < 1e-3
-    for label, row in zip(EMOTIONS, matrix, strict=True):
-        assert abs(row[EMOTIONS.index(label)] / max(sum(row), 1) - fer["per_class_recall"][label]) < 1e-3
-    assert 0 <= fer["happy_vs_rest_accuracy"] <= 1 and 0 <= fer["happy_vs_rest_auc"] <= 1
-    assert 0 <= fer["ece"] <= 1
-    assert report["size_bytes"] > 0
-    assert "contempt" in report["protocol"]["ferplus"] and "PrivateTest" in report["protocol"]["fer2013"]
-    ferplus = report["ferplus"]
-    assert ("accuracy" in ferplus and "NF" in ferplus["protocol"]) or ferplus["available"] is False
-    assert ("cpu_crops_per_s_b32_1thread" in report) == speed
-    if speed:
-        assert report["cpu_crops_per_s_b32_1thread"] > 0
-
-
 @pytest.fixture(scope="module")
 def fer_data(shared: Path) -> Path:
     pytest.importorskip("inference.training.evaluate")
-    if not (shared / "data" / "fer2013.npz").exists():
-        pytest.skip("FER2013 not available")
+    require(shared / "data" / "fer2013.npz", "FER2013")
+    require(shared / "data" / "ferplus_votes.npz", "FER+ votes")
     return shared / "data"
 
 
 @pytest.fixture(scope="module")
+def private_counts(fer_data: Path) -> dict[str, np.ndarray]:
+    """Rows per true class of PrivateTest: FER2013 labels, and FER+ majority labels."""
+    with np.load(fer_data / "fer2013.npz") as data:
+        private = data["usage"] == "PrivateTest"
+        fer = np.bincount(data["labels"][private], minlength=7)
+    with np.load(fer_data / "ferplus_votes.npz") as data:
+        votes = data["votes"][private]
+    return {"fer_counts": fer, "ferplus_counts": ferplus_majority_counts(votes)}
+
+
+def assert_protocol(report: dict) -> None:
+    protocol = report["protocol"]
+    assert {"output", "fer2013", "ferplus", "real_faces"} <= set(protocol)
+    assert all(isinstance(text, str) and text for text in protocol.values())
+    assert "contempt" in protocol["ferplus"] and "PrivateTest" in protocol["fer2013"]
+
+
+def evaluate_cli(*args: str, env: dict[str, str] | None = None) -> dict:
+    result = run_cli("evaluate", "--json", *args, env=env)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()) == 1  # --json: one line
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
 def fer_ordered_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A contract model whose labels are in FER2013 order (see the xfail test below for why)."""
+    """A contract model whose labels are in FER2013 order."""
     return build_contract_model(
         tmp_path_factory.mktemp("models") / "fer_ordered.onnx",
-        list(EMOTIONS),
+        FER2013_LABELS,
         [0.0, 0.0, 0.0, 3.0, -3.0, 0.0, 0.0],
         [0.1 * i for i in range(7)],
         version="evaluate-test-1",
     )
 
 
-def test_evaluate_is_wired_to_the_training_evaluator(fer_ordered_model: Path, fer_data: Path) -> None:
+def test_evaluate_is_wired_to_the_training_evaluator(
+    fer_ordered_model: Path, fer_data: Path, private_counts: dict
+) -> None:
     env = {"PORTAL_MODEL_PATH": str(fer_ordered_model)}
-    result = run_cli("evaluate", "--json", env=env)  # a tiny model: the speed run is short
-    assert result.returncode == 0, result.stderr
-    assert len(result.stdout.strip().splitlines()) == 1  # --json: one line
-    report = json.loads(result.stdout)
-    assert report["version"] == "evaluate-test-1"
-    assert_evaluation_contract(report, speed=True)
-    assert report["ferplus"]["available"] is False  # that model has no FER+ head
+    report = evaluate_cli("--no-real-faces", env=env)  # a tiny model: the speed run is short
+    assert report["version"] == "evaluate-test-1" and report["model"] == str(fer_ordered_model)
+    assert_report(report, output="probabilities", labels=FER2013_LABELS, speed=True, **private_counts)
+    assert report["fer2013"]["n"] == int(private_counts["fer_counts"].sum())
+    assert report["ferplus"]["classes_not_in_output"] == ["contempt"]  # a 7-label output lacks contempt
+    assert "real_faces" not in report
+    assert_protocol(report)
 
 
-def test_evaluate_honours_the_label_order_of_the_metadata(cli_env: dict, fer_data: Path) -> None:
-    result = run_cli("evaluate", "--json", "--no-speed", env=cli_env)  # SHUFFLED_LABELS model
-    assert result.returncode == 0, result.stderr
-    assert_evaluation_contract(json.loads(result.stdout), speed=False)
+def test_evaluate_honours_the_label_order_and_the_output_of_the_metadata(
+    two_head_model_path: Path, fer_data: Path, private_counts: dict
+) -> None:
+    model = (
+        "--model",
+        str(two_head_model_path),
+        "--no-speed",
+        "--no-real-faces",
+        "--data-dir",
+        str(fer_data),
+    )
+    default = evaluate_cli(*model)
+    second = evaluate_cli(*model, "--output", "ferplus_probabilities")
+    assert_report(default, output="probabilities", labels=SHUFFLED_LABELS, **private_counts)
+    assert_report(second, output="ferplus_probabilities", labels=FERPLUS_LABELS, **private_counts)
+    assert "classes_not_in_output" not in second["ferplus"]  # the 8-label head has every FER+ class
+    assert "classes_not_in_output" not in second["fer2013"]
 
 
-def test_evaluate_reports_the_shipped_model(real_model_path: Path, fer_data: Path) -> None:
-    result = run_cli("evaluate", "--json", "--no-speed", "--model", str(real_model_path))
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert_evaluation_contract(report, speed=False)
+def _shipped_labels(path: Path, output: str | None = None) -> tuple[str, list[str], bool]:
+    from inference.model import EmotionModel
+
+    model = EmotionModel(path, output=output)
+    return model.output_name, list(model.labels), model.valence_weights is not None
+
+
+@pytest.mark.parametrize("output", [None, "probabilities"], ids=["default-output", "probabilities"])
+def test_evaluate_reports_the_shipped_model(
+    real_model_path: Path, fer_data: Path, private_counts: dict, shared: Path, output: str | None
+) -> None:
+    """The shipped model, its default output or `--output probabilities` (whatever its label set)."""
+    require(shared / "data" / "realfaces_dev" / "labels.csv", "real-face photos")
+    require(shared / "media" / "liveportrait_d3.mp4", "face video")
+    name, labels, valence = _shipped_labels(real_model_path, output)
+    args = ["--no-speed", "--model", str(real_model_path)] + (["--output", output] if output else [])
+    report = evaluate_cli(*args)
+    assert_report(report, output=name, labels=labels, **private_counts)
     assert report["version"] == _metadata(real_model_path)["version"]
+    assert_real_faces(report["real_faces"], output=name, labels=labels, valence=valence)
+    photos = report["real_faces"]["photos"]
+    assert photos["n"] == _photo_count(shared) and photos["face_found_rate"] > 0.9
+    assert report["real_faces"]["video"]["frames"] > 100
+    assert_protocol(report)
+
+
+def _photo_count(shared: Path) -> int:
+    with (shared / "data" / "realfaces_dev" / "labels.csv").open() as handle:
+        return len(handle.read().strip().splitlines()) - 1
+
+
+def test_evaluate_an_unknown_output_is_a_clear_error(real_model_path: Path) -> None:
+    pytest.importorskip("inference.training.evaluate")
+    result = run_cli(
+        "evaluate", "--json", "--no-speed", "--model", str(real_model_path), "--output", "nosuch"
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("error:") and "nosuch" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_evaluate_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    pytest.importorskip("inference.training.evaluate")
+    result = run_cli("evaluate", "--json", "--model", str(tmp_path / "none.onnx"))
+    assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr
 
 
 def _metadata(path: Path) -> dict[str, str]:

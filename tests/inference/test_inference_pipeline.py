@@ -9,8 +9,16 @@ import cv2
 import numpy as np
 import pytest
 
-from inference import EMOTIONS
 from inference.pipeline import FaceReading, Pipeline, StageTimings, get_pipeline, reset_pipeline
+
+from .conftest import (
+    EIGHT_LABELS,
+    FER2013_LABELS,
+    FERPLUS_LABELS,
+    SHUFFLED_LABELS,
+    TWO_HEAD_DEFAULT_WEIGHTS,
+    TWO_HEAD_SECOND_WEIGHTS,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +38,8 @@ def test_every_frame_gets_a_reading_with_its_face(pipeline: Pipeline, face_frame
         face = reading.primary_face
         assert isinstance(face.box[0], int) and len(face.box) == 4
         assert face.probabilities.shape == (7,)
-        assert list(face.emotions) == list(EMOTIONS)
+        assert face.labels == pipeline.labels == tuple(SHUFFLED_LABELS)
+        assert list(face.emotions) == SHUFFLED_LABELS  # the model's order, not re-ordered
         assert face.dominant == max(face.emotions, key=face.emotions.get)
         assert abs(sum(face.emotions.values()) - 1) < 1e-5
 
@@ -111,10 +120,99 @@ def test_opencv_runs_one_thread_unless_told_otherwise(contract_model_path: Path,
 
 
 def test_face_reading_serialises_to_the_cli_shape() -> None:
-    face = FaceReading((1, 2, 3, 4), 0.9, np.array([0, 0, 0, 0.7, 0, 0.2, 0.1], np.float32))
+    probabilities = np.array([0, 0, 0, 0.7, 0, 0.2, 0.1], np.float32)
+    face = FaceReading((1, 2, 3, 4), 0.9, probabilities, labels=tuple(FER2013_LABELS))
     as_dict = face.to_dict()
+    assert set(as_dict) == {"box", "score", "emotions", "dominant"}
     assert as_dict["box"] == [1, 2, 3, 4] and as_dict["dominant"] == "happy"
-    assert list(as_dict["emotions"]) == list(EMOTIONS)
+    assert list(as_dict["emotions"]) == FER2013_LABELS
+    # The same numbers under another label order name other emotions: labels are the reading's own.
+    shuffled = FaceReading((1, 2, 3, 4), 0.9, probabilities, labels=tuple(SHUFFLED_LABELS))
+    assert shuffled.dominant == SHUFFLED_LABELS[3] == "angry"
+    assert list(shuffled.emotions) == SHUFFLED_LABELS and shuffled.emotions["angry"] == pytest.approx(0.7)
+    eight = FaceReading(
+        (0, 0, 5, 5), 0.5, np.array([0.1] * 7 + [0.3], np.float32), labels=tuple(EIGHT_LABELS)
+    )
+    assert eight.dominant == "contempt" and list(eight.to_dict()["emotions"]) == EIGHT_LABELS
+
+
+def test_an_eight_label_model_keeps_all_eight_labels_in_readings(
+    eight_label_model_path: Path, yunet_path: Path, face_frames: list
+) -> None:
+    pipeline = Pipeline(eight_label_model_path, yunet_path)
+    assert pipeline.labels == tuple(EIGHT_LABELS)
+    dark = [(frame // 6).astype(np.uint8) for frame in face_frames[:2]]  # "contempt" wins on dark faces
+    for reading in pipeline.analyze_jpegs([encode(frame) for frame in face_frames[:3] + dark]):
+        face = reading.primary_face
+        assert face.probabilities.shape == (8,) and face.labels == tuple(EIGHT_LABELS)
+        assert list(face.emotions) == EIGHT_LABELS
+        assert list(face.to_dict()["emotions"]) == EIGHT_LABELS
+        assert face.dominant == max(face.emotions, key=face.emotions.get)
+        assert abs(sum(face.emotions.values()) - 1) < 1e-5
+        expected = face.emotions["happy"] - 0.6 * face.emotions["contempt"]
+        assert face.valence == pytest.approx(expected, abs=1e-5)
+    assert face.dominant == "contempt"  # the last (dark) face: the eighth class can win
+
+
+def test_the_pipeline_reads_the_output_it_is_told_to(
+    two_head_model_path: Path, yunet_path: Path, face_frames: list
+) -> None:
+    default = Pipeline(two_head_model_path, yunet_path)
+    second = Pipeline(two_head_model_path, yunet_path, output="ferplus_probabilities")
+    assert default.labels == tuple(SHUFFLED_LABELS) and second.labels == tuple(FERPLUS_LABELS)
+    assert second.model.output_name == "ferplus_probabilities"
+    frames = face_frames[:3]
+    for before, after in zip(default.analyze_images(frames), second.analyze_images(frames), strict=True):
+        a, b = before.primary_face, after.primary_face
+        assert a.box == b.box  # detection does not depend on the output
+        assert list(a.emotions) == SHUFFLED_LABELS and list(b.emotions) == FERPLUS_LABELS
+        expected_a = sum(a.emotions[label] * w for label, w in TWO_HEAD_DEFAULT_WEIGHTS.items())
+        expected_b = sum(b.emotions[label] * w for label, w in TWO_HEAD_SECOND_WEIGHTS.items())
+        assert a.valence == pytest.approx(expected_a, abs=1e-5)
+        assert b.valence == pytest.approx(expected_b, abs=1e-5)
+
+
+def test_crop_jpegs_gives_the_crops_analyze_jpegs_classifies(pipeline: Pipeline, face_frames: list) -> None:
+    size = pipeline.model.input_size
+    two_faces = np.zeros((512, 768, 3), np.uint8)
+    two_faces[:, :512] = face_frames[0]
+    two_faces[128:384, 512:] = cv2.resize(face_frames[1], (256, 256))
+    blobs = [
+        encode(face_frames[0]),
+        b"not a jpeg",
+        encode(np.zeros((240, 320, 3), np.uint8)),  # decodes, no face
+        b"",
+        encode(two_faces),
+    ]
+    crops = pipeline.crop_jpegs(blobs)
+    readings = pipeline.analyze_jpegs(blobs)
+    assert len(crops) == len(blobs)
+    assert crops[1] is None and crops[3] is None
+    assert crops[0].shape == (1, size, size) and crops[0].dtype == np.uint8
+    assert crops[2].shape == (0, size, size)
+    assert crops[4].shape == (2, size, size)
+    for faces, reading in zip(crops, readings, strict=True):
+        if faces is None:
+            assert reading.error is not None
+            continue
+        assert reading.error is None and len(faces) == len(reading.faces)
+        # Same crops, same order (largest face first): the model reads them as the pipeline did.
+        expected = np.array([face.probabilities for face in reading.faces]).reshape(
+            len(faces), len(pipeline.labels)
+        )
+        np.testing.assert_allclose(pipeline.model.predict(faces), expected, atol=1e-6)
+    assert [face.area for face in readings[4].faces] == sorted(
+        (f.area for f in readings[4].faces), reverse=True
+    )
+    assert pipeline.crop_jpegs([]) == []
+
+
+def test_crop_jpegs_of_a_colour_model_are_colour(tmp_path: Path, yunet_path: Path, face_frames: list) -> None:
+    from .conftest import build_contract_model
+
+    path = build_contract_model(tmp_path / "rgb64.onnx", FER2013_LABELS, [1.0] * 7, [0.0] * 7, 64, channels=3)
+    crops = Pipeline(path, yunet_path).crop_jpegs([encode(face_frames[0]), b"\xff\xd8 truncated"])
+    assert crops[0].shape == (1, 64, 64, 3) and crops[1] is None
 
 
 def test_get_pipeline_is_one_per_process_and_thread_safe(

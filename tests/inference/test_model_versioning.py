@@ -10,14 +10,13 @@ from pathlib import Path
 import cv2
 import pytest
 
-from inference import EMOTIONS
 from inference.pipeline import Pipeline, get_pipeline, reset_pipeline
 from inference.resources import REPO_ROOT
 
-from .conftest import build_contract_model
+from .conftest import FER2013_LABELS, build_contract_model
 
-# The next model could differ in every way the contract allows: FER+-style label names in another order with
-# an extra class, colour 64 px input, per-channel normalisation, a differently named output tensor.
+# The next model could differ in every way the contract allows: its labels in another order with an extra
+# class, colour 64 px input, per-channel normalisation, a differently named output tensor.
 NEXT_LABELS = ["surprise", "contempt", "neutral", "happy", "sad", "fear", "disgust", "angry"]
 
 
@@ -26,7 +25,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("model_versions")
     current = build_contract_model(
         folder / "current.onnx",
-        list(EMOTIONS),
+        FER2013_LABELS,
         [0.0] * 7,
         [0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0],  # always "happy"
         version="emotion-current",
@@ -36,7 +35,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         folder / "next.onnx",
         NEXT_LABELS,
         [0.0] * len(NEXT_LABELS),
-        [biases[label] for label in NEXT_LABELS],  # "contempt" wins but is dropped: then "surprise"
+        [biases[label] for label in NEXT_LABELS],  # "contempt" wins, and is kept (then "surprise")
         input_size=64,
         channels=3,
         version="emotion-next",
@@ -59,8 +58,11 @@ def test_pipeline_reads_everything_from_the_new_file(
     assert (following.model.input_size, following.model.input_channels) == (64, 3)
     frames = face_frames[:3]
     for before, after in zip(current.analyze_images(frames), following.analyze_images(frames), strict=True):
-        assert before.primary_face.dominant == "happy" and after.primary_face.dominant == "surprise"
-        assert list(after.primary_face.emotions) == list(EMOTIONS)  # still 7 labels in contract order
+        assert before.primary_face.dominant == "happy" and after.primary_face.dominant == "contempt"
+        # the label order with an extra class is the new model's own: all 8 kept, in its order
+        assert list(before.primary_face.emotions) == FER2013_LABELS
+        assert list(after.primary_face.emotions) == NEXT_LABELS == list(following.labels)
+        assert after.primary_face.probabilities.shape == (8,)
         assert abs(sum(after.primary_face.emotions.values()) - 1) < 1e-5
         assert before.primary_face.box == after.primary_face.box  # detection does not depend on the model
         assert before.primary_face.valence is None and after.primary_face.valence is not None
@@ -87,7 +89,7 @@ def test_the_setting_switches_the_model_with_no_code_change(
             seen.append((pipeline.model_version, reading.primary_face.dominant))
     finally:
         reset_pipeline()
-    assert seen == [("emotion-current", "happy"), ("emotion-next", "surprise")]
+    assert seen == [("emotion-current", "happy"), ("emotion-next", "contempt")]
 
 
 def test_the_cli_follows_the_setting(
@@ -97,21 +99,48 @@ def test_the_cli_follows_the_setting(
 
     image = tmp_path / "face.jpg"
     cv2.imwrite(str(image), face_frames[0])
-    for name, dominant in (("current", "happy"), ("next", "surprise")):
+    for name, dominant, labels in (("current", "happy", FER2013_LABELS), ("next", "contempt", NEXT_LABELS)):
         env = {"PORTAL_MODEL_PATH": str(models[name]), "PORTAL_FACE_DETECTOR": str(yunet_path)}
         result = run_cli("analyze", str(image), "--json", env=env)
         assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout)["faces"][0]["dominant"] == dominant
+        face = json.loads(result.stdout)["faces"][0]
+        assert face["dominant"] == dominant and list(face["emotions"]) == labels
 
 
 def test_a_broken_replacement_fails_at_load_time_not_per_frame(tmp_path: Path) -> None:
     from inference.model import ModelContractError
 
-    path = build_contract_model(
-        tmp_path / "no_neutral.onnx",
-        [label for label in EMOTIONS if label != "neutral"] + ["contempt"],
+    labels = [label for label in FER2013_LABELS if label != "neutral"] + ["contempt"]
+    duplicated = build_contract_model(
+        tmp_path / "duplicated.onnx",
+        labels,
         [0.0] * 7,
         [0.0] * 7,
+        extra_props={"labels": json.dumps(labels[:-1] + ["happy"])},
     )
-    with pytest.raises(ModelContractError, match="neutral"):
-        Pipeline(path, "haar")
+    with pytest.raises(ModelContractError, match="distinct"):
+        Pipeline(duplicated, "haar")
+    too_few = build_contract_model(
+        tmp_path / "too_few.onnx",
+        labels,
+        [0.0] * 7,
+        [0.0] * 7,
+        extra_props={"labels": json.dumps(labels[:6])},
+    )
+    with pytest.raises(ModelContractError, match="columns"):
+        Pipeline(too_few, "haar")
+    with pytest.raises(ModelContractError, match="nosuch"):
+        Pipeline(
+            build_contract_model(tmp_path / "fine.onnx", labels, [0.0] * 7, [0.0] * 7),
+            "haar",
+            output="nosuch",
+        )
+
+
+def test_a_replacement_without_fer2013s_labels_loads(tmp_path: Path) -> None:
+    """The loader no longer asks for FER2013's seven names: "neutral" may be missing, "contempt" present."""
+    labels = [label for label in FER2013_LABELS if label != "neutral"] + ["contempt"]
+    pipeline = Pipeline(
+        build_contract_model(tmp_path / "no_neutral.onnx", labels, [0.0] * 7, [0.0] * 7), "haar"
+    )
+    assert pipeline.labels == tuple(labels)

@@ -19,6 +19,7 @@ from django.test import override_settings
 from inference.pipeline import get_pipeline, reset_pipeline
 from research_portal.ops.checks import DATABASE_CONNECT_TIMEOUT_S, READY_DEADLINE_S, REDIS_TIMEOUT_S
 from tests.conftest import free_port, start_daphne
+from tests.model_files import build_contract_model
 
 CHECKS = {"database", "redis", "model"}
 
@@ -104,6 +105,35 @@ def test_missing_model_makes_readyz_503(client, db, missing_model):
     assert status == 503
     assert body["model"]["ok"] is False and "model_version" not in body["model"]
     assert body["database"]["ok"] and body["redis"]["ok"]
+
+
+@pytest.fixture
+def model_with_a_label_without_column(monkeypatch, tmp_path):
+    """This process's pipeline on a model reading a label FrameResult has no column for."""
+    labels = ["neutral", "happy", "confused"]
+    path = build_contract_model(
+        tmp_path / "confused.onnx", labels, [0.0] * 3, [0.0] * 3, version="confused-1"
+    )
+    monkeypatch.setenv("PORTAL_MODEL_PATH", str(path))
+    reset_pipeline()
+    yield
+    monkeypatch.undo()
+    reset_pipeline()
+
+
+def test_a_model_whose_labels_cannot_be_stored_makes_readyz_503(
+    client, db, model_with_a_label_without_column
+):
+    status, body, _ = get_readyz(client)
+    assert status == 503
+    assert body["model"]["ok"] is False and "confused" in body["model"]["detail"]
+    assert body["database"]["ok"] and body["redis"]["ok"]
+
+
+def test_ready_reports_the_models_labels(client, db):
+    status, body, _ = get_readyz(client)
+    assert status == 200
+    assert body["model"]["labels"] == list(get_pipeline().labels)
 
 
 # ---- the database, for real: a daphne server whose DATABASE_URL leads nowhere ------------------------------
