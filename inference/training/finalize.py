@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             Path(a.out),
             version=a.version,
             data_path=a.data,
-            training_md=Path(a.training_notes).read_text().strip(),
+            training_notes=Path(a.training_notes),
             speed=not a.no_speed,
         )
         print(json.dumps(metrics, indent=2))

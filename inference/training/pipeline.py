@@ -201,7 +201,13 @@ def finalize(
 
 
 def restamp_default_output(
-    onnx_path: Path, out: Path, *, version: str, data_path: str | None, training_md: str, speed: bool = True
+    onnx_path: Path,
+    out: Path,
+    *,
+    version: str,
+    data_path: str | None,
+    training_notes: Path,
+    speed: bool = True,
 ) -> dict[str, Any]:
     """An exported file whose training run is gone (same weights), its default output chosen again by
     `choose_default_output`: the full metadata contract, a new `version` (its readings differ), its card."""
@@ -225,10 +231,11 @@ def restamp_default_output(
         version=version,
         metrics=metrics,
         decision=decision,
-        training_md=training_md,
-        reproduce_md=f"The weights of `{old['version']}`, re-stamped (no retraining):\n```\n"
-        f"python -m inference.training.finalize --restamp --onnx <{old['version']}.onnx> --out {out.name} "
-        f"--version {version} --training-notes <notes.md>\n```",
+        training_md=training_notes.read_text().strip(),
+        reproduce_md=f"The weights of `{old['version']}` (the file before this one in git history), "
+        f"re-stamped, no retraining:\n```\npython -m inference.training.finalize --restamp "
+        f"--onnx <{old['version']}.onnx> --out {out.name} --version {version} "
+        f"--training-notes {training_notes}\n```",
     )
     return metrics
 

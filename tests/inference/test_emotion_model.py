@@ -141,11 +141,6 @@ def test_shipped_model_sees_happiness_in_fer2013_happy_faces(real_model_path: Pa
     assert p_on_happy > p_on_others + 0.3
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the shipped emotion.onnx's extra_outputs still names the FER+ head's columns happiness/sadness/"
-    "anger (the names before inference.training.FERPLUS_LABELS took FER2013's): its p(happy) is unreadable",
-)
 def test_every_output_of_the_shipped_model_names_its_classes_like_fer2013(real_model_path: Path) -> None:
     """Readings are matched by label name (smile score = p("happy"), evaluation by class name): every head of
     the shipped file must use FER2013's names for the classes FER2013 has."""
