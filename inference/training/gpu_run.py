@@ -5,16 +5,20 @@ Here, before:
     python -m inference.training.pack --out .gpu/fer_pack.npz
         Training + PublicTest (never PrivateTest) and the product pipeline's crops of realfaces_dev, for
         selection only (about 54 MB).
-There (device `run`, carry [".gpu/fer_pack.npz"]):
-    python -m inference.training.gpu_run --config inference/training/configs/gpu_realfaces.json \\
-        --data .gpu/fer_pack.npz --out $OUT
+There (device `run`, carry [".gpu/fer_pack.npz"], about 10 minutes on one H200):
+    PYTHONUNBUFFERED=1 python3 -m inference.training.gpu_run \\
+        --config inference/training/configs/gpu_realfaces.json --data .gpu/fer_pack.npz \\
+        --out /tmp/gpu_run --deliver $OUT
         The teacher once, then one distilled student per seed, in parallel processes on the one GPU; under
-        $OUT: teacher.pt, per seed emotion.s<k>.{pt,fp32.onnx,onnx,summary.json,log}, gpu_run.log and
-        best.json (the seed with the best selection score on PublicTest + the real-face crops).
+        --out: teacher.pt, per seed emotion.s<k>.{pt,fp32.onnx,onnx,summary.json,log}, gpu_run.log and
+        best.json (the seed with the best selection score on PublicTest + the real-face crops). --deliver gets
+        what comes back (the device returns at most 8 files, 64 MiB): the selected student's emotion.pt (fp32
+        weights), emotion.fp32.onnx and emotion.summary.json, best.json, and logs.tar.gz (every log, config
+        and summary).
 Here, after (PrivateTest, CPU speed, real faces, card):
     python -m inference.training.finalize --onnx inference/models/emotion.onnx \\
-        --from-fp32 <files_at>/emotion.s<k>.fp32.onnx --summary <files_at>/emotion.s<k>.summary.json
-    and keep emotion.s<k>.pt (fp32 weights) for later fine-tuning (`init.from_weights`).
+        --from-fp32 <files_at>/emotion.fp32.onnx --summary <files_at>/emotion.summary.json
+    and keep emotion.pt (fp32 weights) for later fine-tuning (`init.from_weights`).
 """
 
 from __future__ import annotations
@@ -75,13 +79,35 @@ def best_seed(out: Path, seeds: list[int]) -> dict[str, Any]:
     return {"best": max(scored, key=lambda row: row["score"]), "students": scored}
 
 
+def deliver(out: Path, to: Path, best: dict[str, Any], config_path: str) -> list[Path]:
+    """Copy what must come back into `to`: the selected student's weights, fp32 ONNX and summary (its config
+    path pointing at the repo's config), best.json, and every log, config and summary as one archive."""
+    import shutil
+    import tarfile
+
+    to.mkdir(parents=True, exist_ok=True)
+    name = f"emotion.s{best['best']['seed']}"
+    shutil.copyfile(out / f"{name}.pt", to / "emotion.pt")
+    shutil.copyfile(out / f"{name}.fp32.onnx", to / "emotion.fp32.onnx")
+    summary = json.loads((out / f"{name}.summary.json").read_text())
+    summary["config_path"] = config_path
+    (to / "emotion.summary.json").write_text(json.dumps(summary, indent=2))
+    (to / "best.json").write_text(json.dumps(best, indent=2))
+    with tarfile.open(to / "logs.tar.gz", "w:gz") as archive:
+        for path in sorted(out.iterdir()):
+            if path.suffix in (".log", ".json"):
+                archive.add(path, arcname=path.name)
+    return sorted(to.iterdir())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m inference.training.gpu_run", description=__doc__.split("\n")[0]
     )
     ap.add_argument("--config", required=True)
     ap.add_argument("--data", required=True, help="the pack (inference.training.pack)")
-    ap.add_argument("--out", required=True, help="everything written goes here ($OUT on the device)")
+    ap.add_argument("--out", required=True, help="everything written goes here")
+    ap.add_argument("--deliver", help="copy what must come back here ($OUT on the device; at most 8 files)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--threads", type=int, default=4, help="torch CPU threads per student process")
@@ -114,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     result["seconds"] = round(time.time() - started, 1)
     (out / "best.json").write_text(json.dumps(result, indent=2))
     log.info("best: %s", json.dumps(result["best"]))
+    if a.deliver:
+        delivered = deliver(out, Path(a.deliver), result, a.config)
+        log.info("delivered: %s", ", ".join(f"{p.name} ({p.stat().st_size:,} B)" for p in delivered))
     return 1 if failed and len(failed) == len(a.seeds) else 0
 
 

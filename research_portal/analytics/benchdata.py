@@ -21,6 +21,7 @@ from django.utils import timezone
 from research_portal.accounts.models import Organization
 from research_portal.analytics.rollups import do_rebuild_rollups
 from research_portal.capture.models import FrameResult, ParticipantSession
+from research_portal.capture.readings import READING_LABELS
 from research_portal.studies.models import Ad, Study
 
 COUNTRIES = ["US", "GB", "DE", "FR", "ES", "BR", "JP"]
@@ -49,14 +50,7 @@ FRAME_COLUMNS = [
     "face_w",
     "face_h",
     "face_score",
-    "angry",
-    "disgust",
-    "fear",
-    "happy",
-    "sad",
-    "surprise",
-    "neutral",
-    "contempt",
+    *READING_LABELS,  # in this order in the SELECT below
     "smile",
     "valence",
     "quality",

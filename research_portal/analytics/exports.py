@@ -97,60 +97,23 @@ def _sessions(ad: Ad, filters: Filters):
     return sessions
 
 
+def reading_columns(emotions: tuple[str, ...]) -> list[str]:
+    """The FrameResult columns of a reading, the same in the query and in the CSV header."""
+    face = ["face_x", "face_y", "face_w", "face_h", "face_score"]
+    return [*face, *emotions, "smile", "valence", "quality", "error", "model_version"]
+
+
 def frame_fields(emotions: tuple[str, ...]) -> list[str]:
-    return [
-        "session_id",
-        "session__external_participant_id",
-        "session__country",
-        "session__device_type",
-        "session__state",
-        "ad_id",
-        "seq",
-        "media_time_ms",
-        "captured_at",
-        "face_found",
-        "face_x",
-        "face_y",
-        "face_w",
-        "face_h",
-        "face_score",
-        *emotions,
-        "smile",
-        "valence",
-        "quality",
-        "error",
-        "model_version",
-    ]
+    session = [f"session__{f}" for f in ("external_participant_id", "country", "device_type", "state")]
+    frame = ["ad_id", "seq", "media_time_ms", "captured_at", "face_found"]
+    return ["session_id", *session, *frame, *reading_columns(emotions)]
 
 
 def frame_header(emotions: tuple[str, ...]) -> list[str]:
-    return [
-        "study_id",
-        "ad_id",
-        "ad_title",
-        "phase",
-        "session_id",
-        "participant_id",
-        "country",
-        "device_type",
-        "session_state",
-        "seq",
-        "media_time_ms",
-        "second",
-        "captured_at",
-        "face_found",
-        "face_x",
-        "face_y",
-        "face_w",
-        "face_h",
-        "face_score",
-        *emotions,
-        "smile",
-        "valence",
-        "quality",
-        "error",
-        "model_version",
-    ]
+    ad = ["study_id", "ad_id", "ad_title", "phase"]
+    session = ["session_id", "participant_id", "country", "device_type", "session_state"]
+    frame = ["seq", "media_time_ms", "second", "captured_at", "face_found"]
+    return [*ad, *session, *frame, *reading_columns(emotions)]
 
 
 def exported_measures(ad: Ad, filters: Filters) -> tuple[str, ...]:

@@ -7,8 +7,10 @@ import time
 
 import pytest
 
-from inference.resources import REPO_ROOT
+from inference.model import EmotionModel
+from inference.resources import REPO_ROOT, default_model_path
 from research_portal.capture.models import FrameResult, ParticipantSession
+from research_portal.capture.readings import READING_LABELS
 from tests.e2e.conftest import walk_through_study
 
 pytestmark = pytest.mark.e2e
@@ -55,11 +57,7 @@ def test_participant_link_to_stored_readings(acme, celery_worker, asgi_server, b
     assert {row.ad_id for row in rows} == {acme.ad.pk}
     assert all(row.model_version and row.error == "" for row in rows)
     assert all(row.smile == row.happy and -1 <= row.valence <= 1 and 0 <= row.quality <= 1 for row in faces)
-    assert all(
-        abs(
-            sum(getattr(row, e) for e in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"))
-            - 1
-        )
-        < 1e-3
-        for row in faces
-    )
+    labels = EmotionModel(default_model_path()).labels  # what the worker serves
+    for row in faces:
+        assert {label for label in READING_LABELS if getattr(row, label) is not None} == set(labels)
+        assert abs(sum(getattr(row, label) for label in labels) - 1) < 1e-3

@@ -29,7 +29,9 @@ def test_gpu_run_then_finalize(small_pack: Path, tmp_path: Path):
         "--data",
         str(small_pack),
     ]
-    command += ["--out", str(out), "--seeds", "0", "1", "--device", "cpu", "--threads", "1"]
+    delivered = tmp_path / "delivered"
+    command += ["--out", str(out), "--deliver", str(delivered), "--seeds", "0", "1", "--device", "cpu"]
+    command += ["--threads", "1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     best = json.loads((out / "best.json").read_text())
@@ -48,10 +50,16 @@ def test_gpu_run_then_finalize(small_pack: Path, tmp_path: Path):
     summary = json.loads((out / f"emotion.s{seed}.summary.json").read_text())["summary"]
     assert {"public_ferplus_acc", "real_ferplus_recall", "score"} <= set(summary)
 
+    # what comes back from the device: at most 8 files, the selected student's
+    names = sorted(path.name for path in delivered.iterdir())
+    assert names == ["best.json", "emotion.fp32.onnx", "emotion.pt", "emotion.summary.json", "logs.tar.gz"]
+    assert (delivered / "emotion.pt").read_bytes() == (out / f"emotion.s{seed}.pt").read_bytes()
+    assert json.loads((delivered / "emotion.summary.json").read_text())["config_path"] == str(SMOKE)
+
     shipped = tmp_path / "emotion.onnx"
     command = [sys.executable, "-m", "inference.training.finalize", "--onnx", str(shipped), "--no-speed"]
-    command += ["--from-fp32", str(out / f"emotion.s{seed}.fp32.onnx"), "--summary"]
-    command += [str(out / f"emotion.s{seed}.summary.json")]
+    command += ["--from-fp32", str(delivered / "emotion.fp32.onnx"), "--summary"]
+    command += [str(delivered / "emotion.summary.json")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     model = EmotionModel(shipped)
