@@ -96,7 +96,12 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "research_portal.accounts.middleware.AdminForStaffOnlyMiddleware",
+    # 429 for too many failed sign-ins, raised by the authentication backend on every sign-in path.
+    "research_portal.accounts.middleware.LoginThrottleMiddleware",
 ]
+# Django's backend behind the sign-in limiter (accounts/backends.py): the portal's and admin's sign-in forms
+# and anything else that calls authenticate() are limited alike.
+AUTHENTICATION_BACKENDS = ["research_portal.accounts.backends.ThrottledModelBackend"]
 
 ROOT_URLCONF = "research_portal.urls"
 ASGI_APPLICATION = "research_portal.asgi.application"
@@ -150,11 +155,14 @@ if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-# "count/seconds" per client address: sign-in attempts, and new participant entries per study link.
+# "count/seconds" (docs/security.md, "Limits").
 RATE_LIMITS = {
+    # Failed sign-ins (admin, portal, invitation links) per username and client address; successes are free.
     "login": os.environ.get("RATE_LIMIT_LOGIN", "10/300"),
+    # Failed sign-ins per client address whatever the username: loose, for an office behind one NAT.
+    "login_address": os.environ.get("RATE_LIMIT_LOGIN_ADDRESS", "100/300"),
+    # New participant entries per client address and study link.
     "entry": os.environ.get("RATE_LIMIT_ENTRY", "30/60"),
-    "invite": os.environ.get("RATE_LIMIT_INVITE", "20/300"),
     # Check frames run the model in the web process; the page sends 2 per second.
     "check_frame": os.environ.get("RATE_LIMIT_CHECK_FRAME", "40/10"),
 }
@@ -231,9 +239,19 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns on every requ
 # Ad videos are uploaded here; they are served only through views that check the session or staff user.
 MEDIA_ROOT = Path(os.environ.get("PORTAL_MEDIA_ROOT", VAR_DIR / "media"))
 MEDIA_URL = "/media/"
-DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
-FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 AD_MAX_UPLOAD_BYTES = int(os.environ.get("AD_MAX_UPLOAD_BYTES", str(200 * 1024 * 1024)))
+# Request-body limits per route, enforced before a body is read (research_portal/ops/body_limits.py, also
+# inside daphne): anonymous forms (sign-in, invitations, participant pages) and any path not listed get
+# the form limit; signed-in set-up, team and admin forms the larger one; the ad-upload routes
+# AD_MAX_UPLOAD_BYTES (+1 MiB of form), for an admin of the study (staff in Django admin) only.
+BODY_LIMIT_FORM_BYTES = int(os.environ.get("BODY_LIMIT_FORM_BYTES", str(16 * 1024)))
+BODY_LIMIT_SIGNED_IN_BYTES = int(os.environ.get("BODY_LIMIT_SIGNED_IN_BYTES", str(1024 * 1024)))
+# How long daphne drains (and drops) what a refused client still sends before it closes the connection.
+BODY_LIMIT_LINGER_S = float(os.environ.get("BODY_LIMIT_LINGER_S", "2"))
+# Django's own limits behind those: form data outside uploaded files (400 past it), and the size up to which
+# a body or uploaded file is kept in memory rather than in a temporary file.
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("DATA_UPLOAD_MAX_MEMORY_SIZE", str(1024 * 1024)))
+FILE_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("FILE_UPLOAD_MAX_MEMORY_SIZE", str(5 * 1024 * 1024)))
 FILE_UPLOAD_HANDLERS = [
     "research_portal.studies.uploads.SizeLimitedUploadHandler",  # stops oversized uploads mid-stream
     "django.core.files.uploadhandler.MemoryFileUploadHandler",
@@ -285,6 +303,9 @@ PORTAL_FACE_DETECTOR = default_detector_path()
 # analysing process 15 ms of CPU for 50 new frames, 20 ms for 150: 0.3 ms per frame at 10 s (5 fps),
 # 0.13 ms at 30 s; `python -m tests.load` measured 3.9 against 3.45 ms of server CPU per frame.
 ANALYTICS_ROLLUP_INTERVAL_S = float(os.environ.get("ANALYTICS_ROLLUP_INTERVAL_S", "30"))
+# Live dashboard sockets re-check their user's access before a push when the last check is older than this
+# (and at once when a membership, user, session, study or ad changes: accounts/signals.py).
+ANALYTICS_LIVE_ACCESS_RECHECK_S = float(os.environ.get("ANALYTICS_LIVE_ACCESS_RECHECK_S", "5"))
 
 # Capture limits (see docs/architecture.md, "Wire protocol").
 CAPTURE_DEFAULT_FPS = 5
@@ -309,6 +330,21 @@ CAPTURE_MAX_RESEND_AFTER_S = float(os.environ.get("CAPTURE_MAX_RESEND_AFTER_S", 
 PORTAL_METRICS_TOKEN = os.environ.get("PORTAL_METRICS_TOKEN", "")
 # Hard bound on queued frames (~40 KB each in Redis): past it new frames are refused until it drains.
 CAPTURE_MAX_QUEUE_FRAMES = int(os.environ.get("CAPTURE_MAX_QUEUE_FRAMES", "5000"))
+# Per socket (capture/services.py SocketLimits), so that one flooding client never slows the others: frames
+# a burst of CAPTURE_FRAME_BURST, then CAPTURE_FRAME_RATE_FACTOR x the study's rate (times the flow-control
+# scale; room for resends beside the captured frames); page events (each a SessionEvent row) a burst, then
+# CAPTURE_EVENTS_PER_S. Beyond: `rate_limited`, and repeated refusals close the socket (4008).
+CAPTURE_FRAME_BURST = int(os.environ.get("CAPTURE_FRAME_BURST", "30"))
+CAPTURE_FRAME_RATE_FACTOR = float(os.environ.get("CAPTURE_FRAME_RATE_FACTOR", "3"))
+CAPTURE_EVENT_BURST = int(os.environ.get("CAPTURE_EVENT_BURST", "20"))
+CAPTURE_EVENTS_PER_S = float(os.environ.get("CAPTURE_EVENTS_PER_S", "0.5"))
+# Socket connects ("count/seconds") per session token and per client address, counted in the cache (shared
+# by every web process with Redis); beyond: `too_many_connections`, close 4029. Raise the per-address one
+# for load tests that connect everyone from one address (docs/scaling.md).
+CAPTURE_CONNECTS_PER_TOKEN = os.environ.get("CAPTURE_CONNECTS_PER_TOKEN", "20/60")
+CAPTURE_CONNECTS_PER_IP = os.environ.get("CAPTURE_CONNECTS_PER_IP", "1000/60")
+# /readyz fails (check `capture`) once a frame has waited this long in a web process's batcher.
+CAPTURE_STUCK_AFTER_S = float(os.environ.get("CAPTURE_STUCK_AFTER_S", "10"))
 
 # LOG_FORMAT=json (default): one JSON object per line; plain: for a terminal. Both write hash_token(token)
 # where a participant token would be (research_portal/ops/logging.py).

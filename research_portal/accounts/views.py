@@ -9,13 +9,13 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_http_methods, require_POST
 
+from research_portal.accounts.backends import BACKEND_PATH
 from research_portal.accounts.forms import AcceptInvitationForm, InviteForm
-from research_portal.accounts.models import Membership
+from research_portal.accounts.models import Membership, hash_token
 from research_portal.accounts.permissions import check_can_manage_organization, organizations_of
-from research_portal.accounts.ratelimit import rate_limited
+from research_portal.accounts.ratelimit import do_start_login_attempt
 from research_portal.accounts.services import (
     InvitationInvalid,
     do_accept_invitation,
@@ -25,22 +25,9 @@ from research_portal.accounts.services import (
 )
 
 
-def too_many_attempts(request: HttpRequest) -> HttpResponse:
-    return render(
-        request,
-        "accounts/message.html",
-        {"title": "Too many attempts", "detail": "Please wait a few minutes before trying again."},
-        status=429,
-    )
-
-
-def login_key(request: HttpRequest) -> str:
-    return (request.POST.get("username") or "").strip().lower()
-
-
-@method_decorator(rate_limited("login", methods=("POST",), response=too_many_attempts), name="dispatch")
 class LoginView(auth_views.LoginView):
-    """Django's sign-in, limited per client address (settings.RATE_LIMITS["login"])."""
+    """Django's sign-in. Failed attempts are limited by the authentication backend, on this page and on
+    /admin/login/ alike (accounts.backends.ThrottledModelBackend)."""
 
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
@@ -110,8 +97,9 @@ def remove_member(request: HttpRequest, membership_id: int) -> HttpResponse:
 
 
 @require_http_methods(["GET", "POST"])
-@rate_limited("invite", methods=("POST",), response=too_many_attempts)
 def accept_invitation(request: HttpRequest, token: str) -> HttpResponse:
+    # The link signs its holder in: an unknown or expired token counts as a failed sign-in (same limiter).
+    attempt = do_start_login_attempt(request, "invitation:" + hash_token(token))
     try:
         invitation = find_open_invitation(token)
     except InvitationInvalid as invalid:
@@ -121,6 +109,7 @@ def accept_invitation(request: HttpRequest, token: str) -> HttpResponse:
             {"title": "Invitation not valid", "detail": str(invalid)},
             status=404,
         )
+    attempt.do_succeeded()
     form = AcceptInvitationForm(request.POST or None, email=invitation.email)
     if request.method == "POST" and form.is_valid():
         try:
@@ -132,7 +121,7 @@ def accept_invitation(request: HttpRequest, token: str) -> HttpResponse:
                 {"title": "Invitation not valid", "detail": str(invalid)},
                 status=404,
             )
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        login(request, user, backend=BACKEND_PATH)
         messages.success(request, f"Welcome to {invitation.organization.name}.")
         return redirect("studies:list")
     return render(

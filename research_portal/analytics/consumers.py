@@ -1,16 +1,27 @@
 """The live feed of a dashboard: joins the Channels group of its ad or study and, whenever the rollups
 change (live.notify_rollups_changed, throttled per group), pushes the recomputed dashboard for the filters the
-page subscribed with. Thin: access, filters and numbers come from services and dashboard."""
+page subscribed with. Thin: access, filters and numbers come from services and dashboard.
+
+Access is checked at connect and again before every push (at most every ANALYTICS_LIVE_ACCESS_RECHECK_S,
+and at once when accounts.signals announces a change to the user, the study or the ad): a socket whose user
+signed out or lost access is closed, and gets nothing more.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.http import Http404
 
+from research_portal.accounts.permissions import is_signed_in
+from research_portal.accounts.sessions import user_for_session_key
+from research_portal.accounts.signals import ad_access_group, study_access_group, user_access_group
 from research_portal.analytics.dashboard import build_ad_dashboard, build_study_overview
 from research_portal.analytics.live import ad_group, study_group
 from research_portal.analytics.services import (
@@ -24,12 +35,20 @@ from research_portal.events import remember_server_loop
 
 logger = logging.getLogger(__name__)
 
-CLOSE_UNAUTHENTICATED = 4001
-CLOSE_NOT_FOUND = 4004
+# Close codes (docs/analytics.md, "Live view").
+CLOSE_UNAUTHENTICATED = 4001  # not signed in at connect, or signed out / deactivated / password changed since
+CLOSE_ACCESS_REVOKED = 4003  # still signed in, but no longer allowed to see this ad or study
+CLOSE_NOT_FOUND = 4004  # at connect: no such ad/study, or another organisation's (existence not revealed)
 
 
 class NotSignedIn(Exception):
     pass
+
+
+class AccessLost(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 def open_target(user, kind: str, target_id: int):
@@ -38,50 +57,80 @@ def open_target(user, kind: str, target_id: int):
     return visible_ad(user, target_id) if kind == "ad" else visible_study(user, target_id)
 
 
+def check_live_access(session_key: str | None, user_id: int, kind: str, target_id: int) -> None:
+    """Raise AccessLost unless the socket's user may still read the target, decided as for a page request:
+    the session still signs this active user in (when the socket came with one), and the permissions rule
+    (membership, organisation, superuser) still shows them the ad or study."""
+    if session_key is not None:
+        user = user_for_session_key(session_key)
+    else:  # a socket opened without a session (an ASGI stack without SessionMiddleware): the user alone
+        user = get_user_model().objects.filter(pk=user_id).first()
+    if user is None or not is_signed_in(user) or user.pk != user_id:
+        raise AccessLost(CLOSE_UNAUTHENTICATED)
+    try:
+        open_target(user, kind, target_id)
+    except Http404 as gone:
+        raise AccessLost(CLOSE_ACCESS_REVOKED) from gone
+
+
 def build_payload(kind: str, target, filters: Filters) -> dict:
     if kind == "ad":
         return build_ad_dashboard(target, filters, reconcile=False)
     return build_study_overview(target, filters)
 
 
+def access_recheck_s() -> float:
+    return float(getattr(settings, "ANALYTICS_LIVE_ACCESS_RECHECK_S", 5.0))
+
+
 class LiveDashboardConsumer(AsyncJsonWebsocketConsumer):
     kind = "ad"  # or "study" (the subclasses below)
     target = None
+    revoked = False
 
     async def connect(self) -> None:
         await self.accept()  # accept first: a close code only reaches the browser on an open socket
         remember_server_loop(asyncio.get_running_loop())
         target_id = self.scope["url_route"]["kwargs"]["target_id"]
+        user = self.scope.get("user")
         try:
-            self.target = await database_sync_to_async(open_target)(
-                self.scope.get("user"), self.kind, target_id
-            )
+            self.target = await database_sync_to_async(open_target)(user, self.kind, target_id)
         except NotSignedIn:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         except Http404:  # missing, or another organisation's (whose existence is not revealed)
             await self.close(code=CLOSE_NOT_FOUND)
             return
+        session = self.scope.get("session")
+        self.session_key = session.session_key if session is not None else None
+        self.user_id = user.pk
+        self.access_checked_at = time.monotonic()
         self.group = ad_group(target_id) if self.kind == "ad" else study_group(target_id)
+        study_id = self.target.study_id if self.kind == "ad" else self.target.pk
+        self.groups_joined = [self.group, user_access_group(user.pk), study_access_group(study_id)]
+        if self.kind == "ad":
+            self.groups_joined.append(ad_access_group(target_id))
         self.filters = Filters()
         self.refreshing: asyncio.Task | None = None
         self.dirty = False
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
         await self.send_json({"type": "hello", "kind": self.kind, "id": target_id})
 
     async def disconnect(self, code: int) -> None:
         if self.target is None:
             return
-        await self.channel_layer.group_discard(self.group, self.channel_name)
+        for group in self.groups_joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
         if self.refreshing is not None:
             self.refreshing.cancel()
 
     async def receive_json(self, content, **kwargs) -> None:
-        if self.target is None or not isinstance(content, dict):
+        if self.target is None or self.revoked or not isinstance(content, dict):
             return
         if content.get("type") == "subscribe":
             try:
-                self.filters = check_filters(content.get("filters") or {})
+                self.filters = check_filters(content.get("filters", {}))
             except InvalidFilters as error:
                 await self.send_json({"type": "error", "detail": str(error)})
                 return
@@ -92,8 +141,35 @@ class LiveDashboardConsumer(AsyncJsonWebsocketConsumer):
     async def analytics_changed(self, event: dict) -> None:
         self.schedule_refresh()
 
+    async def access_changed(self, event: dict) -> None:
+        """accounts.signals: something that decides this socket's access changed; re-check now."""
+        await self.has_access(fresh=True)
+
+    async def has_access(self, fresh: bool = False) -> bool:
+        """Whether the socket may still receive its target's data; closes it when not. A check is reused for
+        ANALYTICS_LIVE_ACCESS_RECHECK_S, so a burst of pushes costs one check."""
+        if self.revoked:
+            return False
+        if not fresh and time.monotonic() - self.access_checked_at < access_recheck_s():
+            return True
+        if fresh:  # a push running meanwhile must not rely on the previous check either
+            self.access_checked_at = float("-inf")
+        try:
+            await database_sync_to_async(check_live_access)(
+                self.session_key, self.user_id, self.kind, self.target.pk
+            )
+        except AccessLost as lost:
+            if not self.revoked:
+                self.revoked = True
+                await self.close(code=lost.code)
+            return False
+        self.access_checked_at = time.monotonic()
+        return True
+
     def schedule_refresh(self) -> None:
         # One computation at a time per socket; changes during it fold into one more round.
+        if self.revoked:
+            return
         if self.refreshing is not None and not self.refreshing.done():
             self.dirty = True
             return
@@ -102,10 +178,15 @@ class LiveDashboardConsumer(AsyncJsonWebsocketConsumer):
     async def refresh(self) -> None:
         while True:
             self.dirty = False
+            if not await self.has_access():
+                return
             try:
                 payload = await database_sync_to_async(build_payload)(self.kind, self.target, self.filters)
             except Exception:
                 logger.exception("live refresh of %s %s failed", self.kind, self.target.pk)
+                return
+            # Checked again after the computation: access may have gone while it ran.
+            if not await self.has_access():
                 return
             await self.send_json({"type": "update", "data": payload})
             if not self.dirty:

@@ -36,7 +36,7 @@ from research_portal.analytics.models import ParticipantAdSummary, SecondCell
 from research_portal.analytics.rollups import do_reconcile_study
 from research_portal.analytics.services import Filters, get_country_quotas
 from research_portal.analytics.stats import CORRECTIONS, MeanEstimate, estimate_means, welch_test
-from research_portal.capture.models import ParticipantSession
+from research_portal.capture.models import REFUSED_AT_ENTRY, ParticipantSession
 from research_portal.studies.models import Ad, Study
 
 ALL = "*"  # the group of every selected participant
@@ -447,7 +447,7 @@ def build_study_overview(study: Study, filters: Filters) -> dict:
     funnel = list(
         sessions.values("country")
         .annotate(
-            started=Count("id"),
+            started=Count("id", filter=~REFUSED_AT_ENTRY),
             consented=Count("id", filter=Q(consent_at__isnull=False)),
             checks_passed=Count("id", filter=Q(checks_passed_at__isnull=False)),
             viewed=Count("id", filter=Q(completed_at__isnull=False)),

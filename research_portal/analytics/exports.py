@@ -17,8 +17,8 @@ offered: pyarrow is not a dependency).
 
 from __future__ import annotations
 
-import csv
-import io
+import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -39,19 +39,53 @@ CHUNK_ROWS = 2000
 EXPORT_KINDS = ("frames", "seconds", "traces", "comparison")
 
 
+# Spreadsheets run a cell that starts with one of these as a formula (OWASP, "CSV Injection"); the fullwidth
+# forms too, which some locales' spreadsheets convert.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def csv_cell(value: object) -> str:
+    """One CSV cell, safe to open in a spreadsheet. The one cell function of every export.
+
+    - Numbers (ints, floats, and the decimal text `_number` writes) are written as they are: a number cannot
+      hold a formula, so -0.25 stays a number.
+    - Any other value is text: quoted, with quotes doubled, and prefixed with a single quote when it starts
+      with = + - @ tab or CR (OWASP), also after blanks or invisible characters that a spreadsheet may skip,
+      so an ad title or panel id such as =HYPERLINK(...) is shown, never run. Quoting every text cell also
+      keeps a `;` inside it from starting a new cell where spreadsheets split on `;`.
+    - None is an empty cell.
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int | float):
+        return str(value)
+    text = str(value)
+    if text == "" or PLAIN_NUMBER.fullmatch(text):
+        return text
+    if _starts_like_a_formula(text):
+        text = "'" + text
+    return '"' + text.replace('"', '""') + '"'
+
+
+def _starts_like_a_formula(text: str) -> bool:
+    if text.startswith(FORMULA_STARTS):
+        return True
+    for char in text:  # past blanks and invisible characters, which a spreadsheet may drop
+        if not (char.isspace() or unicodedata.category(char) in ("Cc", "Cf")):
+            return char in FORMULA_STARTS
+    return False
+
+
 def csv_lines(header: list[str], rows: Iterable[Iterable]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-
-    def line(values: Iterable) -> str:
-        buffer.seek(0)
-        buffer.truncate()
-        writer.writerow(values)
-        return buffer.getvalue()
-
-    yield line(header)
+    """The export's lines (RFC 4180, "\n" line ends), every cell through csv_cell."""
+    yield ",".join(csv_cell(name) for name in header) + "\n"
     for row in rows:
-        yield line(row)
+        yield ",".join(csv_cell(value) for value in row) + "\n"
 
 
 def _number(value: float | None) -> str:

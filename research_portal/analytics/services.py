@@ -6,6 +6,8 @@ only names the calls analytics makes, so every page, export, video and socket go
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, replace
 from datetime import date
 
@@ -110,17 +112,82 @@ class Filters:
         return {key: value for key, value in query.items() if value not in ("", [])}
 
 
+# Bounds on what a dashboard, export or live socket accepts as parameters: a value past them is not from
+# the dashboard's own form, and is refused (400 / a socket error) rather than cut short or passed to SQL.
+MAX_PARAMETERS = 50
+MAX_NAME_CHARS = 64
+MAX_VALUE_CHARS = 1000  # a comma-separated list of every country code fits
+MAX_VALUES = 300  # repeated ?country=, one per country code
+MAX_MODEL_CHARS = 64  # FrameResult.model_version
+SCALARS = ("from", "to", "quality", "completed", "baseline", "measure", "correction", "layout", "model")
+TRUE_VALUES, FALSE_VALUES = {"1", "true", "on", "yes"}, {"", "0", "false", "off", "no"}
+ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+DECIMAL = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,6})?")
+COUNTRY = re.compile(r"[A-Za-z]{2}")
+
+
+def _as_query(query: QueryDict | dict) -> QueryDict:
+    """The live socket's subscribe message as a QueryDict: each value a string, a number, a boolean or a
+    list of strings and numbers (what the page sends); anything else is refused."""
+    if isinstance(query, QueryDict):
+        return query
+    if not isinstance(query, dict):
+        raise InvalidFilters("Filters must be an object of query parameters.")
+    data = QueryDict(mutable=True)
+    for key, value in query.items():
+        values = list(value) if isinstance(value, list | tuple) else [value]
+        if not isinstance(key, str) or not all(_is_scalar(v) for v in values):
+            name = str(key)[:MAX_NAME_CHARS]
+            raise InvalidFilters(f"Filter {name!r} must be text, a number or a list of them.")
+        data.setlist(key, [_scalar_text(v) for v in values])
+    return data
+
+
+def _is_scalar(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str | int)  # bool is an int
+
+
+def _scalar_text(value: str | int | float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else ""
+    return str(value)
+
+
+def check_parameters(query: QueryDict) -> None:
+    """Every parameter, known or not: printable text (no NUL or other control characters), of bounded length
+    and number; the dashboard's single-valued parameters given once."""
+    if len(query) > MAX_PARAMETERS:
+        raise InvalidFilters("Too many parameters.")
+    for name, values in query.lists():
+        if len(name) > MAX_NAME_CHARS or not name.isprintable():
+            raise InvalidFilters("A parameter name is too long or has control characters.")
+        if len(values) > MAX_VALUES:
+            raise InvalidFilters(f"Too many values for {name}.")
+        if name in SCALARS and len(values) > 1:
+            raise InvalidFilters(f"{name} may be given once.")
+        for value in values:
+            if len(value) > MAX_VALUE_CHARS or not value.isprintable():
+                raise InvalidFilters(f"The value of {name} is too long or has control characters.")
+
+
 def _parse_date(value: str, name: str) -> date | None:
     if not value:
         return None
     try:
+        if not ISO_DATE.fullmatch(value):
+            raise ValueError(value)
         return date.fromisoformat(value)
     except ValueError as error:
         raise InvalidFilters(f"{name} must be a date like 2026-03-31.") from error
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "on", "yes"}
+def _flag(query: QueryDict, name: str) -> bool:
+    value = (query.get(name) or "").strip().lower()
+    if value not in TRUE_VALUES | FALSE_VALUES:
+        raise InvalidFilters(f"{name} must be 1 or 0.")
+    return value in TRUE_VALUES
 
 
 def _codes(query: QueryDict, name: str) -> list[str]:
@@ -128,18 +195,30 @@ def _codes(query: QueryDict, name: str) -> list[str]:
     values = []
     for raw in query.getlist(name):
         values += [part.strip() for part in raw.split(",") if part.strip()]
+    if len(values) > MAX_VALUES:
+        raise InvalidFilters(f"Too many values for {name}.")
     return values
 
 
+def _quality(value: str) -> float:
+    offered = ", ".join(str(level) for level in QUALITY_LEVELS)
+    try:
+        if not DECIMAL.fullmatch(value.strip()):
+            raise ValueError(value)
+        quality = float(value)
+        quality_level(quality)
+    except ValueError as error:
+        raise InvalidFilters(f"Quality must be one of {offered}.") from error
+    return quality
+
+
 def check_filters(query: QueryDict | dict) -> Filters:
-    """Validate dashboard query parameters; raise InvalidFilters with a readable message."""
-    if not isinstance(query, QueryDict):  # a plain dict (the live socket's subscribe message)
-        data = QueryDict(mutable=True)
-        for key, value in query.items():
-            data.setlist(key, [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)])
-        query = data
+    """Validate dashboard query parameters (a page's, an export's, or a live socket's subscribe message);
+    raise InvalidFilters with a readable message. Nothing invalid is corrected silently."""
+    query = _as_query(query)
+    check_parameters(query)
     countries = _codes(query, "country")
-    if any(len(code) != 2 or not code.isascii() or not code.isalpha() for code in countries):
+    if any(not COUNTRY.fullmatch(code) for code in countries):
         raise InvalidFilters("Countries are two-letter codes, e.g. DE.")
     devices = _codes(query, "device")
     if any(device not in DEVICE_TYPES for device in devices):
@@ -147,17 +226,14 @@ def check_filters(query: QueryDict | dict) -> Filters:
     date_from, date_to = _parse_date(query.get("from", ""), "From"), _parse_date(query.get("to", ""), "To")
     if date_from and date_to and date_from > date_to:
         raise InvalidFilters("The date range ends before it starts.")
-    try:
-        quality = float(query.get("quality") or 0.0)
-        quality_level(quality)
-    except ValueError as error:
-        offered = ", ".join(str(level) for level in QUALITY_LEVELS)
-        raise InvalidFilters(f"Quality must be one of {offered}.") from error
+    quality = _quality(query.get("quality") or "0")
     measure = query.get("measure") or "smile"
     if measure not in MEASURES:
         raise InvalidFilters(f"Measure must be one of {', '.join(MEASURES)}.")
     compare = [code.upper() for code in _codes(query, "compare")]
-    if compare and (len(compare) != 2 or compare[0] == compare[1] or any(len(c) != 2 for c in compare)):
+    if compare and (
+        len(compare) != 2 or compare[0] == compare[1] or not all(COUNTRY.fullmatch(c) for c in compare)
+    ):
         raise InvalidFilters("Compare two different countries, e.g. compare=DE&compare=US.")
     correction = query.get("correction") or "bh"
     if correction not in {"bh", "holm"}:
@@ -165,15 +241,17 @@ def check_filters(query: QueryDict | dict) -> Filters:
     layout = query.get("layout") or "overlay"
     if layout not in {"overlay", "multiples"}:
         raise InvalidFilters("Layout must be overlay or multiples.")
-    model_version = (query.get("model") or "")[:64]
+    model_version = query.get("model") or ""
+    if len(model_version) > MAX_MODEL_CHARS:
+        raise InvalidFilters(f"A model version has at most {MAX_MODEL_CHARS} characters.")
     return Filters(
         countries=tuple(sorted({code.upper() for code in countries})),
         devices=tuple(sorted(set(devices))),
         date_from=date_from,
         date_to=date_to,
         quality=QUALITY_LEVELS[quality_level(quality)],
-        completed_only=_truthy(query.get("completed")),
-        baseline=_truthy(query.get("baseline")),
+        completed_only=_flag(query, "completed"),
+        baseline=_flag(query, "baseline"),
         measure=measure,
         compare=(compare[0], compare[1]) if compare else None,
         correction=correction,

@@ -7,6 +7,11 @@ and the batcher acks each socket of this process. The same loop runs flow contro
 settings.CAPTURE_FLOW_INTERVAL_S: it reads the shared load (flow.read_capture_load), tells every socket of
 the process the capture rate to use, and refuses new frames while the queue is at its bound. Frames
 refused are not acked, so browsers resend them.
+
+Only a transient failure (services.is_transient: database or broker unreachable) keeps a batch here to be
+tried again. Frames whose values cannot be stored are refused to their sockets (`unstorable`) and the rest
+of the batch goes on, so one session's frames never hold up another's. The age of the oldest frame waiting
+here (oldest_frame_age_s) is on /metrics and /readyz: a process whose frames stop leaving is visible.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from asgiref.sync import sync_to_async
@@ -22,14 +28,20 @@ from channels.db import DatabaseSyncToAsync
 from django.conf import settings
 
 from research_portal.capture.acks import (
-    Acks,
+    AckMessage,
+    RejectedFrames,
     close_local_inbox,
     new_inbox_name,
     open_local_inbox,
     receive_acks,
 )
 from research_portal.capture.flow import next_fps_scale, queue_is_full, read_capture_load, resend_after_s
-from research_portal.capture.services import enqueue_frames
+from research_portal.capture.services import (
+    describe_error,
+    enqueue_frames,
+    is_transient,
+    rejected_by_session,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +53,8 @@ class CaptureSocket(Protocol):
     async def apply_flow(self, scale: float, resend_after_s: float) -> None: ...
 
     async def send_acks(self, seqs: list[int]) -> None: ...
+
+    async def refuse_frames(self, rejected: RejectedFrames) -> None: ...
 
 
 class FrameBatcher:
@@ -57,6 +71,21 @@ class FrameBatcher:
         self.queue_full = False
         self.broker_retry_at = 0.0
         self.next_flow_check = 0.0
+        # Arrival time of the oldest frame of the batch being queued right now (it left self.frames).
+        self.in_flight_since: float | None = None
+        self.unstorable_frames = 0  # refused to their sockets since the process started
+
+    def oldest_frame_age_s(self, now: float | None = None) -> float:
+        """How long the oldest frame not yet queued has waited here (0 when none waits). Safe to call from
+        another thread (/readyz)."""
+        now = time.monotonic() if now is None else now
+        try:
+            arrivals = [self.frames[0][0]]
+        except IndexError:
+            arrivals = []
+        if self.in_flight_since is not None:
+            arrivals.append(self.in_flight_since)
+        return max(0.0, now - min(arrivals)) if arrivals else 0.0
 
     def accepts_frames(self) -> bool:
         """False while the shared queue is at its bound or this process holds its maximum of unsent frames."""
@@ -91,16 +120,21 @@ class FrameBatcher:
             self.listener = asyncio.get_running_loop().create_task(self.relay_acks_from_redis())
         else:
             loop = asyncio.get_running_loop()
-            open_local_inbox(self.inbox, loop, lambda acks: loop.create_task(self.deliver_acks(acks)))
+            open_local_inbox(self.inbox, loop, lambda message: loop.create_task(self.deliver_acks(message)))
         try:
             while self.frames or self.sockets:
                 await self._sleep_until_due()
                 now = time.monotonic()
-                if self._flush_due(now):
-                    await self.flush()
-                if now >= self.next_flow_check:
-                    self.next_flow_check = now + settings.CAPTURE_FLOW_INTERVAL_S
-                    await self.check_flow()
+                try:
+                    if self._flush_due(now):
+                        await self.flush()
+                    if now >= self.next_flow_check:
+                        self.next_flow_check = now + settings.CAPTURE_FLOW_INTERVAL_S
+                        await self.check_flow()
+                except Exception:
+                    # A fault of ours must not stop every socket's frames: log it and go on after a pause.
+                    logger.exception("frame batcher step failed; going on")
+                    await asyncio.sleep(BROKER_RETRY_S)
         finally:
             close_local_inbox(self.inbox)
             if self.listener is not None:
@@ -113,25 +147,39 @@ class FrameBatcher:
         try:
             while True:
                 try:
-                    acks = await receive_acks(client, self.inbox)
+                    message = await receive_acks(client, self.inbox)
                 except redis.RedisError:
                     # Redis away: acks wait (browsers resend what stays unacked); try again shortly.
                     logger.warning("could not receive acks; retrying", exc_info=True)
                     await asyncio.sleep(BROKER_RETRY_S)
                     continue
-                if acks:
-                    await self.deliver_acks(acks)
+                except ValueError:
+                    logger.exception("malformed message in the ack inbox; skipped")
+                    continue
+                if message is not None:
+                    await self.deliver_acks(message)
         finally:
             await client.aclose()
 
-    async def deliver_acks(self, acks: Acks) -> None:
-        """Stored frames -> an ack to each socket of this process whose frames they are."""
-        for session_id, seqs in acks:
+    async def deliver_acks(self, message: AckMessage) -> None:
+        """Stored frames -> an ack to each socket of this process whose frames they are; frames a worker
+        could not store -> refused to their sockets."""
+        for session_id, seqs in message.acks:
             for socket in list(self.sockets_by_session.get(session_id, ())):
                 try:
                     await socket.send_acks(seqs)
                 except Exception:  # a socket closing right now; its client resends what it lacks
                     logger.info("ack not delivered to a closing socket", exc_info=True)
+        await self.deliver_refusals(message.rejected)
+
+    async def deliver_refusals(self, rejected: Sequence[RejectedFrames]) -> None:
+        for refused in rejected:
+            self.unstorable_frames += len(refused.seqs)
+            for socket in list(self.sockets_by_session.get(refused.session_id, ())):
+                try:
+                    await socket.refuse_frames(refused)
+                except Exception:  # closing: its client resends them and is refused again
+                    logger.info("refusal not delivered to a closing socket", exc_info=True)
 
     async def _sleep_until_due(self) -> None:
         due = [self.next_flow_check]
@@ -151,20 +199,36 @@ class FrameBatcher:
         return full or now >= self.frames[0][0] + settings.CAPTURE_FLUSH_INTERVAL_S
 
     async def flush(self) -> None:
-        """Queue every due batch; on a broker error keep the frames (in order) and retry after a pause."""
+        """Queue every due batch. On a transient failure (database or broker away) keep the frames (in
+        order) and retry after a pause; frames refused because of their data go back to their sockets."""
         while self._flush_due(time.monotonic()):
             batch = self.frames[: settings.CAPTURE_FLUSH_MAX_FRAMES]
             del self.frames[: len(batch)]
+            frames = [frame for _, frame in batch]
+            self.in_flight_since = batch[0][0]
             try:
                 # Off the shared sync thread (the broker write may take milliseconds); the DB connection
                 # handling of database_sync_to_async closes what the pool thread leaves open.
                 queue = DatabaseSyncToAsync(enqueue_frames, thread_sensitive=False)
-                await queue([frame for _, frame in batch], self.inbox)
-            except Exception:
-                logger.exception("could not queue a batch of %s frames; keeping them", len(batch))
-                self.frames[:0] = batch
-                self.broker_retry_at = time.monotonic() + BROKER_RETRY_S
-                return
+                rejected = await queue(frames, self.inbox)
+            except Exception as error:
+                if is_transient(error):
+                    logger.warning(
+                        "could not queue a batch of %s frames (%s); keeping them",
+                        len(batch),
+                        describe_error(error),
+                        exc_info=True,
+                    )
+                    self.frames[:0] = batch
+                    self.broker_retry_at = time.monotonic() + BROKER_RETRY_S
+                    return
+                # Neither the surroundings nor data enqueue_frames could pin on some frames: retrying the
+                # same batch would fail the same way and hold up every frame behind it.
+                logger.exception("a batch of %s frames cannot be queued; refusing it", len(batch))
+                rejected = rejected_by_session(frames)
+            finally:
+                self.in_flight_since = None
+            await self.deliver_refusals(rejected)
 
     async def check_flow(self) -> None:
         try:
@@ -186,7 +250,10 @@ class FrameBatcher:
             )
             self.fps_scale, self.resend_after_s = scale, resend
             for socket in list(self.sockets):
-                await socket.apply_flow(scale, resend)
+                try:
+                    await socket.apply_flow(scale, resend)
+                except Exception:  # closing right now; a new socket gets the rate in its hello
+                    logger.info("throttle not delivered to a closing socket", exc_info=True)
 
 
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FrameBatcher] = weakref.WeakKeyDictionary()
@@ -204,3 +271,8 @@ def frame_batcher() -> FrameBatcher:
 def all_batchers() -> list[FrameBatcher]:
     """The batchers of this process (for /metrics; normally one)."""
     return list(_batchers.values())
+
+
+def oldest_waiting_frame_age_s() -> float:
+    """Across this process's batchers: how long its oldest frame not yet queued has waited (seconds)."""
+    return max((batcher.oldest_frame_age_s() for batcher in all_batchers()), default=0.0)

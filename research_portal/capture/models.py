@@ -37,6 +37,9 @@ class ParticipantSession(models.Model):
     token = models.CharField(max_length=64, unique=True, default=new_session_token, editable=False)
     country = models.CharField(max_length=2, blank=True)
     external_participant_id = models.CharField(max_length=128, blank=True)
+    # Made by the study link (not a preview, not before migration 0006): such sessions are unique per panel
+    # id and study, so a link opened twice at once still makes one session.
+    via_entry_link = models.BooleanField(default=False, editable=False)
     device_type = models.CharField(max_length=8, choices=DeviceType.choices, default=DeviceType.UNKNOWN)
     # The participant's language for every page (from the country, else the browser).
     language = models.CharField(max_length=8, default="en")
@@ -61,7 +64,18 @@ class ParticipantSession(models.Model):
     completed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["study", "external_participant_id"])]
+        indexes = [
+            models.Index(fields=["study", "external_participant_id"]),
+            # Quota seats are counted per study, country and state at every entry.
+            models.Index(fields=["study", "country", "state"], name="session_quota_count"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "external_participant_id"],
+                condition=models.Q(via_entry_link=True) & ~models.Q(external_participant_id=""),
+                name="participantsession_one_per_panel_id",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.study} / {self.external_participant_id or self.pk}"
@@ -73,6 +87,11 @@ class ParticipantSession(models.Model):
     @property
     def has_ended(self) -> bool:
         return self.state in self.ENDED_STATES
+
+
+# Sessions the study link refused (quota full) before the participant started: recorded so that the study
+# overview counts refusals, never counted as started.
+REFUSED_AT_ENTRY = models.Q(state=ParticipantSession.State.OVER_QUOTA, consent_at__isnull=True)
 
 
 class SessionEvent(models.Model):

@@ -5,11 +5,18 @@ Plain functions: `check_*` validate, `do_*` change data. Views stay thin and cal
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 import re
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.http import QueryDict
 from django.urls import reverse
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
@@ -21,6 +28,22 @@ State = ParticipantSession.State
 
 COUNTRY_CODE = re.compile(r"^[A-Z]{2}$")
 PARTICIPANT_ID = re.compile(r"^[\w.\-:@]{1,128}$")
+# What `secrets.token_urlsafe` makes (session tokens) and `new_public_id` (study links); anything else in
+# those path segments cannot be ours.
+URL_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SIGNATURE = re.compile(r"^[0-9a-fA-F]{64}$")
+TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
+# Limits on what a participant's request may carry: a panel link is short, and each value is a few words.
+MAX_QUERY_LENGTH = 4096
+MAX_PARAMETERS = 50
+MAX_VALUE_LENGTH = 512
+# Control characters (C0, DEL, C1), line/paragraph separators, bidirectional overrides, lone surrogates,
+# and U+FFFD, which is what bytes that were not UTF-8 decode to.
+UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff\ufffd]")
+# A signed link's time may run ahead of ours by this much (the panel's clock).
+CLOCK_SKEW = timedelta(minutes=5)
+# Parameter values of the canonical query are percent-encoded with RFC 3986's unreserved characters kept.
+UNRESERVED = "-._~"
 PARTICIPANT_LANGUAGES = ("en", "de", "fr", "es", "pt", "ja")
 # Countries whose participants get a page language other than English, when we have it.
 LANGUAGE_BY_COUNTRY = {
@@ -53,6 +76,8 @@ LANGUAGE_BY_COUNTRY = {
     **dict.fromkeys(["BR", "PT", "AO", "MZ"], "pt"),
     "JP": "ja",
 }
+# Every language racing for the next consent version number can lose at most once per other language.
+CONSENT_VERSION_ATTEMPTS = 10
 # Where each ended state sends the participant back to the panel.
 REDIRECT_FIELD_BY_STATE = {
     State.COMPLETED: "redirect_complete_url",
@@ -63,14 +88,49 @@ REDIRECT_FIELD_BY_STATE = {
 
 
 class EntryRefused(Exception):
-    """A study link that cannot start a session. `outcome` picks the panel redirect, if any applies."""
+    """A request the participant pages refuse, with the page to show: title, detail and, when the panel
+    should take the participant back, its redirect."""
 
-    def __init__(self, status: int, title: str, detail: str, outcome: str | None = None) -> None:
+    def __init__(self, status: int, title: str, detail: str, next_url: str = "") -> None:
         super().__init__(detail)
         self.status = status
         self.title = title
         self.detail = detail
-        self.outcome = outcome
+        self.next_url = next_url
+
+
+class QuotaFull(Exception):
+    """The country's quota has no seat left; `reason` is the session's exclusion reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def invalid_link() -> EntryRefused:
+    return EntryRefused(400, _("This link is not valid"), _("Please check the link you were given."))
+
+
+def link_not_signed() -> EntryRefused:
+    return EntryRefused(403, _("This link is not valid"), _("Please check the link you were given."))
+
+
+def link_expired() -> EntryRefused:
+    return EntryRefused(
+        403, _("This link has expired"), _("Please go back to your panel and open the study again.")
+    )
+
+
+def link_already_used() -> EntryRefused:
+    # Says nothing about the session behind it: no token, no state, no redirect.
+    return EntryRefused(
+        409,
+        _("This link was already used"),
+        _(
+            "Someone has already taken part with this link. If you started the study in another browser "
+            "or on another device, please continue there."
+        ),
+    )
 
 
 def panel_redirect_url(study: Study, state: str, participant_id: str) -> str:
@@ -88,9 +148,125 @@ def session_redirect_url(session: ParticipantSession) -> str:
     return panel_redirect_url(session.study, session.state, session.external_participant_id)
 
 
-def read_entry_params(study: Study, query) -> tuple[str, str]:
-    """The panel's participant id and country, under the parameter names this study uses."""
-    return query.get(study.participant_id_param, ""), query.get(study.country_param, "")
+# ---- participants' parameters -----------------------------------------------------------------------------
+
+
+def check_url_token(value: str) -> None:
+    """A session token or study id from a path: EntryRefused (400) when it cannot be one of ours."""
+    if not URL_TOKEN.match(value):
+        raise invalid_link()
+
+
+def check_clean_text(value: str, max_length: int = MAX_VALUE_LENGTH) -> None:
+    if len(value) > max_length or UNSAFE_TEXT.search(value):
+        raise invalid_link()
+
+
+def check_query_string(raw_query: str) -> None:
+    """The raw query string: ASCII as browsers send it (they percent-encode the rest), and bounded."""
+    if len(raw_query) > MAX_QUERY_LENGTH or not raw_query.isascii() or raw_query.count("&") >= MAX_PARAMETERS:
+        raise invalid_link()
+
+
+def check_parameters(params: QueryDict) -> None:
+    """Every name and value a participant's request carries is clean text: EntryRefused (400) otherwise.
+    Values that were not UTF-8 arrive as U+FFFD and are refused with the control characters."""
+    for name, values in params.lists():
+        check_clean_text(name, 64)
+        for value in values:
+            check_clean_text(value)
+
+
+def single_parameter(params: QueryDict, name: str) -> str:
+    """A parameter given at most once; twice would leave open which one the panel meant."""
+    values = params.getlist(name)
+    if len(values) > 1:
+        raise invalid_link()
+    return values[0] if values else ""
+
+
+@dataclass(frozen=True)
+class EntryLink:
+    """A study link's parameters, checked: the panel id and country cleaned, every (name, value) as sent."""
+
+    participant_id: str
+    country: str
+    params: tuple[tuple[str, str], ...]
+    signature: str = ""
+    timestamp: int | None = None
+
+
+def country_hint(study: Study, params: QueryDict) -> str:
+    """The link's country when it is a valid code (to pick the language of a refusal page), else ""."""
+    values = params.getlist(study.country_param)
+    country = values[0].strip().upper() if len(values) == 1 else ""
+    return country if COUNTRY_CODE.match(country) else ""
+
+
+def read_entry_link(study: Study, params: QueryDict, raw_query: str) -> EntryLink:
+    """The study link's parameters under the names this study uses; EntryRefused (400) for anything
+    malformed, before anything is looked up."""
+    check_query_string(raw_query)
+    check_parameters(params)
+    participant_id = single_parameter(params, study.participant_id_param).strip()
+    country = single_parameter(params, study.country_param).strip().upper()
+    if (country and not COUNTRY_CODE.match(country)) or (
+        participant_id and not PARTICIPANT_ID.match(participant_id)
+    ):
+        raise invalid_link()
+    signature, timestamp = "", None
+    if study.signs_links:
+        signature = single_parameter(params, study.link_signature_param)
+        if signature and not SIGNATURE.match(signature):
+            raise invalid_link()
+        raw_time = single_parameter(params, study.link_timestamp_param)
+        if raw_time and not TIMESTAMP.match(raw_time):
+            raise invalid_link()
+        timestamp = int(raw_time) if raw_time else None
+    pairs = tuple((name, value) for name, values in params.lists() for value in values)
+    return EntryLink(participant_id, country, pairs, signature.lower(), timestamp)
+
+
+# ---- panel link signing -----------------------------------------------------------------------------------
+
+
+def canonical_query(params: Iterable[tuple[str, str]], signature_param: str) -> str:
+    """What a panel signs: every parameter but the signature, name and value percent-encoded as UTF-8
+    (RFC 3986: only A-Z a-z 0-9 - . _ ~ stay as they are), sorted, joined as name=value with &."""
+    pairs = sorted(
+        (quote(name, safe=UNRESERVED), quote(value, safe=UNRESERVED))
+        for name, value in params
+        if name != signature_param
+    )
+    return "&".join(f"{name}={value}" for name, value in pairs)
+
+
+def link_signature(secret: str, canonical: str) -> str:
+    """HMAC-SHA256 of the canonical query under the study's secret, as 64 lowercase hex digits."""
+    return hmac.new(secret.encode("ascii"), canonical.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def check_link_signature(study: Study, link: EntryLink, now: datetime | None = None) -> None:
+    """A signed study's link must carry the panel's signature of exactly its parameters, panel id included
+    (a link signed for one participant is no use for another), and within the study's max age of its
+    signed time when it sets one. EntryRefused (403) otherwise."""
+    if not link.participant_id or not link.signature:
+        raise link_not_signed()
+    canonical = canonical_query(link.params, study.link_signature_param)
+    expected = link_signature(study.link_signing_secret, canonical)
+    if not hmac.compare_digest(expected, link.signature):
+        raise link_not_signed()
+    if study.link_max_age_minutes:
+        if link.timestamp is None:
+            raise link_not_signed()
+        now = now or timezone.now()
+        # (capped: a 12-digit time is far beyond what datetime can hold)
+        signed_at = datetime.fromtimestamp(min(link.timestamp, 2**33), tz=UTC)
+        if signed_at > now + CLOCK_SKEW or now - signed_at > timedelta(minutes=study.link_max_age_minutes):
+            raise link_expired()
+
+
+# ---- entry ------------------------------------------------------------------------------------------------
 
 
 def language_for(country: str, browser_language: str) -> str:
@@ -115,50 +291,61 @@ def device_type_from_user_agent(user_agent: str) -> str:
 
 
 def find_returning_session(study: Study, participant_id: str) -> ParticipantSession | None:
-    """The session a panel participant already has in this study: coming back resumes it."""
+    """The session a panel participant already has in this study (the first, for ids from before 0006)."""
     if not participant_id:
         return None
-    return ParticipantSession.objects.filter(study=study, external_participant_id=participant_id).first()
+    return (
+        ParticipantSession.objects.filter(study=study, external_participant_id=participant_id)
+        .order_by("pk")
+        .first()
+    )
 
 
-def check_entry(study: Study, participant_id: str, country: str) -> tuple[str, str]:
-    """Validate a new participant's link; returns the cleaned (participant_id, country)."""
-    participant_id = participant_id.strip()
-    country = country.strip().upper()
-    if (country and not COUNTRY_CODE.match(country)) or (
-        participant_id and not PARTICIPANT_ID.match(participant_id)
-    ):
-        raise EntryRefused(400, _("This link is not valid"), _("Please check the link you were given."))
+def check_may_resume(
+    study: Study,
+    session: ParticipantSession,
+    link: EntryLink,
+    bound_session_ids: Collection[int],
+    now: datetime | None = None,
+) -> None:
+    """A returning panel id resumes only in the browser its session was started in (the entry cookie), or
+    with a link signed by the panel; otherwise the link was already used (EntryRefused)."""
+    if session.pk in bound_session_ids:
+        return
+    if not study.signs_links:
+        raise link_already_used()
+    check_link_signature(study, link, now)
+
+
+def check_entry(study: Study, link: EntryLink, now: datetime | None = None) -> None:
+    """A new participant's link: signed when the study signs links, study live, country allowed. The
+    quota is decided when the session is made (`do_admit_participant`), under a lock."""
+    if study.signs_links:
+        check_link_signature(study, link, now)
     if not study.is_accepting_participants:
         raise EntryRefused(
             410,
             _("This study is closed"),
             _("Thank you for your interest; this study is not open right now."),
-            State.OVER_QUOTA,
+            panel_redirect_url(study, State.OVER_QUOTA, link.participant_id),
         )
-    if study.allowed_countries and country not in study.allowed_countries:
+    if study.allowed_countries and link.country not in study.allowed_countries:
         raise EntryRefused(
             403,
             _("This study is not available in your country"),
             _("Thank you for your interest; this study is for participants in other countries."),
-            State.OVER_QUOTA,
+            panel_redirect_url(study, State.OVER_QUOTA, link.participant_id),
         )
-    if check_quota_full(study, country):
-        raise EntryRefused(
-            403,
-            _("This study is full"),
-            _("Thank you for your interest; we have all the participants we need."),
-            State.OVER_QUOTA,
-        )
-    return participant_id, country
 
 
-def check_quota_full(study: Study, country: str) -> bool:
-    """True when the country's quota of validated completes is reached (no quota: never full)."""
-    quota = CountryQuota.objects.filter(study=study, country=country).first()
-    if quota is None:
-        return False
-    return validated_completes(study, country) >= quota.target
+def quota_full_page(session: ParticipantSession) -> EntryRefused:
+    """The page for an entry refused because its country's quota is full."""
+    return EntryRefused(
+        403,
+        _("This study is full"),
+        _("Thank you for your interest; we have all the participants we need."),
+        session_redirect_url(session),
+    )
 
 
 def validated_completes(study: Study, country: str) -> int:
@@ -166,6 +353,91 @@ def validated_completes(study: Study, country: str) -> int:
     return ParticipantSession.objects.filter(
         study=study, country=country, state=State.COMPLETED, is_preview=False
     ).count()
+
+
+def seats_taken(
+    study: Study, country: str, now: datetime, excluding: ParticipantSession | None = None
+) -> int:
+    """Validated completes plus the seats that sessions still in progress hold (`quota_seat_minutes` from
+    their entry; previews never count)."""
+    taken = Q(state=State.COMPLETED)
+    if study.quota_seat_minutes:
+        held_since = now - timedelta(minutes=study.quota_seat_minutes)
+        taken |= Q(state__in=[State.STARTED, State.CONSENTED, State.VIEWING], created_at__gte=held_since)
+    sessions = ParticipantSession.objects.filter(taken, study=study, country=country, is_preview=False)
+    if excluding is not None:
+        sessions = sessions.exclude(pk=excluding.pk)
+    return sessions.count()
+
+
+def check_quota_seat(
+    study: Study, country: str, session: ParticipantSession | None = None, now: datetime | None = None
+) -> None:
+    """QuotaFull when the country's quota has no seat for a new entry (`session` None) or for `session` to
+    become a validated complete. Locks the quota row, so call it inside the transaction that then writes:
+    entries and validations of one country take turns here and each counts what the previous committed."""
+    quota = CountryQuota.objects.select_for_update().filter(study=study, country=country).first()
+    if quota is None:
+        return
+    if seats_taken(study, country, now or timezone.now(), excluding=session) >= quota.target:
+        when = "refused at entry" if session is None else "the target was reached before this session"
+        raise QuotaFull(f"quota full: {country} {quota.target}, {when}")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a study link led to: a new or resumed session, or a refusal recorded as an over_quota session
+    (`refusal`: the page to show)."""
+
+    session: ParticipantSession
+    refusal: EntryRefused | None = None
+
+
+@transaction.atomic
+def do_admit_participant(study: Study, link: EntryLink, language: str, device_type: str) -> Entry:
+    """A new participant's session, or, with their country's quota full, an over_quota session that the
+    study overview counts. IntegrityError when the panel id got its session meanwhile."""
+    try:
+        check_quota_seat(study, link.country)
+    except QuotaFull as full:
+        session = ParticipantSession.objects.create(
+            study=study,
+            external_participant_id=link.participant_id,
+            via_entry_link=True,
+            country=link.country,
+            language=language,
+            device_type=device_type,
+            state=State.OVER_QUOTA,
+            exclusion_reason=full.reason,
+        )
+        return Entry(session, refusal=quota_full_page(session))
+    session = do_start_session(
+        study, link.participant_id, link.country, language, device_type, via_entry_link=True
+    )
+    return Entry(session)
+
+
+def do_enter_study(
+    study: Study,
+    link: EntryLink,
+    language: str,
+    device_type: str,
+    bound_session_ids: Collection[int] = (),
+    now: datetime | None = None,
+) -> Entry:
+    """Follow a checked study link: resume the panel id's session (when allowed), or admit a new
+    participant. EntryRefused for a link that may not start or resume anything."""
+    for _attempt in range(2):
+        returning = find_returning_session(study, link.participant_id)
+        if returning is not None:
+            check_may_resume(study, returning, link, bound_session_ids, now)
+            return Entry(returning)
+        check_entry(study, link, now)
+        try:
+            return do_admit_participant(study, link, language, device_type)
+        except IntegrityError:
+            continue  # the same link opened twice at once: the other request made the session
+    raise link_already_used()
 
 
 @transaction.atomic
@@ -176,6 +448,7 @@ def do_start_session(
     language: str,
     device_type: str = "unknown",
     is_preview: bool = False,
+    via_entry_link: bool = False,
 ) -> ParticipantSession:
     """Start a new session with its own ad order (fixed by position, or shuffled once)."""
     ad_ids = list(study.ads.order_by("position", "id").values_list("id", flat=True))
@@ -184,6 +457,7 @@ def do_start_session(
     return ParticipantSession.objects.create(
         study=study,
         external_participant_id=participant_id,
+        via_entry_link=via_entry_link,
         country=country,
         language=language,
         device_type=device_type,
@@ -210,19 +484,41 @@ def consent_text_for(study: Study, language: str) -> str:
 
 
 def current_consent_version(study: Study, language: str) -> ConsentVersion:
-    """The exact text shown in `language`, as a version; a changed text becomes a new version."""
+    """The exact text shown in `language`, as a version; a changed text becomes a new version.
+
+    Race-safe: participants consenting at the same moment may each try to make the next version number;
+    the unique (study, version) constraint lets one win, and the others read again (inside a savepoint) and
+    use the winner's version, or the next number when the winner was another language's text. The
+    language's latest version and the newest number come from one query (one snapshot), so a version
+    committed in between cannot make a second version of the same text."""
     text = consent_text_for(study, language)
-    latest = study.consent_versions.filter(language=language).first()
-    if latest is not None and latest.text == text:
-        return latest
-    newest = study.consent_versions.first()
-    return ConsentVersion.objects.create(
-        study=study, version=(newest.version + 1) if newest else 1, language=language, text=text
-    )
+    for _attempt in range(CONSENT_VERSION_ATTEMPTS):
+        versions = list(study.consent_versions.order_by("-version").values_list("pk", "version", "language"))
+        latest_pk = next((pk for pk, _number, code in versions if code == language), None)
+        if latest_pk is not None:
+            latest = ConsentVersion.objects.get(pk=latest_pk)
+            if latest.text == text:
+                return latest
+        try:
+            with transaction.atomic():  # a savepoint: losing the race must not break the caller's transaction
+                return ConsentVersion.objects.create(
+                    study=study, version=versions[0][1] + 1 if versions else 1, language=language, text=text
+                )
+        except IntegrityError:
+            continue
+    raise RuntimeError(f"no consent version after {CONSENT_VERSION_ATTEMPTS} attempts")
+
+
+def lock_session(session: ParticipantSession) -> None:
+    """Take the session's row lock (inside a transaction) and reload it: two tabs posting at once take turns,
+    and the second sees what the first did."""
+    ParticipantSession.objects.select_for_update().filter(pk=session.pk).values_list("pk").get()
+    session.refresh_from_db()
 
 
 @transaction.atomic
 def do_record_consent(session: ParticipantSession) -> None:
+    lock_session(session)
     if session.state == State.STARTED:
         session.consent_version = current_consent_version(session.study, session.language)
         session.state = State.CONSENTED
@@ -230,7 +526,9 @@ def do_record_consent(session: ParticipantSession) -> None:
         session.save(update_fields=["consent_version", "state", "consent_at"])
 
 
+@transaction.atomic
 def do_decline(session: ParticipantSession) -> None:
+    lock_session(session)
     if session.state == State.STARTED:
         do_end_session(session, State.DECLINED, "declined consent")
 

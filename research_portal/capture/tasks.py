@@ -2,10 +2,13 @@ from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_ready
-from django.db import InterfaceError, OperationalError
 
 from research_portal.capture.flow import start_worker_heartbeat
-from research_portal.capture.services import analyze_and_store_batch, analyze_and_store_frames
+from research_portal.capture.services import (
+    TRANSIENT_ERRORS,
+    analyze_and_store_batch,
+    analyze_and_store_frames,
+)
 
 BATCH_TASK_OPTIONS = dict(
     # Batches carry a key (batch_store.py); the legacy task's frames are bytes, which msgpack carries as-is.
@@ -13,8 +16,10 @@ BATCH_TASK_OPTIONS = dict(
     # Removed from the queue only once stored: a killed worker's batch is redelivered, and the unique
     # (session, seq) constraint makes the second delivery store nothing twice.
     acks_late=True,
-    # The database away (restart, failover): retry with backoff, 1 s doubling to 30 s, about 5 minutes in all.
-    autoretry_for=(OperationalError, InterfaceError),
+    # The database or Redis away (restart, failover): retry with backoff, 1 s doubling to 30 s, about 5
+    # minutes in all. Only such failures: rows whose values the database refuses are left out of the batch
+    # and refused to their sockets (services.store_results), the rest stored; a retry would change nothing.
+    autoretry_for=TRANSIENT_ERRORS,
     retry_backoff=1,
     retry_backoff_max=30,
     retry_jitter=False,

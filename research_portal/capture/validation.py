@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from research_portal.capture.models import FrameResult, ParticipantSession, SessionEvent
-from research_portal.capture.participation import do_end_session, do_record_event
+from research_portal.capture.participation import QuotaFull, check_quota_seat, do_end_session, do_record_event
 from research_portal.studies.models import Ad
 
 State = ParticipantSession.State
@@ -72,12 +72,20 @@ def ad_usability_failures(session: ParticipantSession) -> list[str]:
 
 @transaction.atomic
 def do_validate_session(session: ParticipantSession) -> None:
+    """Completed, Failed (too few usable frames) or, when its country's quota was filled by others first
+    (a seat that expired, or a study that holds none), Over quota: quotas hold at the edge."""
     session = ParticipantSession.objects.select_for_update().select_related("study").get(pk=session.pk)
     if session.has_ended:
         return
     failures = ad_usability_failures(session)
     if failures:
         do_end_session(session, State.FAILED, "not enough usable frames: " + "; ".join(failures))
+        return
+    try:
+        if not session.is_preview:
+            check_quota_seat(session.study, session.country, session)
+    except QuotaFull as full:
+        do_end_session(session, State.OVER_QUOTA, full.reason)
     else:
         do_end_session(session, State.COMPLETED)
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable
 from functools import wraps
 
+from django.conf import settings
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import translation
+from django.utils.cache import add_never_cache_headers
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -18,16 +22,17 @@ from research_portal.capture.face_check import do_check_camera_frame, do_fail_ch
 from research_portal.capture.models import ParticipantSession
 from research_portal.capture.participation import (
     EntryRefused,
-    check_entry,
+    check_parameters,
+    check_query_string,
+    check_url_token,
     consent_text_for,
+    country_hint,
     device_type_from_user_agent,
     do_decline,
+    do_enter_study,
     do_record_consent,
-    do_start_session,
-    find_returning_session,
     language_for,
-    panel_redirect_url,
-    read_entry_params,
+    read_entry_link,
     session_redirect_url,
 )
 from research_portal.capture.routing import capture_socket_path
@@ -37,6 +42,20 @@ from research_portal.studies.models import Study
 State = ParticipantSession.State
 # A check frame is one small JPEG; anything bigger is not from our page.
 MAX_CHECK_FRAME_BYTES = 512 * 1024
+# The camera rate the check page measures, e.g. "29.8"; no camera films faster than this.
+CAMERA_FPS = re.compile(r"^[0-9]{1,4}(\.[0-9]{1,3})?$")
+MAX_CAMERA_FPS = 1000.0
+# A check attempt reports the problem codes of its last frame (the codes of feedback_messages).
+MAX_ATTEMPT_BODY_BYTES = 4096
+MAX_ATTEMPT_PROBLEMS = 20
+# The entry cookie binds a browser to the sessions it started (or resumed with a signed link) in one study,
+# so that only that browser resumes them from an unsigned link. Signed, HttpOnly, SameSite=Lax (sent when
+# the panel's page sends the participant over, not on other sites' requests), only on the study's link.
+ENTRY_COOKIE_SALT = "facecode-entry-binding"
+ENTRY_COOKIE_MAX_AGE = 60 * 24 * 3600
+ENTRY_COOKIE_SESSIONS = 8
+# Request bodies that Django parses into request.POST (checked like query strings).
+FORM_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 def page_for_state(session: ParticipantSession) -> str:
@@ -57,9 +76,19 @@ def participant_view(view: Callable) -> Callable:
 
     @wraps(view)
     def wrapper(request: HttpRequest, token: str, *args, **kwargs) -> HttpResponse:
+        try:
+            check_url_token(token)
+        except EntryRefused as refused:
+            with translation.override(language_for("", request.LANGUAGE_CODE)):
+                return refusal_page(request, refused)
         session = get_object_or_404(ParticipantSession.objects.select_related("study"), token=token)
         with translation.override(session.language):
-            response = view(request, session, *args, **kwargs)
+            try:
+                check_request_parameters(request)
+            except EntryRefused as refused:
+                response = refusal_page(request, refused)
+            else:
+                response = view(request, session, *args, **kwargs)
         response.headers.setdefault("Content-Language", session.language)
         return response
 
@@ -77,32 +106,95 @@ def message_page(
     )
 
 
+def refusal_page(request: HttpRequest, refused: EntryRefused) -> HttpResponse:
+    return message_page(request, refused.status, refused.title, refused.detail, refused.next_url)
+
+
+def check_request_parameters(request: HttpRequest) -> None:
+    """The query string and form fields of a participant page: clean text, bounded (EntryRefused 400)."""
+    check_query_string(request.META.get("QUERY_STRING", ""))
+    check_parameters(request.GET)
+    if request.method == "POST" and request.content_type in FORM_CONTENT_TYPES:
+        request.body  # noqa: B018 -- read (and kept) first, so that a view may still read the raw body
+        check_parameters(request.POST)
+
+
 def too_many_entries(request: HttpRequest) -> HttpResponse:
     return message_page(
         request, 429, _("Please wait a moment"), _("Please wait a minute and open your link again.")
     )
 
 
+def entry_cookie_name(public_id: str) -> str:
+    return f"facecode_entry_{public_id}"
+
+
+def bound_session_ids(request: HttpRequest, public_id: str) -> list[int]:
+    """The sessions of this study that this browser started or resumed, newest first (from its cookie)."""
+    value = request.get_signed_cookie(
+        entry_cookie_name(public_id),
+        default="",
+        salt=ENTRY_COOKIE_SALT + public_id,
+        max_age=ENTRY_COOKIE_MAX_AGE,
+    )
+    ids = [int(part) for part in value.split(".") if part.isascii() and part.isdigit()]
+    return ids[:ENTRY_COOKIE_SESSIONS]
+
+
+def bind_browser(request: HttpRequest, response: HttpResponse, session: ParticipantSession) -> None:
+    public_id = session.study.public_id
+    ids = [session.pk, *(pk for pk in bound_session_ids(request, public_id) if pk != session.pk)]
+    response.set_signed_cookie(
+        entry_cookie_name(public_id),
+        ".".join(str(pk) for pk in ids[:ENTRY_COOKIE_SESSIONS]),
+        salt=ENTRY_COOKIE_SALT + public_id,
+        max_age=ENTRY_COOKIE_MAX_AGE,
+        path=f"/s/{public_id}/",
+        secure=settings.SESSION_COOKIE_SECURE,
+        httponly=True,
+        samesite="Lax",
+    )
+
+
 @require_GET
 @rate_limited("entry", key=lambda request: request.path, methods=("GET",), response=too_many_entries)
 def study_entry(request: HttpRequest, public_id: str) -> HttpResponse:
-    study = Study.objects.filter(public_id=public_id).first()
-    if study is None:
-        return message_page(request, 404, _("Study not found"), _("This study link is not valid."))
-    participant_id, country = read_entry_params(study, request.GET)
-    returning = find_returning_session(study, participant_id.strip())
-    if returning is not None:
-        return redirect(page_for_state(returning))
-    language = language_for(country.strip().upper(), request.LANGUAGE_CODE)
+    """The panel's link. A GET by contract (panels send participants with links), and the one participant
+    GET that writes: it starts a session (or records an over-quota refusal) once per panel id; opening it
+    again resumes in the same browser or with a signed link, and never makes a second session."""
+    response = entry_response(request, public_id)
+    # Never cached anywhere: the answer carries a cookie and a session's address for this browser only.
+    add_never_cache_headers(response)
+    return response
+
+
+def entry_response(request: HttpRequest, public_id: str) -> HttpResponse:
+    raw_query = request.META.get("QUERY_STRING", "")
+    with translation.override(language_for("", request.LANGUAGE_CODE)):
+        try:
+            check_url_token(public_id)
+            check_query_string(raw_query)  # before Django parses it (thousands of fields would be its 400)
+        except EntryRefused as refused:
+            return refusal_page(request, refused)
+        study = Study.objects.filter(public_id=public_id).first()
+        if study is None:
+            return message_page(request, 404, _("Study not found"), _("This study link is not valid."))
+    language = language_for(country_hint(study, request.GET), request.LANGUAGE_CODE)
     with translation.override(language):
         try:
-            participant_id, country = check_entry(study, participant_id, country)
+            link = read_entry_link(study, request.GET, raw_query)
+            device_type = device_type_from_user_agent(request.headers.get("User-Agent", "")[:512])
+            entry = do_enter_study(study, link, language, device_type, bound_session_ids(request, public_id))
         except EntryRefused as refused:
-            next_url = panel_redirect_url(study, refused.outcome, participant_id) if refused.outcome else ""
-            return message_page(request, refused.status, refused.title, refused.detail, next_url)
-    device_type = device_type_from_user_agent(request.headers.get("User-Agent", ""))
-    session = do_start_session(study, participant_id, country, language, device_type)
-    return redirect(page_for_state(session))
+            response = refusal_page(request, refused)
+        else:
+            if entry.refusal is not None:
+                response = refusal_page(request, entry.refusal)
+            else:
+                response = redirect(page_for_state(entry.session))
+            bind_browser(request, response, entry.session)
+    response.headers.setdefault("Content-Language", language)
+    return response
 
 
 @require_http_methods(["GET", "POST"])
@@ -111,7 +203,8 @@ def consent(request: HttpRequest, session: ParticipantSession) -> HttpResponse:
     if session.state != State.STARTED:
         return redirect(page_for_state(session))
     if request.method == "POST":
-        decision = request.POST.get("decision")
+        decisions = request.POST.getlist("decision")
+        decision = decisions[0] if len(decisions) == 1 else ""  # both at once is no decision
         if decision == "accept":
             do_record_consent(session)
         elif decision == "decline":
@@ -185,10 +278,10 @@ def check_frame(request: HttpRequest, session: ParticipantSession) -> JsonRespon
     body = request.body
     if not body or len(body) > MAX_CHECK_FRAME_BYTES or not body.startswith(b"\xff\xd8\xff"):
         return JsonResponse({"error": "not_jpeg"}, status=400)
-    try:
-        camera_fps = float(request.GET.get("fps", "0"))
-    except ValueError:
+    raw_fps = request.GET.get("fps", "0")
+    if not CAMERA_FPS.match(raw_fps) or not math.isfinite(float(raw_fps)) or float(raw_fps) > MAX_CAMERA_FPS:
         return JsonResponse({"error": "bad_fps"}, status=400)
+    camera_fps = float(raw_fps)
     result = do_check_camera_frame(session, body, camera_fps)
     messages = feedback_messages()
     return JsonResponse(
@@ -201,15 +294,34 @@ def check_frame(request: HttpRequest, session: ParticipantSession) -> JsonRespon
     )
 
 
+def read_attempt_problems(body: bytes) -> list[str] | None:
+    """The problem codes a timed-out check attempt reports ({"problems": [...]}, empty body: none); None
+    when the body is anything else (the codes go into the session's events, so only known codes)."""
+    if not body:
+        return []
+    if len(body) > MAX_ATTEMPT_BODY_BYTES:
+        return None
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    problems = data.get("problems", []) if isinstance(data, dict) else None
+    known = feedback_messages().keys()
+    if not isinstance(problems, list) or len(problems) > MAX_ATTEMPT_PROBLEMS:
+        return None
+    if not all(isinstance(code, str) and code in known for code in problems):
+        return None
+    return list(dict.fromkeys(problems))
+
+
 @require_POST
 @participant_view
 def check_attempt_failed(request: HttpRequest, session: ParticipantSession) -> JsonResponse:
     if not session.is_capturing or session.checks_passed_at is not None:
         return JsonResponse({"failed": session.has_ended, "next": page_for_state(session)})
-    try:
-        problems = [str(code)[:30] for code in json.loads(request.body or b"{}").get("problems", [])][:10]
-    except (ValueError, AttributeError):
-        problems = []
+    problems = read_attempt_problems(request.body)
+    if problems is None:
+        return JsonResponse({"error": "bad_request"}, status=400)
     failed = do_fail_check_attempt(session, problems)
     return JsonResponse({"failed": failed, "next": page_for_state(session) if failed else ""})
 

@@ -1,4 +1,5 @@
-"""Readiness checks behind /readyz: the database, Redis (when configured) and the emotion model.
+"""Readiness checks behind /readyz: the database, Redis (when configured), the emotion model, and this
+process's capture path (its frames keep leaving for the queue).
 
 Every check is bounded, so a dead or hung dependency makes readyz answer 503 within about
 READY_DEADLINE_S instead of hanging the probe: the database with a connect and a statement timeout, Redis
@@ -24,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from inference.pipeline import get_pipeline
+from research_portal.capture.batching import all_batchers
 from research_portal.capture.readings import check_model_labels
 
 logger = logging.getLogger(__name__)
@@ -109,10 +111,27 @@ def check_model() -> CheckResult:
     )
 
 
+def check_capture() -> CheckResult:
+    """Frames leave this web process for the queue: none has waited in its batcher longer than
+    CAPTURE_STUCK_AFTER_S (a process stuck on a batch, or cut off from the database or the broker, fails
+    this while its sockets stay open). Processes without capture sockets always pass."""
+    batchers = all_batchers()
+    age = max((batcher.oldest_frame_age_s() for batcher in batchers), default=0.0)
+    buffered = sum(len(batcher.frames) for batcher in batchers)
+    limit = settings.CAPTURE_STUCK_AFTER_S
+    return CheckResult(
+        age <= limit,
+        f"oldest frame waiting {age:.1f} s (limit {limit:g} s), {buffered} buffered",
+        0.0,
+        {"oldest_frame_age_s": round(age, 3), "buffered_frames": buffered},
+    )
+
+
 CHECKS: dict[str, Callable[[], CheckResult]] = {
     "database": check_database,
     "redis": check_redis,
     "model": check_model,
+    "capture": check_capture,
 }
 
 _CREDENTIALS_IN_URL = re.compile(r"(\w+://)[^/@\s]*@")

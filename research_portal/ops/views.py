@@ -76,11 +76,14 @@ def capture_metrics() -> dict:
 
 
 def web_process_state() -> dict:
-    """This process's sockets, frames not yet queued and capture-rate scale (one batcher per event loop)."""
+    """This process's sockets, frames not yet queued (and how long the oldest has waited), frames refused
+    because their values could not be stored, and capture-rate scale (one batcher per event loop)."""
     batchers = all_batchers()
     return {
         "capture_sockets": sum(len(batcher.sockets) for batcher in batchers),
         "buffered_frames": sum(len(batcher.frames) for batcher in batchers),
+        "oldest_frame_age_s": round(max((b.oldest_frame_age_s() for b in batchers), default=0.0), 3),
+        "unstorable_frames": sum(batcher.unstorable_frames for batcher in batchers),
         "fps_scale": min((batcher.fps_scale for batcher in batchers), default=1.0),
     }
 
@@ -121,9 +124,22 @@ def prometheus_text(snapshot: dict) -> str:
             "Frames this web process holds before queueing",
             web["buffered_frames"],
         ),
+        (
+            "portal_web_oldest_frame_age_seconds",
+            "How long the oldest frame this web process holds has waited to be queued",
+            web["oldest_frame_age_s"],
+        ),
         ("portal_web_fps_scale", "Share of the study frame rate clients are asked for", web["fps_scale"]),
     ]
+    counters = [
+        (
+            "portal_web_unstorable_frames_total",
+            "Frames refused to their sockets because their values could not be stored",
+            web["unstorable_frames"],
+        ),
+    ]
     lines = []
-    for name, help_text, value in gauges:
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
+    for kind, metrics in (("gauge", gauges), ("counter", counters)):
+        for name, help_text, value in metrics:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
     return "\n".join(lines) + "\n"

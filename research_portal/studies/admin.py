@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.db import models
 
 from research_portal.studies.models import Ad, ConsentVersion, CountryQuota, Study
-from research_portal.studies.services import check_ad_video
+from research_portal.studies.services import check_ad_video, participant_link_template
 
 
 class AdForm(forms.ModelForm):
@@ -68,6 +68,18 @@ class StudyAdmin(admin.ModelAdmin):
             },
         ),
         (
+            "Panel link signing and quotas (docs/architecture.md, a participant's way through a study)",
+            {
+                "fields": [
+                    "link_signing_secret",
+                    "link_signature_param",
+                    "link_timestamp_param",
+                    "link_max_age_minutes",
+                    "quota_seat_minutes",
+                ]
+            },
+        ),
+        (
             "Panel redirects ({pid} is replaced by the participant id)",
             {
                 "fields": [
@@ -97,10 +109,7 @@ class StudyAdmin(admin.ModelAdmin):
 
     @admin.display(description="Participant link")
     def participant_link(self, study: Study) -> str:
-        return (
-            f"{settings.SITE_URL}/s/{study.public_id}/"
-            f"?{study.participant_id_param}=PARTICIPANT_ID&{study.country_param}=COUNTRY"
-        )
+        return participant_link_template(study, settings.SITE_URL, "COUNTRY")
 
 
 @admin.register(Ad)

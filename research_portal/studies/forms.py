@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from research_portal.studies.models import Study
+from research_portal.studies.models import PARAM_NAME, PARAM_NAME_MESSAGE, Study
 from research_portal.studies.services import (
     LOCKED_AFTER_LAUNCH,
     ChangeRefused,
@@ -20,10 +20,16 @@ from research_portal.studies.services import (
     has_started,
 )
 
-PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
 COUNTRY_LINE = re.compile(r"^([A-Za-z]{2})(?:\s*[:=\s]\s*(\S+))?$")
 TRANSLATED_LANGUAGES = [(code, name) for code, name in settings.LANGUAGES if code != "en"]
 MAX_QUOTA = 1_000_000
+# Study options added after forms were first posted: a submission without them keeps the defaults.
+OPTIONAL_WITH_DEFAULT = (
+    "link_signature_param",
+    "link_timestamp_param",
+    "link_max_age_minutes",
+    "quota_seat_minutes",
+)
 
 
 def parse_countries(text: str) -> tuple[list[str], dict[str, int]]:
@@ -86,6 +92,11 @@ class StudyForm(forms.ModelForm):
             "consent_text",
             "participant_id_param",
             "country_param",
+            "link_signing_secret",
+            "link_signature_param",
+            "link_timestamp_param",
+            "link_max_age_minutes",
+            "quota_seat_minutes",
             "redirect_complete_url",
             "redirect_failed_url",
             "redirect_declined_url",
@@ -106,6 +117,11 @@ class StudyForm(forms.ModelForm):
             "consent_text": "Consent text (default language)",
             "participant_id_param": "Participant id parameter",
             "country_param": "Country parameter",
+            "link_signing_secret": "Link signing secret (shared with the panel)",
+            "link_signature_param": "Signature parameter",
+            "link_timestamp_param": "Time parameter",
+            "link_max_age_minutes": "Signed links valid for (minutes)",
+            "quota_seat_minutes": "An entry holds its quota seat for (minutes)",
             "redirect_complete_url": "Complete",
             "redirect_failed_url": "Failed",
             "redirect_declined_url": "Declined",
@@ -124,8 +140,19 @@ class StudyForm(forms.ModelForm):
             "consent_text": "Empty: the portal's standard text, translated into each participant's language.",
             "retention_days": "Per-frame readings go; the per-second aggregates of the dashboards stay.",
             "store_frames": "Off by default: frames are analysed and discarded.",
+            "link_signing_secret": "Blank: links are not signed. With a secret, every link must carry the "
+            "panel's HMAC-SHA256 signature, and a returning participant resumes in another browser only with "
+            "one. 32-128 printable characters, e.g. 64 hex digits.",
+            "link_max_age_minutes": "0: signed links do not expire. Otherwise a link must carry its signed "
+            "Unix time (seconds) and is refused once older.",
+            "quota_seat_minutes": "Participants in progress hold a seat of their country's quota this long, "
+            "so that no more start than the quota needs. 0: no seats are held; completes past the quota are "
+            "sent back as over quota.",
         }
-        widgets = {"consent_text": forms.Textarea(attrs={"rows": 5})}
+        widgets = {
+            "consent_text": forms.Textarea(attrs={"rows": 5}),
+            "link_signing_secret": forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+        }
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -155,6 +182,8 @@ class StudyForm(forms.ModelForm):
             "min_face_quality": (0.0, 1.0),
             "frame_retention_days": (1, 365),
             "retention_days": (1, 3650),
+            "link_max_age_minutes": (0, 43200),
+            "quota_seat_minutes": (0, 1440),
         }
         for name, (low, high) in limits.items():
             field = self.fields[name]
@@ -162,6 +191,9 @@ class StudyForm(forms.ModelForm):
             field.widget.attrs.update({"min": low, "max": high})
             if isinstance(low, float):
                 field.widget.attrs["step"] = "0.05"
+        # Optional on the form: a submission without them keeps the model's defaults.
+        for name in OPTIONAL_WITH_DEFAULT:
+            self.fields[name].required = False
         self.locked = has_started(self.instance) if self.instance.pk else False
         if self.locked:
             for name in LOCKED_AFTER_LAUNCH:
@@ -178,8 +210,31 @@ class StudyForm(forms.ModelForm):
     def _clean_param(self, name: str) -> str:
         value = self.cleaned_data[name].strip()
         if not PARAM_NAME.match(value):
-            raise ValidationError("Use letters, digits and _ only (up to 32), starting with a letter or _.")
+            raise ValidationError(PARAM_NAME_MESSAGE)
         return value
+
+    def _default_if_blank(self, name: str):
+        value = self.cleaned_data.get(name)
+        if value in (None, ""):
+            return Study._meta.get_field(name).default
+        return value
+
+    def clean_link_signing_secret(self) -> str:
+        return self.cleaned_data["link_signing_secret"].strip()
+
+    def clean_link_signature_param(self) -> str:
+        self.cleaned_data["link_signature_param"] = self._default_if_blank("link_signature_param")
+        return self._clean_param("link_signature_param")
+
+    def clean_link_timestamp_param(self) -> str:
+        self.cleaned_data["link_timestamp_param"] = self._default_if_blank("link_timestamp_param")
+        return self._clean_param("link_timestamp_param")
+
+    def clean_link_max_age_minutes(self) -> int:
+        return self._default_if_blank("link_max_age_minutes")
+
+    def clean_quota_seat_minutes(self) -> int:
+        return self._default_if_blank("quota_seat_minutes")
 
     def clean_participant_id_param(self) -> str:
         return self._clean_param("participant_id_param")
@@ -194,10 +249,7 @@ class StudyForm(forms.ModelForm):
         return name
 
     def clean(self) -> dict:
-        data = super().clean()
-        pid, country = data.get("participant_id_param"), data.get("country_param")
-        if pid and country and pid == country:
-            self.add_error("country_param", "The country parameter must differ from the participant id one.")
+        data = super().clean()  # distinct parameter names: Study.clean, which the model form runs next
         for name in self.fields:
             if name.startswith("redirect_") and data.get(name):
                 if not data[name].startswith(("https://", "http://")):

@@ -1,3 +1,4 @@
+import re
 import secrets
 
 from django.conf import settings
@@ -24,6 +25,26 @@ def validate_consent_translations(value: object) -> None:
             f"Give a JSON object of language code to consent text, codes among {sorted(languages)}, "
             'e.g. {"de": "Wir bitten Sie ..."}.'
         )
+
+
+# A panel's link-signing secret: printable ASCII without spaces, so every panel's HMAC library reads the
+# same key bytes; 32+ characters (e.g. 64 hex digits or `secrets.token_urlsafe(32)`).
+LINK_SECRET = re.compile(r"^[\x21-\x7e]{32,128}$")
+# Query parameter names the study link may use (the participant id, country, signature and time ones).
+PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
+PARAM_NAME_MESSAGE = "Use letters, digits and _ only (up to 32), starting with a letter or _."
+
+
+def validate_link_secret(value: str) -> None:
+    if value and not LINK_SECRET.match(value):
+        raise ValidationError(
+            "Use 32 to 128 printable ASCII characters without spaces, e.g. 64 hex digits from the panel."
+        )
+
+
+def validate_param_name(value: str) -> None:
+    if not PARAM_NAME.match(value):
+        raise ValidationError(PARAM_NAME_MESSAGE)
 
 
 def new_public_id() -> str:
@@ -64,6 +85,17 @@ class Study(models.Model):
     # How the panel passes its participant id and country in the study link, e.g. ?pid=...&c=DE.
     participant_id_param = models.CharField(max_length=32, default="pid")
     country_param = models.CharField(max_length=32, default="c")
+    # Panel link signing (docs/architecture.md, "A participant's way through a study"): with a secret, every
+    # link must carry HMAC-SHA256(secret, canonical query) in `link_signature_param`; blank: links unsigned.
+    link_signing_secret = models.CharField(max_length=128, blank=True, validators=[validate_link_secret])
+    link_signature_param = models.CharField(max_length=32, default="sig", validators=[validate_param_name])
+    link_timestamp_param = models.CharField(max_length=32, default="ts", validators=[validate_param_name])
+    # > 0: signed links must also carry a signed Unix time (seconds) no older than this; 0: no time needed.
+    link_max_age_minutes = models.PositiveIntegerField(default=0)
+    # Quotas: an entry holds a seat of its country's quota this long (or until it ends); a complete beyond
+    # the target is recorded as over quota. 0: no seats held, the first completes win, later ones are over
+    # quota.
+    quota_seat_minutes = models.PositiveSmallIntegerField(default=30)
     # Where participants go back to; "{pid}" is replaced by their (URL-encoded) panel participant id.
     redirect_complete_url = models.URLField(max_length=500, blank=True)
     redirect_failed_url = models.URLField(max_length=500, blank=True)
@@ -93,9 +125,34 @@ class Study(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        """The study link's parameter names must be distinct, or one value would be read as two things."""
+        labels = {
+            "participant_id_param": "participant id",
+            "country_param": "country",
+            "link_signature_param": "signature",
+            "link_timestamp_param": "time",
+        }
+        fields = list(labels) if self.link_signing_secret else list(labels)[:2]
+        errors: dict[str, str] = {}
+        first_with: dict[str, str] = {}
+        for field in fields:
+            value = getattr(self, field)
+            if value in first_with:
+                errors[field] = (
+                    f"The {labels[field]} parameter must differ from the {labels[first_with[value]]} one."
+                )
+            first_with.setdefault(value, field)
+        if errors:
+            raise ValidationError(errors)
+
     @property
     def is_accepting_participants(self) -> bool:
         return self.status == self.Status.LIVE
+
+    @property
+    def signs_links(self) -> bool:
+        return bool(self.link_signing_secret)
 
 
 class Ad(models.Model):

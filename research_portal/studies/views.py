@@ -18,7 +18,7 @@ from research_portal.accounts.permissions import (
     studies_visible_to,
     study_for_manager,
 )
-from research_portal.capture.models import ParticipantSession
+from research_portal.capture.models import REFUSED_AT_ENTRY, ParticipantSession
 from research_portal.capture.views import video_content_type
 from research_portal.privacy.models import AuditLog
 from research_portal.privacy.services import do_delete_participant, do_delete_study
@@ -109,7 +109,7 @@ def setup_context(request: HttpRequest, study: Study, **extra) -> dict:
         "started": has_started(study),
         "ads_locked": ads_locked_reason(study),
         "counts": {
-            "sessions": sessions.filter(is_preview=False).count(),
+            "sessions": sessions.filter(is_preview=False).exclude(REFUSED_AT_ENTRY).count(),
             "completed": sessions.filter(is_preview=False, state=ParticipantSession.State.COMPLETED).count(),
             "previews": sessions.filter(is_preview=True).count(),
         },

@@ -327,7 +327,8 @@
       }
     });
     socket.addEventListener("close", (event) => {
-      if (event.code === 4001 || event.code === 4004) {
+      // 4001 signed out, 4003 access withdrawn, 4004 no access: reconnecting cannot help
+      if (event.code === 4001 || event.code === 4003 || event.code === 4004) {
         setLive("live view not available", "closed");
         return;
       }

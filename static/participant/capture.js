@@ -8,9 +8,12 @@
   const HEADER_BYTES = 20;
   const JPEG_QUALITY = 0.8;
   const BASELINE_AD_ID = 0;
-  // Close codes after which reconnecting cannot help (see the wire protocol).
+  // Close codes after which reconnecting cannot help (see the wire protocol). Others (1011 a server fault,
+  // 4029 too many connects, a dropped network) reconnect with a growing delay.
   const FINAL_CLOSE_CODES = new Set([1000, 4001, 4003, 4008, 4009]);
   const CLOSE_OTHER_TAB = 4009;
+  const CLOSE_TOO_MANY_CONNECTS = 4029;
+  const MAX_RECONNECT_DELAY_MS = 8000;
   // Unacked frames kept for resending: five minutes at 5 fps, about 20 MB at most.
   const MAX_PENDING_FRAMES = 1500;
   const ACK_WAIT_MS = 30000;
@@ -19,7 +22,11 @@
   // The server says how long in "hello", and asks for longer ("throttle") while its queue holds frames long.
   const RESEND_AFTER_MS = 5000;
   const MIN_RESEND_AFTER_MS = 1000;
+  // The server takes a burst of 30 frames per socket, then 3x the capture rate: resends go at twice the
+  // capture rate (at most 10 a second) beside the captured frames, after a reconnect too.
   const RESEND_PER_TICK = 10;
+  // Page events kept while the socket is down (each is one row; the server also limits them).
+  const MAX_QUEUED_EVENTS = 20;
 
   const statusLine = document.getElementById("status");
   const startButton = document.getElementById("start");
@@ -87,12 +94,10 @@
         if (message.type === "hello") {
           state.seq = Math.max(state.seq, message.next_seq || 0);
           setResendDelay(message.resend_after_s);
-          // Resend everything not yet acked, then any page events; the server stores each frame once.
-          for (const seq of [...state.pending.keys()].sort((a, b) => a - b)) {
-            const frame = state.pending.get(seq);
-            frame.sentAt = Date.now();
-            socket.send(frame.message);
-          }
+          // Everything not yet acked is due again (the server stores each frame once): the first few go
+          // now, the rest RESEND_PER_TICK a second, so a reconnect's backlog never floods the server.
+          for (const frame of state.pending.values()) frame.sentAt = 0;
+          resendStaleFrames(socket);
           for (const queued of state.queuedEvents.splice(0)) socket.send(queued);
           resolveHello();
         } else if (message.type === "ack") {
@@ -114,8 +119,11 @@
           resolveHello();
           return;
         }
-        setTimeout(() => { if (!state.stopped) connect(); }, state.reconnectDelayMs);
-        state.reconnectDelayMs = Math.min(state.reconnectDelayMs * 2, 8000);
+        // Refused for connecting too often: wait the longest before trying again.
+        if (event.code === CLOSE_TOO_MANY_CONNECTS) state.reconnectDelayMs = MAX_RECONNECT_DELAY_MS;
+        // The hello this page waits for comes with the socket that succeeds.
+        setTimeout(() => { if (!state.stopped) connect().then(resolveHello); }, state.reconnectDelayMs);
+        state.reconnectDelayMs = Math.min(state.reconnectDelayMs * 2, MAX_RECONNECT_DELAY_MS);
       };
       state.socket = socket;
     });
@@ -125,7 +133,7 @@
     const adId = state.phase ? state.phase.adId : null;
     const message = JSON.stringify({ type: "event", name, ad_id: adId, media_time_ms: currentMediaTimeMs() });
     if (state.socket && state.socket.readyState === WebSocket.OPEN) state.socket.send(message);
-    else state.queuedEvents.push(message);
+    else if (state.queuedEvents.length < MAX_QUEUED_EVENTS) state.queuedEvents.push(message);
   }
 
   function currentMediaTimeMs() {
@@ -165,20 +173,22 @@
     }, "image/jpeg", JPEG_QUALITY);
   }
 
-  // Frames the server has not acked for a while go again, a few per tick (the server rate-limits bursts).
-  function resendStaleFrames() {
-    if (!state.socket || state.socket.readyState !== WebSocket.OPEN) return;
+  // Frames the server has not acked for a while go again, a few per tick (the server rate-limits bursts),
+  // oldest first.
+  function resendStaleFrames(socket = state.socket) {
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
     const staleBefore = Date.now() - state.resendAfterMs;
+    const budget = Math.min(RESEND_PER_TICK, Math.max(1, Math.floor(2 * state.fps)));
     let resent = 0;
     for (const frame of state.pending.values()) {
-      if (resent >= RESEND_PER_TICK) break;
+      if (resent >= budget) break;
       if (frame.sentAt > staleBefore) continue;
       frame.sentAt = Date.now();
-      state.socket.send(frame.message);
+      socket.send(frame.message);
       resent += 1;
     }
   }
-  setInterval(resendStaleFrames, 1000);
+  setInterval(() => resendStaleFrames(), 1000);
 
   function setResendDelay(seconds) {
     if (!(seconds > 0)) return;  // an older server says nothing: keep the default

@@ -4,8 +4,15 @@ throttled per group; sockets check access like the pages do."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from contextlib import ExitStack
+from http.cookies import SimpleCookie
 
 import pytest
 import redis
@@ -13,12 +20,17 @@ from channels.db import database_sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.db import connections
+from django.test import Client
 from django.urls import path
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from research_portal.analytics.consumers import AdDashboardConsumer, StudyOverviewConsumer
 from research_portal.analytics.live import GroupThrottle, LocalWindows, RedisWindows, ad_group
 from research_portal.capture.services import store_results
 from tests.analytics.conftest import FrameWriter, new_participant
+from tests.conftest import service_env, start_daphne
+from tests.load.stack import free_port
 
 IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
@@ -179,3 +191,239 @@ def test_nothing_is_pushed_before_commit(acme, settings, django_capture_on_commi
     for callback in callbacks:
         callback()
     assert sorted(sent) == sorted([f"analytics-study-{acme.study.pk}", ad_group(acme.ad.pk)])
+
+
+# ---- access is re-checked while a socket is open (issue 13, finding 3) -------------------------------------
+
+
+async def receive_close(socket: WebsocketCommunicator, timeout: float = 5) -> int:
+    """The close code the server sends next, skipping any message before it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = await socket.receive_output(timeout=deadline - time.monotonic())
+        if message["type"] == "websocket.close":
+            return message.get("code")
+    raise AssertionError("the socket was not closed")
+
+
+async def subscribed_socket(user, ad) -> WebsocketCommunicator:
+    socket = await open_socket(user, f"/ws/analytics/ads/{ad.pk}/")
+    assert (await socket.receive_json_from())["type"] == "hello"
+    await socket.send_json_to({"type": "subscribe", "filters": {}})
+    assert (await socket.receive_json_from())["type"] == "subscribed"
+    return socket
+
+
+def participant_watches(acme) -> None:
+    FrameWriter(new_participant(acme.study, "DE")).store(acme.ad, 0, [0.4])
+
+
+def second_analyst(acme):
+    from django.contrib.auth import get_user_model
+
+    from research_portal.accounts.models import Membership, Role
+
+    ben = get_user_model().objects.create_user("ben", password="pw-ben-12345")
+    Membership.objects.create(user=ben, organization=acme.organization, role=Role.ANALYST)
+    return ben
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("close_thread_connections")
+async def test_a_removed_member_is_closed_while_the_other_member_keeps_receiving(acme, analysts, settings):
+    settings.CHANNEL_LAYERS = IN_MEMORY
+    settings.ANALYTICS_LIVE_INTERVAL_S = 0.1
+    settings.ANALYTICS_LIVE_ACCESS_RECHECK_S = 3600  # only the membership signal can close it in time
+    from research_portal.accounts.models import Membership
+    from research_portal.accounts.services import do_remove_member
+
+    ben = await database_sync_to_async(second_analyst)(acme)
+    ana_socket = await subscribed_socket(analysts.acme, acme.ad)
+    ben_socket = await subscribed_socket(ben, acme.ad)
+
+    await database_sync_to_async(
+        lambda: do_remove_member(Membership.objects.get(user=analysts.acme), analysts.admin)
+    )()
+    assert await receive_close(ana_socket) == 4003  # access withdrawn
+
+    await database_sync_to_async(participant_watches)(acme)
+    update = await ben_socket.receive_json_from(timeout=5)
+    assert update["type"] == "update" and update["data"]["totals"]["participants"] == 1
+    assert await ana_socket.receive_nothing(timeout=0.5)
+    await ben_socket.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("close_thread_connections")
+async def test_access_is_rechecked_before_a_push_even_without_a_signal(acme, analysts, settings):
+    """A change no signal announces (a queryset .update(), raw SQL) is caught by the check before a push."""
+    settings.CHANNEL_LAYERS = IN_MEMORY
+    settings.ANALYTICS_LIVE_INTERVAL_S = 0.1
+    settings.ANALYTICS_LIVE_ACCESS_RECHECK_S = 0
+    from research_portal.accounts.models import Membership, Organization
+
+    socket = await subscribed_socket(analysts.acme, acme.ad)
+    await database_sync_to_async(
+        lambda: Membership.objects.filter(user=analysts.acme).update(
+            organization=Organization.objects.create(name="Elsewhere")
+        )
+    )()
+    await database_sync_to_async(participant_watches)(acme)
+    assert await receive_close(socket) == 4003  # and no update before it
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("close_thread_connections")
+async def test_deactivated_users_and_moved_studies_close_their_sockets(acme, analysts, settings):
+    settings.CHANNEL_LAYERS = IN_MEMORY
+    settings.ANALYTICS_LIVE_ACCESS_RECHECK_S = 3600
+    from research_portal.accounts.models import Organization
+
+    ben = await database_sync_to_async(second_analyst)(acme)
+    ana_socket = await subscribed_socket(analysts.acme, acme.ad)
+    study_socket = await open_socket(ben, f"/ws/analytics/studies/{acme.study.pk}/")
+    assert (await study_socket.receive_json_from())["type"] == "hello"
+    root_socket = await subscribed_socket(analysts.admin, acme.ad)
+
+    def deactivate() -> None:
+        analysts.acme.is_active = False
+        analysts.acme.save()
+
+    await database_sync_to_async(deactivate)()
+    assert await receive_close(ana_socket) == 4001  # no longer signed in
+
+    def move_study() -> None:
+        acme.study.organization = Organization.objects.create(name="Bought by Rival")
+        acme.study.save()
+
+    await database_sync_to_async(move_study)()
+    assert await receive_close(study_socket) == 4003
+    assert await root_socket.receive_nothing(timeout=0.5)  # a superuser still sees the moved study
+    await root_socket.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("close_thread_connections")
+async def test_subscribe_refuses_filters_of_a_wrong_type_or_with_control_characters(acme, analysts, settings):
+    settings.CHANNEL_LAYERS = IN_MEMORY
+    socket = await open_socket(analysts.acme, f"/ws/analytics/ads/{acme.ad.pk}/")
+    assert (await socket.receive_json_from())["type"] == "hello"
+    for filters in (
+        {"model": "\x00"},
+        {"compare": ["\x00x", "DE"]},
+        {"quality": {"level": 1}},
+        {"country": [["DE"]]},
+        {"country": None},
+        {"baseline": "maybe"},
+        {"quality": float("nan")},
+        {"model": "m" * 65},
+        "country=DE",
+        ["DE"],
+        None,
+    ):
+        await socket.send_json_to({"type": "subscribe", "filters": filters})
+        answer = await socket.receive_json_from(timeout=5)
+        assert answer["type"] == "error", filters
+    await socket.send_json_to({"type": "subscribe", "filters": {"country": ["DE"], "completed": True}})
+    assert (await socket.receive_json_from(timeout=5))["type"] == "subscribed"
+    await socket.disconnect()
+
+
+def test_on_a_real_server_a_removed_member_stops_while_the_other_keeps_receiving(
+    acme, analysts, postgres, redis_url, tmp_path
+):
+    """daphne as deployed, the Redis channel layer, the team page's remove button: the removed analyst's
+    socket is closed (4003) at once, the remaining analyst's keeps receiving; signing out closes it (4001)."""
+    from research_portal.accounts.models import Membership, Role
+
+    ben = second_analyst(acme)
+    ada = analysts.admin.__class__.objects.create_user("ada", password="pw-ada-12345")
+    Membership.objects.create(user=ada, organization=acme.organization, role=Role.ADMIN)
+    cookies = {}
+    for user in (analysts.acme, ben, ada):
+        client = Client()
+        client.force_login(user)
+        cookies[user.username] = client.cookies["sessionid"].value
+    # Only the signal can close a socket this fast: the periodic re-check is an hour away.
+    env = {**service_env(postgres, redis_url), "ANALYTICS_LIVE_ACCESS_RECHECK_S": "3600"}
+    port = free_port()
+    server = start_daphne(env, port, tmp_path / "daphne.log")
+    base = f"http://127.0.0.1:{port}"
+
+    def live(stack: ExitStack, username: str):
+        socket = stack.enter_context(
+            connect(
+                f"ws://127.0.0.1:{port}/ws/analytics/ads/{acme.ad.pk}/",
+                additional_headers={"Cookie": f"sessionid={cookies[username]}", "Origin": base},
+                max_size=None,
+                proxy=None,
+            )
+        )
+        assert json.loads(socket.recv(timeout=10))["type"] == "hello"
+        socket.send(json.dumps({"type": "subscribe", "filters": {"country": ["DE"]}}))
+        assert json.loads(socket.recv(timeout=10))["type"] == "subscribed"
+        return socket
+
+    def close_code(socket) -> int:
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:
+                socket.recv(timeout=deadline - time.monotonic())
+        except ConnectionClosed as closed:
+            return closed.rcvd.code
+        raise AssertionError("still open")
+
+    def post_as(username: str, path: str, form_page: str) -> int:
+        jar = {"sessionid": cookies[username]}
+        page = requests_get(base + form_page, jar)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page["body"])[1]
+        jar["csrftoken"] = page["cookies"]["csrftoken"]
+        return requests_post(base + path, jar, {"csrfmiddlewaretoken": token}, referer=base + form_page)
+
+    try:
+        with ExitStack() as stack:
+            ana_socket, ben_socket = live(stack, "ana"), live(stack, "ben")
+            membership = Membership.objects.get(user=analysts.acme)
+            team = f"/accounts/team/{acme.organization.pk}/"
+            assert post_as("ada", f"/accounts/members/{membership.pk}/remove/", team) == 302
+            assert close_code(ana_socket) == 4003
+
+            participant_watches(acme)  # stored here; announced through Redis to the server's sockets
+            update = json.loads(ben_socket.recv(timeout=15))
+            assert update["type"] == "update" and update["data"]["totals"]["participants"] == 1
+
+            assert post_as("ben", "/accounts/logout/", "/studies/") == 302
+            assert close_code(ben_socket) == 4001
+    finally:
+        server.stop()
+
+
+def requests_get(url: str, cookies: dict[str, str]) -> dict:
+    request = urllib.request.Request(
+        url, headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        jar = SimpleCookie()
+        for header in response.headers.get_all("Set-Cookie") or []:
+            jar.load(header)
+        return {
+            "body": response.read().decode(),
+            "cookies": {name: morsel.value for name, morsel in jar.items()},
+        }
+
+
+def requests_post(url: str, cookies: dict[str, str], data: dict, referer: str) -> int:
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    request = urllib.request.Request(
+        url,
+        data=urllib.parse.urlencode(data).encode(),
+        headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()), "Referer": referer},
+    )
+    try:
+        with urllib.request.build_opener(NoRedirects()).open(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code

@@ -185,3 +185,73 @@ def test_an_ad_without_readings_shows_an_empty_dashboard(client, analysts, acme)
     assert client.get(reverse("analytics:ad", args=[acme.ad.pk])).status_code == 200
     empty_export = client.get(reverse("analytics:ad-export", args=[acme.ad.pk, "seconds"]))
     assert b"".join(empty_export.streaming_content).decode().count("\n") == 1  # the header only
+
+
+BAD_QUERIES = [
+    "model=%00",  # NUL: Postgres refuses it in a string (was a 500)
+    "compare=%00x",
+    "compare=DE&compare=%00x",
+    "compare=D1&compare=US",
+    "country=%00E",
+    "country=D%01",
+    "device=%00",
+    "measure=smile%00",
+    "correction=bh%00",
+    "layout=%00overlay",
+    "from=2026-01-01%00",
+    "from=20260101",
+    "to=2026-W01-1",
+    "quality=nan",
+    "quality=inf",
+    "quality=-0",
+    "quality=%00",
+    "quality=1e400",
+    "completed=maybe",
+    "baseline=%01",
+    "model=" + "m" * 65,  # longer than any stored model version
+    "model=%E2%80%AE1.0",  # a right-to-left override: invisible, not printable
+    "%00=1",  # unknown parameters too: no control characters
+    "x=%1b%5b31m",
+    "x=" + "y" * 1001,
+    "measure=smile&measure=valence",  # a single-valued parameter given twice
+    "country=" + "DE," * 400,
+    "&".join(["country=DE"] * 301),
+]
+
+
+@pytest.mark.parametrize("query", BAD_QUERIES)
+def test_every_bad_parameter_gets_a_400_on_every_endpoint(client, analysts, hand_fixture, query):
+    client.force_login(analysts.acme)
+    for url in protected_urls(hand_fixture):
+        if url.endswith("/video"):
+            continue  # takes no filters
+        response = client.get(url + "?" + query)
+        assert response.status_code == 400, (url, query)
+
+
+def test_good_parameters_still_work_and_unknown_model_versions_are_empty(client, analysts, hand_fixture):
+    client.force_login(analysts.acme)
+    url = reverse("analytics:ad-data", args=[hand_fixture.ad.pk])
+    ok = "country=de&country=US&from=2026-03-01&to=2026-03-31&quality=0.30&completed=on&baseline=0&x=1"
+    assert client.get(url + "?" + ok).status_code == 200
+    other = client.get(url + "?model=some-other-model")
+    assert other.status_code == 200
+    for kind in EXPORT_KINDS:
+        export = reverse("analytics:ad-export", args=[hand_fixture.ad.pk, kind])
+        response = client.get(export + "?model=some-other-model&compare=DE&compare=US")
+        assert response.status_code == 200
+        b"".join(response.streaming_content)  # and the stream completes
+
+
+def test_ids_beyond_the_database_range_are_not_found(client, analysts, hand_fixture):
+    client.force_login(analysts.acme)
+    huge = "9" * 30
+    for url in (
+        f"/analytics/ads/{huge}/",
+        f"/analytics/ads/{huge}/data.json",
+        f"/analytics/ads/{huge}/export/frames.csv",
+        f"/analytics/ads/{huge}/video",
+        f"/analytics/studies/{huge}/",
+        f"/analytics/studies/{huge}/data.json",
+    ):
+        assert client.get(url).status_code == 404, url

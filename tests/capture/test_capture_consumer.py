@@ -211,21 +211,23 @@ async def test_flood_of_garbage_closes_with_4008_without_disturbing_another_sess
     await honest.disconnect()
 
 
-async def test_rate_limit_rejects_frames_beyond_the_burst(acme, viewing_session, face_jpegs, monkeypatch):
-    monkeypatch.setattr("research_portal.capture.consumers.RESEND_BURST_FRAMES", 5)
+async def test_rate_limit_rejects_frames_beyond_the_burst(acme, viewing_session, face_jpegs, settings):
+    settings.CAPTURE_FRAME_BURST = 5
+    settings.CAPTURE_FRAME_RATE_FACTOR = 0.01  # hardly refills during the test, however slow the machine
     communicator, _ = await connect(viewing_session.token)
     for seq in range(8):
         await communicator.send_to(bytes_data=frame(seq, acme.ad.pk, face_jpegs[seq % 4]))
-    codes = []
+    refusals = []
     acked: set[int] = set()
-    while len(acked) < 5 or len(codes) < 3:
+    while len(acked) < 5 or len(refusals) < 3:
         message = json.loads(await communicator.receive_from(timeout=10))
         if message["type"] == "ack":
             acked.update(message["seqs"])
         else:
-            codes.append(message["code"])
+            refusals.append((message["code"], message["seq"]))
     await communicator.disconnect()
-    assert acked == set(range(5)) and codes == ["rate_limited"] * 3
+    # seq null: not taken, the client keeps the frames and resends them later
+    assert acked == set(range(5)) and refusals == [("rate_limited", None)] * 3
 
 
 async def test_ack_means_stored_and_finish_closes_normally(acme, viewing_session, face_jpegs):

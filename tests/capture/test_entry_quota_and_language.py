@@ -30,7 +30,15 @@ def test_full_country_quota_refuses_new_participants_with_the_over_quota_redirec
     assert response.status_code == 403
     assert b"This study is full" in response.content
     assert b'content="5;url=https://panel.example/oq?id=late-1"' in response.content
-    assert not ParticipantSession.objects.filter(external_participant_id="late-1").exists()
+    # The refusal is recorded (the study overview counts it), as an ended session that never starts.
+    refused = ParticipantSession.objects.get(external_participant_id="late-1")
+    assert (refused.state, refused.consent_at, refused.ad_sequence) == ("over_quota", None, [])
+    assert refused.exclusion_reason.startswith("quota full")
+    assert refused.token not in response.content.decode()
+    # Opening the link again in the same browser shows the same outcome, and makes no second row.
+    again = enter(client, acme.study, "late-1", "US")
+    assert again.url == f"/p/{refused.token}/end/"
+    assert ParticipantSession.objects.filter(external_participant_id="late-1").count() == 1
 
 
 def test_only_validated_completes_count_toward_the_quota(client, postgres, acme):
@@ -65,10 +73,22 @@ def test_returning_participant_of_a_full_quota_still_resumes(client, postgres, a
 
 
 def test_ended_participant_coming_back_sees_their_outcome_not_a_new_session(client, postgres, acme):
+    enter(client, acme.study, "done-1", "DE")
+    session = ParticipantSession.objects.get()
+    ParticipantSession.objects.filter(pk=session.pk).update(state="completed")
+    response = enter(client, acme.study, "done-1", "DE")
+    assert response.url == f"/p/{session.token}/end/"
+    assert ParticipantSession.objects.count() == 1
+
+
+def test_a_panel_id_coming_back_from_another_browser_is_told_the_link_was_used(postgres, acme):
+    from django.test import Client
+
     completed(acme.study, "DE", 1)
     session = ParticipantSession.objects.get()
-    response = enter(client, acme.study, session.external_participant_id, "DE")
-    assert response.url == f"/p/{session.token}/end/"
+    response = enter(Client(), acme.study, session.external_participant_id, "US")
+    assert response.status_code == 409 and b"This link was already used" in response.content
+    assert session.token not in response.content.decode()
     assert ParticipantSession.objects.count() == 1
 
 

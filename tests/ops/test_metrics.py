@@ -65,7 +65,13 @@ def test_queue_depth_rates_and_workers_from_redis(client, redis_counters):
         "analysis_ms_per_frame": 2.5,  # 50 ms of pipeline CPU for 20 frames each second
     }
     assert body["queue_bound_frames"] > 150 and body["queue_full"] is False
-    assert set(body["web_process"]) == {"capture_sockets", "buffered_frames", "fps_scale"}
+    assert set(body["web_process"]) == {
+        "capture_sockets",
+        "buffered_frames",
+        "oldest_frame_age_s",  # how long the oldest frame not yet queued has waited (issue 13)
+        "unstorable_frames",
+        "fps_scale",
+    }
     assert "no-cache" in response["Cache-Control"]
 
 
@@ -81,6 +87,8 @@ def test_prometheus_format_for_staff(client, redis_counters, staff):
     assert samples["portal_capture_backlog_seconds"] == "+Inf"  # queued, nothing stored lately
     assert samples["portal_capture_analysis_ms_per_frame"] == "NaN"
     assert "portal_workers" in samples and "portal_web_fps_scale" in samples
+    assert samples["portal_web_oldest_frame_age_seconds"] == "0.0"
+    assert samples["portal_web_unstorable_frames_total"] == "0"
 
 
 def test_redis_away_is_a_503_not_a_crash(client, db, settings, staff):

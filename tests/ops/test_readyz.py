@@ -21,7 +21,7 @@ from research_portal.ops.checks import DATABASE_CONNECT_TIMEOUT_S, READY_DEADLIN
 from tests.conftest import free_port, start_daphne
 from tests.model_files import build_contract_model
 
-CHECKS = {"database", "redis", "model"}
+CHECKS = {"database", "redis", "model", "capture"}
 
 
 def assert_check_shape(body: dict) -> None:
@@ -178,7 +178,7 @@ def test_unreachable_database_makes_a_real_server_answer_503_quickly(tmp_path, d
     assert status == 503, body
     assert body["database"]["ok"] is False, body
     assert body["redis"] == {"ok": True, "detail": "not configured", "ms": body["redis"]["ms"]}
-    assert body["model"]["ok"] is True
+    assert body["model"]["ok"] is True and body["capture"]["ok"] is True
     # libpq's connect timeout, not the OS's (minutes for a server that never answers).
     limit = (DATABASE_CONNECT_TIMEOUT_S if database == "silent" else 0) + 1.5
     assert elapsed < min(limit, READY_DEADLINE_S + 1), (elapsed, body)

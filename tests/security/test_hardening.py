@@ -1,6 +1,7 @@
 """Security basics: production settings pass `check --deploy`, secrets only from the environment, secure
-cookies and HSTS, CSRF on every form, rate limits on sign-in and participant entry, unguessable socket tokens
-bound to one session, size-limited uploads, no stack traces for users."""
+cookies and HSTS, CSRF on every form, rate limits on participant entry (sign-in: test_login_limits.py),
+unguessable socket tokens bound to one session, size-limited uploads (bodies: test_body_limits.py), no stack
+traces for users."""
 
 from __future__ import annotations
 
@@ -131,21 +132,7 @@ def test_every_form_needs_a_csrf_token(acme):
 
 
 @pytest.mark.django_db
-@override_settings(RATE_LIMITS={"login": "3/300", "entry": "4/60", "invite": "20/300"})
-def test_sign_in_is_rate_limited_per_address(acme):
-    member(acme.organization, Role.ADMIN, "ada")
-    client = Client(REMOTE_ADDR=f"198.51.100.{secrets.randbelow(250)}-{secrets.token_hex(4)}")
-    for _ in range(3):
-        assert client.post("/accounts/login/", {"username": "ada", "password": "guess"}).status_code == 200
-    blocked = client.post("/accounts/login/", {"username": "ada", "password": PASSWORD})
-    assert blocked.status_code == 429 and b"Too many attempts" in blocked.content
-    assert "_auth_user_id" not in client.session  # even the right password is refused while blocked
-    other = Client(REMOTE_ADDR=f"203.0.113.{secrets.randbelow(250)}-{secrets.token_hex(4)}")
-    assert other.post("/accounts/login/", {"username": "ada", "password": PASSWORD}).status_code == 302
-
-
-@pytest.mark.django_db
-@override_settings(RATE_LIMITS={"login": "3/300", "entry": "4/60", "invite": "20/300"})
+@override_settings(RATE_LIMITS={"login": "3/300", "login_address": "100/300", "entry": "4/60"})
 def test_participant_entry_is_rate_limited_per_address_and_study(acme):
     client = Client(REMOTE_ADDR=f"192.0.2.{secrets.randbelow(250)}-{secrets.token_hex(4)}")
     for index in range(4):

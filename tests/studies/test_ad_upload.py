@@ -24,7 +24,7 @@ def test_admin_upload_of_a_non_video_is_refused(admin_client, acme):
         "/admin/studies/ad/add/", {"study": acme.study.pk, "title": "Broken", "video": upload, "position": 1}
     )
     assert response.status_code == 200
-    assert b"could not be decoded as a video" in response.content
+    assert b"This file is not a video" in response.content
     assert not Ad.objects.filter(title="Broken").exists()
 
 
@@ -37,6 +37,10 @@ def study_form(organization, **fields) -> dict:
         "allowed_countries": '["DE"]',
         "participant_id_param": "pid",
         "country_param": "c",
+        "link_signature_param": "sig",
+        "link_timestamp_param": "ts",
+        "link_max_age_minutes": 0,
+        "quota_seat_minutes": 30,
         "consent_text": "ok",
         "capture_fps": 5,
         "ad_order": "fixed",

@@ -176,8 +176,8 @@ def test_ads_upload_with_validation_and_keep_their_order(
 
     # Wrong type, not a video, no title: refused on the field, nothing stored.
     bad = [
-        ({"title": "Doc", "video": SimpleUploadedFile("ad.pdf", b"%PDF-1.4")}, "video", "browsers can play"),
-        ({"title": "Junk", "video": SimpleUploadedFile("ad.webm", b"not a video" * 100)}, "video", "decoded"),
+        ({"title": "Doc", "video": SimpleUploadedFile("ad.pdf", b"%PDF-1.4")}, "video", "MP4 or WebM"),
+        ({"title": "Junk", "video": SimpleUploadedFile("ad.webm", b"junk" * 100)}, "video", "not a video"),
         ({"title": " ", "video": SimpleUploadedFile("ad.webm", b"x")}, "title", "required"),
     ]
     for data, field, message in bad:
