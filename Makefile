@@ -13,7 +13,8 @@ export SITE_URL ?= http://$(HOST):$(PORT)
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: setup run worker test lint bench bench-analytics train fetch-detector services browser load
+.PHONY: setup run worker test test-hostile lint bench bench-analytics train fetch-detector services browser load \
+	docker-smoke
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,23 +67,37 @@ browser:
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# Under CI the Docker deployment is tested too (docker-smoke, after the suite) unless PORTAL_SKIP_DOCKER=1.
 test: setup $(TRAIN_STAMP) services browser lint
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 		$(PY) -m pytest
+	@if [ "$$CI" = "true" ] && [ "$${PORTAL_SKIP_DOCKER:-0}" != "1" ]; then \
+		$(MAKE) --no-print-directory docker-smoke; fi
+
+# The hostile-input walk with every value (docs/security.md, L11); `make test` walks a sample of each kind.
+test-hostile: setup services
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+		PORTAL_HOSTILE_WALK=full $(PY) -m pytest tests/security/test_no_5xx.py
+
+# docker/ built and run: its own dockerd (no bridge, firewall or forwarding changes), web + 2 workers + beat +
+# Postgres + Redis on 127.0.0.1:58000/55432/56379, the load generator through them, then all torn down
+# (tests/docker_smoke; about 1-2 minutes warm, 6 cold; logs in var/docker-smoke/). Needs root.
+docker-smoke: setup
+	$(PY) -m tests.docker_smoke
 
 bench: setup
 	$(PY) -m inference bench
 
 # Analyst dashboards at 10 million frames against the local Postgres (about 4 minutes; drops its database).
 bench-analytics: setup services
-	$(PY) -m research_portal.analytics.bench
+	$(PY) -m tests.analytics_bench
 
 # Load test of the capture path (docs/scaling.md): daphne + Celery workers on the local Postgres and Redis,
 # 20 participants x 30 s at 5 fps (about a minute); numbers in var/load/last.json. LOAD_ARGS adds options.
 load: setup services
 	$(PY) -m tests.load --json var/load/last.json $(LOAD_ARGS)
 
-# The current recipe (issue 12); about 10 minutes on one GPU, many hours on a 2-core CPU. A GPU machine that
+# The current recipe (real faces: inference/training/README.md); about 10 minutes on one GPU, many hours on a 2-core CPU. A GPU machine that
 # does not see ../shared: inference/training/gpu_run.py. Bump export.version in the config for a new model.
 TRAIN_CONFIG ?= inference/training/configs/gpu_realfaces.json
 train: $(TRAIN_STAMP)

@@ -12,6 +12,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from research_portal.analytics.routing import websocket_urlpatterns as analytics_websockets  # noqa: E402
 from research_portal.capture.routing import websocket_urlpatterns  # noqa: E402
 from research_portal.ops.body_limits import BodyLimitMiddleware, install_daphne_body_limits  # noqa: E402
+from research_portal.ops.sockets import unknown_socket_route  # noqa: E402
 
 # Request bodies are limited per route before they are read: by the middleware for any ASGI server, and
 # inside daphne, which otherwise buffers a whole body before calling the application (ops/body_limits.py).
@@ -20,6 +21,9 @@ install_daphne_body_limits()
 application = ProtocolTypeRouter(
     {
         "http": BodyLimitMiddleware(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns + analytics_websockets)),
+        "websocket": AllowedHostsOriginValidator(
+            # Last, for any other path: a 4004 close (ops/sockets.py), never an exception in the router.
+            URLRouter([*websocket_urlpatterns, *analytics_websockets, unknown_socket_route])
+        ),
     }
 )

@@ -96,6 +96,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "research_portal.accounts.middleware.AdminForStaffOnlyMiddleware",
+    # 400 for admin parameters Django admin would pass to the database unchecked (NUL, selections).
+    "research_portal.accounts.middleware.AdminParametersMiddleware",
     # 429 for too many failed sign-ins, raised by the authentication backend on every sign-in path.
     "research_portal.accounts.middleware.LoginThrottleMiddleware",
 ]
@@ -169,8 +171,8 @@ RATE_LIMITS = {
 # Behind N reverse proxies the client is the N-th address from the right of X-Forwarded-For; 0 = REMOTE_ADDR.
 PORTAL_TRUSTED_PROXY_HOPS = int(os.environ.get("PORTAL_TRUSTED_PROXY_HOPS", "0"))
 
-# Where frame batches are analysed: "celery" (separate worker processes) or "thread" (in-process pool).
-CAPTURE_ANALYSIS_BACKEND = os.environ.get("CAPTURE_ANALYSIS_BACKEND", "celery" if REDIS_URL else "thread")
+# Embedded mode analyses frame batches in this many threads of the web process (research_portal/deployment.py
+# decides the mode: production, with REDIS_URL, analyses them in Celery workers).
 CAPTURE_THREAD_WORKERS = int(os.environ.get("CAPTURE_THREAD_WORKERS", "1"))
 
 CELERY_BROKER_URL = REDIS_URL or "memory://"
@@ -196,19 +198,37 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # keep theirs (closed after every 2 x this many tasks); research_portal.celery drops a broken or obsolete
 # one (CONN_MAX_AGE, CONN_HEALTH_CHECKS) before each task, as Django does before each request.
 CELERY_DB_REUSE_MAX = int(os.environ.get("CELERY_DB_REUSE_MAX", "1000"))
-# `celery -A research_portal beat` runs these (embedded mode: `manage.py apply_retention` from cron).
+# Periodic work, never done by a page view. Production: `celery -A research_portal beat` runs this schedule
+# (`make run` starts its worker with --beat, docker/compose.yaml a beat service). Embedded mode: a thread of
+# the web process runs the EMBEDDED_PERIODIC_JOBS at the same intervals (research_portal/ops/periodic.py);
+# retention there is `manage.py apply_retention` from cron.
+SESSION_VALIDATION_INTERVAL_S = float(os.environ.get("SESSION_VALIDATION_INTERVAL_S", "5"))
+ROLLUP_RECONCILE_INTERVAL_S = float(os.environ.get("ROLLUP_RECONCILE_INTERVAL_S", "60"))
 CELERY_BEAT_SCHEDULE = {
     "apply-retention": {
         "task": "research_portal.privacy.tasks.apply_retention_task",
         "schedule": float(os.environ.get("RETENTION_INTERVAL_S", str(6 * 3600))),
     },
-    # Safety net for dashboards: re-file sessions whose attributes changed without a signal
-    # (about 28 ms per live study at 10 million frames, `make bench-analytics`).
+    # Sessions whose viewing ended are validated, within 30 s (capture/validation.py, MAX_VALIDATION_WAIT)
+    # plus this interval of their end, whether or not their end page is open; abandoned ones are ended.
+    "validate-sessions": {
+        "task": "research_portal.capture.tasks.validate_due_sessions_task",
+        "schedule": SESSION_VALIDATION_INTERVAL_S,
+        # A run still queued when the next one is due is dropped: the next one does the same work.
+        "options": {"expires": SESSION_VALIDATION_INTERVAL_S},
+    },
+    # Safety net for the rollups that dashboards read: re-file sessions whose attributes changed without a
+    # signal, refresh keys a killed worker left journaled (~28 ms at 10 million frames, make bench-analytics).
     "reconcile-rollups": {
         "task": "research_portal.analytics.tasks.reconcile_rollups_task",
-        "schedule": float(os.environ.get("ROLLUP_RECONCILE_INTERVAL_S", "300")),
+        "schedule": ROLLUP_RECONCILE_INTERVAL_S,
+        "options": {"expires": ROLLUP_RECONCILE_INTERVAL_S},
     },
 }
+# The schedule's entries that embedded mode runs in its web process; its thread starts with the process's
+# first request. Off: run them some other way (tests call them, tests/conftest.py).
+EMBEDDED_PERIODIC_JOBS = ("validate-sessions", "reconcile-rollups")
+EMBEDDED_PERIODIC_LOOP = env_bool("PORTAL_EMBEDDED_PERIODIC_LOOP", True)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -272,6 +292,8 @@ LOGIN_REDIRECT_URL = "/studies/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 
 # ---- security ----------------------------------------------------------------------------------------------
+# Database sessions, looked up only for keys of the form Django issues (a NUL in a cookie was a 500).
+SESSION_ENGINE = "research_portal.accounts.session_store"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_AGE = int(os.environ.get("SESSION_COOKIE_AGE", str(12 * 3600)))
@@ -306,6 +328,8 @@ ANALYTICS_ROLLUP_INTERVAL_S = float(os.environ.get("ANALYTICS_ROLLUP_INTERVAL_S"
 # Live dashboard sockets re-check their user's access before a push when the last check is older than this
 # (and at once when a membership, user, session, study or ad changes: accounts/signals.py).
 ANALYTICS_LIVE_ACCESS_RECHECK_S = float(os.environ.get("ANALYTICS_LIVE_ACCESS_RECHECK_S", "5"))
+# A live dashboard group gets at most one push per this many seconds (analytics/live.py).
+ANALYTICS_LIVE_INTERVAL_S = float(os.environ.get("ANALYTICS_LIVE_INTERVAL_S", "1.0"))
 
 # Capture limits (see docs/architecture.md, "Wire protocol").
 CAPTURE_DEFAULT_FPS = 5
@@ -330,10 +354,10 @@ CAPTURE_MAX_RESEND_AFTER_S = float(os.environ.get("CAPTURE_MAX_RESEND_AFTER_S", 
 PORTAL_METRICS_TOKEN = os.environ.get("PORTAL_METRICS_TOKEN", "")
 # Hard bound on queued frames (~40 KB each in Redis): past it new frames are refused until it drains.
 CAPTURE_MAX_QUEUE_FRAMES = int(os.environ.get("CAPTURE_MAX_QUEUE_FRAMES", "5000"))
-# Per socket (capture/services.py SocketLimits), so that one flooding client never slows the others: frames
-# a burst of CAPTURE_FRAME_BURST, then CAPTURE_FRAME_RATE_FACTOR x the study's rate (times the flow-control
-# scale; room for resends beside the captured frames); page events (each a SessionEvent row) a burst, then
-# CAPTURE_EVENTS_PER_S. Beyond: `rate_limited`, and repeated refusals close the socket (4008).
+# Per socket (capture/socket_limits.py SocketLimits), so that one flooding client never slows the others:
+# frames a burst of CAPTURE_FRAME_BURST, then CAPTURE_FRAME_RATE_FACTOR x the study's rate (times the
+# flow-control scale; room for resends beside the captured frames); page events (each a SessionEvent row) a
+# burst, then CAPTURE_EVENTS_PER_S. Beyond: `rate_limited`, and repeated refusals close the socket (4008).
 CAPTURE_FRAME_BURST = int(os.environ.get("CAPTURE_FRAME_BURST", "30"))
 CAPTURE_FRAME_RATE_FACTOR = float(os.environ.get("CAPTURE_FRAME_RATE_FACTOR", "3"))
 CAPTURE_EVENT_BURST = int(os.environ.get("CAPTURE_EVENT_BURST", "20"))

@@ -22,6 +22,7 @@ from django.core.files import File
 from django.db import connection
 
 from inference.resources import shared_dir
+from research_portal import deployment
 from tests.load.stack import Service, StackError, accepting, free_port, start_service, web_command
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -146,23 +147,45 @@ def reachable_redis_url() -> str:
     return url
 
 
-@pytest.fixture
-def redis_flow(redis_url, settings):
-    """Flow control's production store on the real Redis: clean counters, and a frame queue of its own
-    (workers started by other tests consume the default one)."""
-    from research_portal.capture import flow
+class DeploymentSwitch:
+    """Runs this test process in one deployment mode (research_portal/deployment.py); everything that differs
+    between the modes (flow counters, analysis backend, ack inbox, rollup journal, live windows) is made
+    anew for it."""
 
-    settings.REDIS_URL = redis_url
-    settings.CAPTURE_ANALYSIS_BACKEND = "celery"
+    def embedded(self) -> None:
+        deployment.switch_to(deployment.Deployment(deployment.Mode.EMBEDDED))
+
+    def production(self, redis_url: str) -> None:
+        deployment.switch_to(deployment.Deployment(deployment.Mode.PRODUCTION, redis_url))
+
+
+@pytest.fixture
+def deployment_mode() -> Iterator[DeploymentSwitch]:
+    """Switch this process's deployment mode for one test: `deployment_mode.embedded()` or
+    `deployment_mode.production(redis_url)`, as often as the test needs. Afterwards the embedded analysis
+    threads finish what was queued (before the test database is flushed under them) and the mode is the
+    settings' again."""
+    # (The app's models load once Django is set up, after this module is imported.)
+    from research_portal.capture.queueing import analysis_backend
+
+    yield DeploymentSwitch()
+    if deployment.current().mode is deployment.Mode.EMBEDDED:
+        assert analysis_backend().wait_until_done(timeout_s=60), "embedded analysis still busy after 60 s"
+    deployment.switch_to(None)
+
+
+@pytest.fixture
+def redis_flow(redis_url, settings, deployment_mode):
+    """Flow control's production counters on the real Redis: clean counters, and a frame queue of its own
+    (workers started by other tests consume the default one)."""
+    deployment_mode.production(redis_url)
     settings.CELERY_TASK_DEFAULT_QUEUE = "flow-test-queue"
     client = redis.Redis.from_url(redis_url)
     for key in client.scan_iter("portal:flow:*"):
         client.delete(key)
     client.delete("flow-test-queue")
-    flow._store.cache_clear()
     yield client
     client.delete("flow-test-queue")
-    flow._store.cache_clear()
 
 
 def service_env(database: dict, redis_url: str) -> dict[str, str]:
@@ -198,14 +221,16 @@ def start_process(
 
 @pytest.fixture
 def celery_worker(postgres: dict, redis_url: str, tmp_path: Path) -> Iterator[Service]:
-    """A real `celery -A research_portal worker` process on the test database and Redis."""
-    worker = start_celery_worker(service_env(postgres, redis_url), tmp_path / "celery-worker.log")
+    """A real `celery -A research_portal worker --beat` process on the test database and Redis, as `make run`
+    starts it: beat's periodic jobs (session validation...) run in it."""
+    worker = start_celery_worker(service_env(postgres, redis_url), tmp_path / "celery-worker.log", beat=True)
     yield worker
     worker.stop()
 
 
-def start_celery_worker(env: dict[str, str], log_path: Path) -> Service:
-    """`celery -A research_portal worker` (solo, one process) on a flushed Redis; returns once it is ready."""
+def start_celery_worker(env: dict[str, str], log_path: Path, beat: bool = False) -> Service:
+    """`celery -A research_portal worker` (solo, one process) on a flushed Redis; returns once it is ready.
+    `beat`: with the beat schedule (settings.CELERY_BEAT_SCHEDULE), its state in a file beside the log."""
     redis.Redis.from_url(env["REDIS_URL"]).flushdb()
     command = [
         str(Path(sys.executable).parent / "celery"),
@@ -218,6 +243,8 @@ def start_celery_worker(env: dict[str, str], log_path: Path) -> Service:
         "--without-gossip",
         "--without-mingle",
     ]
+    if beat:
+        command += ["--beat", f"--schedule={log_path.with_suffix('.beat-schedule')}"]
     return start_process(command, env, lambda s: " ready." in s.log(), log_path, timeout_s=90)
 
 
@@ -261,3 +288,11 @@ def rollups_refresh_on_every_batch(settings):
     the test's database); tests/analytics/test_rollup_debounce.py tests the debounce itself. Servers the
     tests start run with the shipped interval."""
     settings.ANALYTICS_ROLLUP_INTERVAL_S = 0
+
+
+@pytest.fixture(autouse=True)
+def no_periodic_thread_in_tests(settings):
+    """Requests in this process never start embedded mode's periodic thread (research_portal/ops/periodic.py):
+    tests run the periodic jobs themselves (do_validate_due_sessions, do_reconcile_due_studies), or start a
+    loop of their own. Servers the tests start run it as shipped."""
+    settings.EMBEDDED_PERIODIC_LOOP = False

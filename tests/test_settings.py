@@ -11,10 +11,13 @@ from inference.resources import REPO_ROOT
 from research_portal.settings import database_from_url
 
 PRINT_SETTINGS = (
-    "import json, django; from django.conf import settings; django.setup(); print(json.dumps({"
+    "import json, django; from django.conf import settings; django.setup();"
+    "from research_portal import deployment; from research_portal.capture.queueing import analysis_backend;"
+    "print(json.dumps({"
     "'engine': settings.DATABASES['default']['ENGINE'],"
     "'layer': settings.CHANNEL_LAYERS['default']['BACKEND'],"
-    "'analysis': settings.CAPTURE_ANALYSIS_BACKEND, 'broker': settings.CELERY_BROKER_URL}))"
+    "'mode': deployment.current().mode, 'analysis': type(analysis_backend()).__name__,"
+    "'broker': settings.CELERY_BROKER_URL}))"
 )
 
 
@@ -36,7 +39,8 @@ def test_nothing_configured_means_embedded_mode(tmp_path):
     assert settings_with_env(tmp_path) == {
         "engine": "django.db.backends.sqlite3",
         "layer": "channels.layers.InMemoryChannelLayer",
-        "analysis": "thread",
+        "mode": "embedded",
+        "analysis": "ThreadPoolBackend",
         "broker": "memory://",
     }
     assert (tmp_path / "secret_key").exists()
@@ -48,7 +52,8 @@ def test_database_and_redis_urls_select_the_production_path(tmp_path):
     ) == {
         "engine": "django.db.backends.postgresql",
         "layer": "channels_redis.core.RedisChannelLayer",
-        "analysis": "celery",
+        "mode": "production",
+        "analysis": "CeleryBackend",
         "broker": "redis://cache:6379/0",
     }
 
@@ -78,6 +83,7 @@ def test_every_periodic_job_names_a_registered_task():
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert scheduled == {
         "research_portal.privacy.tasks.apply_retention_task",
+        "research_portal.capture.tasks.validate_due_sessions_task",
         "research_portal.analytics.tasks.reconcile_rollups_task",
     }
     assert scheduled <= set(app.tasks)

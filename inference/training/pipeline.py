@@ -60,7 +60,7 @@ def metadata_metrics(m: dict[str, Any]) -> dict[str, Any]:
 # How the product's default output is chosen among a file's heads, on selection data only (PublicTest and
 # the real-face development photos; never PrivateTest): FER+ PublicTest accuracy carries most weight (the
 # cleaner labels), FER2013 PublicTest keeps the original labels in view, and the balanced recall on real
-# photos guards against reading relaxed real faces as angry or sad (issue 12).
+# photos guards against reading relaxed real faces as angry or sad.
 DEFAULT_OUTPUT_WEIGHTS = {"public_ferplus_acc": 0.5, "public_fer_acc": 0.2, "real_balanced_recall": 0.3}
 
 

@@ -1,9 +1,33 @@
 from django.contrib import admin
+from django.contrib.admin.widgets import AutocompleteSelect
 
+from research_portal.accounts.middleware import accepts
 from research_portal.accounts.models import Invitation, Membership, Organization
 
 
-class MembershipInline(admin.TabularInline):
+class AutocompleteOfIds(AutocompleteSelect):
+    """Django's autocomplete widget looks the submitted value up when it redraws a form with errors: a value
+    that cannot be an id (text, NUL) made that query fail, a 500 instead of the field's error. Only values
+    the target field accepts are looked up; the field's own validation reports the rest."""
+
+    def optgroups(self, name, value, attr=None):
+        remote = self.field.remote_field
+        target = remote.model._meta.get_field(remote.field_name)
+        return super().optgroups(name, [item for item in value if accepts(target, item)], attr)
+
+
+class AutocompleteOfIdsMixin:
+    """Autocomplete fields (autocomplete_fields) with AutocompleteOfIds."""
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name in self.get_autocomplete_fields(request):
+            kwargs.setdefault(
+                "widget", AutocompleteOfIds(db_field, self.admin_site, using=kwargs.get("using"))
+            )
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+class MembershipInline(AutocompleteOfIdsMixin, admin.TabularInline):
     model = Membership
     extra = 1
     autocomplete_fields = ["user"]
@@ -19,7 +43,7 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(AutocompleteOfIdsMixin, admin.ModelAdmin):
     list_display = ["user", "organization", "role", "created_at"]
     list_filter = ["role", "organization"]
     search_fields = ["user__username", "user__email", "organization__name"]

@@ -89,6 +89,9 @@ def study_for_manager(user, study_id: int) -> Study:
 
 
 def ad_for_viewer(user, ad_id: int) -> Ad:
+    """The ad with its study and organisation, for a user who may read its study (dashboards, exports, the
+    analyst video, the live feed call this directly); Http404 for a missing ad and for another
+    organisation's alike."""
     ad = (
         Ad.objects.select_related("study", "study__organization")
         .filter(pk=ad_id, study__in=studies_visible_to(user))
@@ -97,7 +100,3 @@ def ad_for_viewer(user, ad_id: int) -> Ad:
     if ad is None:
         raise Http404("No such ad.")
     return ad
-
-
-def can_manage_any(user) -> bool:
-    return organizations_managed_by(user).exists()

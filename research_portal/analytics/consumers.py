@@ -10,6 +10,7 @@ signed out or lost access is closed, and gets nothing more.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
@@ -19,18 +20,12 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.http import Http404
 
-from research_portal.accounts.permissions import is_signed_in
+from research_portal.accounts.permissions import ad_for_viewer, is_signed_in, study_for_viewer
 from research_portal.accounts.sessions import user_for_session_key
 from research_portal.accounts.signals import ad_access_group, study_access_group, user_access_group
 from research_portal.analytics.dashboard import build_ad_dashboard, build_study_overview
 from research_portal.analytics.live import ad_group, study_group
-from research_portal.analytics.services import (
-    Filters,
-    InvalidFilters,
-    check_filters,
-    visible_ad,
-    visible_study,
-)
+from research_portal.analytics.services import Filters, InvalidFilters, check_filters
 from research_portal.events import remember_server_loop
 
 logger = logging.getLogger(__name__)
@@ -41,8 +36,31 @@ CLOSE_ACCESS_REVOKED = 4003  # still signed in, but no longer allowed to see thi
 CLOSE_NOT_FOUND = 4004  # at connect: no such ad/study, or another organisation's (existence not revealed)
 
 
+# What the page sends: {"type": "subscribe", "filters": {...}} (a few hundred characters)
+# or {"type": "refresh"}.
+MAX_MESSAGE_CHARS = 64 * 1024
+MESSAGE_FORMAT = 'Messages are JSON objects: {"type": "subscribe", "filters": {...}} or {"type": "refresh"}.'
+
+
 class NotSignedIn(Exception):
     pass
+
+
+class InvalidMessage(ValueError):
+    """A client message the socket cannot read; the message is sent back as the error's detail."""
+
+
+def read_message(text: str | None, data: bytes | None) -> object:
+    """The JSON value of a text message: InvalidMessage for binary messages, text over MAX_MESSAGE_CHARS (so
+    that nothing large is parsed) and text that is not JSON or nests past the parser's recursion limit."""
+    if text is None or data is not None:
+        raise InvalidMessage("Messages are text (JSON), not binary.")
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise InvalidMessage(f"Messages are at most {MAX_MESSAGE_CHARS} characters.")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise InvalidMessage(MESSAGE_FORMAT) from error
 
 
 class AccessLost(Exception):
@@ -54,7 +72,7 @@ class AccessLost(Exception):
 def open_target(user, kind: str, target_id: int):
     if user is None or not user.is_authenticated:
         raise NotSignedIn
-    return visible_ad(user, target_id) if kind == "ad" else visible_study(user, target_id)
+    return ad_for_viewer(user, target_id) if kind == "ad" else study_for_viewer(user, target_id)
 
 
 def check_live_access(session_key: str | None, user_id: int, kind: str, target_id: int) -> None:
@@ -75,7 +93,7 @@ def check_live_access(session_key: str | None, user_id: int, kind: str, target_i
 
 def build_payload(kind: str, target, filters: Filters) -> dict:
     if kind == "ad":
-        return build_ad_dashboard(target, filters, reconcile=False)
+        return build_ad_dashboard(target, filters)
     return build_study_overview(target, filters)
 
 
@@ -125,18 +143,33 @@ class LiveDashboardConsumer(AsyncJsonWebsocketConsumer):
         if self.refreshing is not None:
             self.refreshing.cancel()
 
-    async def receive_json(self, content, **kwargs) -> None:
-        if self.target is None or self.revoked or not isinstance(content, dict):
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs) -> None:
+        """A message the socket cannot read (binary, not JSON, too long, nested past the parser's limit) is
+        answered with an error, and the socket stays open."""
+        if self.target is None or self.revoked:
             return
-        if content.get("type") == "subscribe":
+        try:
+            content = read_message(text_data, bytes_data)
+        except InvalidMessage as error:
+            await self.send_json({"type": "error", "detail": str(error)})
+            return
+        await self.receive_json(content, **kwargs)
+
+    async def receive_json(self, content, **kwargs) -> None:
+        if self.target is None or self.revoked:
+            return
+        kind = content.get("type") if isinstance(content, dict) else None
+        if kind == "subscribe":
             try:
                 self.filters = check_filters(content.get("filters", {}))
             except InvalidFilters as error:
                 await self.send_json({"type": "error", "detail": str(error)})
                 return
             await self.send_json({"type": "subscribed"})
-        elif content.get("type") == "refresh":
+        elif kind == "refresh":
             self.schedule_refresh()
+        else:
+            await self.send_json({"type": "error", "detail": MESSAGE_FORMAT})
 
     async def analytics_changed(self, event: dict) -> None:
         self.schedule_refresh()

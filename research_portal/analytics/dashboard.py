@@ -33,10 +33,10 @@ from research_portal.analytics.figures import (
 )
 from research_portal.analytics.figures import clean as clean_numbers
 from research_portal.analytics.models import ParticipantAdSummary, SecondCell
-from research_portal.analytics.rollups import do_reconcile_study
 from research_portal.analytics.services import Filters, get_country_quotas
-from research_portal.analytics.stats import CORRECTIONS, MeanEstimate, estimate_means, welch_test
+from research_portal.analytics.stats import CORRECTIONS, MeanEstimate, WelchTest, estimate_means, welch_test
 from research_portal.capture.models import REFUSED_AT_ENTRY, ParticipantSession
+from research_portal.countries import country_labels
 from research_portal.studies.models import Ad, Study
 
 ALL = "*"  # the group of every selected participant
@@ -254,9 +254,67 @@ def country_summary(
     return summary
 
 
-def compare_countries(traces: Traces, filters: Filters, ranking: list[str]) -> dict | None:
-    """Welch t-test of the chosen measure per second between two countries, corrected across the seconds
-    that could be tested (both countries with n >= 2 and some variance)."""
+COMPARISON_NUMBERS = ("mean_a", "mean_b", "difference", "low", "high", "t", "df", "p", "p_adjusted")
+
+
+@dataclass(frozen=True)
+class CountryComparison:
+    """The per-second Welch test of one measure between two countries, corrected for the seconds tested."""
+
+    countries: tuple[str, str]
+    measure: str
+    correction: str
+    estimate_a: MeanEstimate
+    estimate_b: MeanEstimate
+    test: WelchTest
+    adjusted: np.ndarray  # p corrected across the tested seconds (NaN where untested)
+
+    @property
+    def significant_seconds(self) -> list[int]:
+        with np.errstate(invalid="ignore"):
+            return [int(second) for second in np.flatnonzero(self.adjusted < ALPHA)]
+
+    def rows(self) -> list[dict]:
+        """One JSON-ready row per second (the dashboard's table and the comparison export)."""
+        significant = set(self.significant_seconds)
+        a, b, test = self.estimate_a, self.estimate_b, self.test
+        tested = [test.difference, test.low, test.high, test.t, test.df, test.p, self.adjusted]
+        columns = [a.mean, b.mean, *tested]
+        return [
+            {
+                "second": second,
+                "n_a": int(a.n[second]),
+                "n_b": int(b.n[second]),
+                **dict(
+                    zip(
+                        COMPARISON_NUMBERS,
+                        clean_numbers([column[second] for column in columns], 6),
+                        strict=True,
+                    )
+                ),
+                "significant": second in significant,
+            }
+            for second in range(len(self.adjusted))
+        ]
+
+    def to_json(self) -> dict:
+        return {
+            "countries": list(self.countries),
+            "measure": self.measure,
+            "measure_label": MEASURE_LABELS[self.measure],
+            "correction": self.correction,
+            "correction_label": CORRECTION_LABELS[self.correction],
+            "alpha": ALPHA,
+            "tested_seconds": int(np.isfinite(self.test.p).sum()),
+            "significant_seconds": self.significant_seconds,
+            "rows": self.rows(),
+        }
+
+
+def compare_countries(traces: Traces, filters: Filters, ranking: list[str]) -> CountryComparison | None:
+    """Welch t-test of the chosen measure per second between two countries (those of the filters, else the
+    two with the most participants), corrected across the seconds that could be tested (both countries with
+    n >= 2 and some variance)."""
     compared = filters.compare or (tuple(ranking[:2]) if len(ranking) >= 2 else None)
     if not compared:
         return None
@@ -264,58 +322,20 @@ def compare_countries(traces: Traces, filters: Filters, ranking: list[str]) -> d
     estimate_a = traces.estimate(filters.measure, filters.baseline, a)
     estimate_b = traces.estimate(filters.measure, filters.baseline, b)
     test = welch_test(estimate_a, estimate_b, CONFIDENCE)
-    adjusted = CORRECTIONS[filters.correction](test.p)
-    with np.errstate(invalid="ignore"):
-        significant = np.flatnonzero(adjusted < ALPHA)
-    rows = []
-    for second in range(traces.seconds):
-        rows.append(
-            {
-                "second": second,
-                "n_a": int(estimate_a.n[second]),
-                "n_b": int(estimate_b.n[second]),
-                **dict(
-                    zip(
-                        ("mean_a", "mean_b", "difference", "low", "high", "t", "df", "p", "p_adjusted"),
-                        clean_numbers(
-                            [
-                                estimate_a.mean[second],
-                                estimate_b.mean[second],
-                                test.difference[second],
-                                test.low[second],
-                                test.high[second],
-                                test.t[second],
-                                test.df[second],
-                                test.p[second],
-                                adjusted[second],
-                            ],
-                            6,
-                        ),
-                        strict=True,
-                    )
-                ),
-                "significant": bool(second in set(significant.tolist())),
-            }
-        )
-    return {
-        "countries": list(compared),
-        "measure": filters.measure,
-        "measure_label": MEASURE_LABELS[filters.measure],
-        "correction": filters.correction,
-        "correction_label": CORRECTION_LABELS[filters.correction],
-        "alpha": ALPHA,
-        "tested_seconds": int(np.isfinite(test.p).sum()),
-        "significant_seconds": [int(s) for s in significant],
-        "rows": rows,
-        "_test": test,
-        "_adjusted": adjusted,
-    }
+    return CountryComparison(
+        countries=(a, b),
+        measure=filters.measure,
+        correction=filters.correction,
+        estimate_a=estimate_a,
+        estimate_b=estimate_b,
+        test=test,
+        adjusted=CORRECTIONS[filters.correction](test.p),
+    )
 
 
-def build_ad_dashboard(ad: Ad, filters: Filters, reconcile: bool = True) -> dict:
-    """Everything the ad dashboard shows for these filters, from SecondCell and ParticipantAdSummary."""
-    if reconcile:
-        do_reconcile_study(ad.study_id)
+def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
+    """Everything the ad dashboard shows for these filters, from SecondCell and ParticipantAdSummary. Reads
+    only: the rollups are kept up to date by the writers and the periodic reconcile (rollups.py)."""
     facets = ad_facets(ad)
     model_version = facets.default_model(filters.model_version)
     measures = facets.measures_of(model_version)
@@ -335,7 +355,7 @@ def build_ad_dashboard(ad: Ad, filters: Filters, reconcile: bool = True) -> dict
     comparison = compare_countries(traces, filters, ranking)
     countries = [c for c in traces.countries if traces.participants(c).sum() > 0]
     if comparison:
-        countries += [c for c in comparison["countries"] if c not in countries]
+        countries += [c for c in comparison.countries if c not in countries]
     country_estimates = {c: traces.estimate(filters.measure, filters.baseline, c) for c in countries}
 
     figures = {
@@ -356,24 +376,23 @@ def build_ad_dashboard(ad: Ad, filters: Filters, reconcile: bool = True) -> dict
             filters.measure,
             filters.baseline,
             filters.layout,
-            tuple(comparison["countries"]) if comparison else None,
-            comparison["significant_seconds"] if comparison else [],
+            comparison.countries if comparison else None,
+            comparison.significant_seconds if comparison else [],
             CORRECTION_LABELS[filters.correction],
             colors,
         ),
         "difference": None,
     }
     if comparison:
-        test, adjusted = comparison.pop("_test"), comparison.pop("_adjusted")
         figures["difference"] = difference_figure(
             x,
             duration_s,
-            tuple(comparison["countries"]),
-            test.difference,
-            test.low,
-            test.high,
-            adjusted,
-            comparison["significant_seconds"],
+            comparison.countries,
+            comparison.test.difference,
+            comparison.test.low,
+            comparison.test.high,
+            comparison.adjusted,
+            comparison.significant_seconds,
             filters.measure,
             CORRECTION_LABELS[filters.correction],
         )
@@ -398,6 +417,10 @@ def build_ad_dashboard(ad: Ad, filters: Filters, reconcile: bool = True) -> dict
         },
         "filters": filters.to_query(),
         "model_version": model_version,
+        # "Germany (DE)" for every country code the payload holds (data stays by code, as in the exports).
+        "country_labels": country_labels(
+            sorted({*facets.countries, *filters.countries, *(comparison.countries if comparison else ())})
+        ),
         "options": {
             "countries": facets.countries,
             "devices": facets.devices,
@@ -416,7 +439,7 @@ def build_ad_dashboard(ad: Ad, filters: Filters, reconcile: bool = True) -> dict
         "figures": figures,
         "moments": moments,
         "summary": summary,
-        "comparison": comparison,
+        "comparison": comparison.to_json() if comparison else None,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -514,6 +537,9 @@ def build_study_overview(study: Study, filters: Filters) -> dict:
             "organization": study.organization.name,
         },
         "filters": filters.to_query(),
+        "country_labels": country_labels(
+            sorted({*(row["country"] for row in funnel), *quotas, *filters.countries})
+        ),
         "funnel": funnel,
         "total": total,
         "exclusions": sorted(exclusions.values(), key=lambda entry: -entry["count"]),

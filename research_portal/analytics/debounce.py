@@ -18,10 +18,12 @@ import logging
 import os
 import threading
 import time
-from functools import cache
 
+import redis
 from django.conf import settings
 from django.db import connections
+
+from research_portal.deployment import ModeDependent
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ FLUSH_TICK_S = 1.0
 
 
 def rollup_interval_s() -> float:
-    return float(getattr(settings, "ANALYTICS_ROLLUP_INTERVAL_S", 10.0))
+    return float(settings.ANALYTICS_ROLLUP_INTERVAL_S)
 
 
 def _encode(key: RolledKey) -> str:
@@ -39,9 +41,9 @@ def _encode(key: RolledKey) -> str:
     return f"{'b' if ad_id is None else ad_id}:{second}"
 
 
-def _decode(member: str) -> RolledKey:
-    ad, second = member.split(":")
-    return (None if ad == "b" else int(ad), int(second))
+def _decode(member: bytes) -> RolledKey:
+    ad, second = member.split(b":")
+    return (None if ad == b"b" else int(ad), int(second))
 
 
 class LocalJournal:
@@ -116,10 +118,8 @@ class RedisJournal:
         return claimed
     """
 
-    def __init__(self, url: str) -> None:
-        import redis
-
-        self.redis = redis.Redis.from_url(url, decode_responses=True)
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
         self.remove_script = self.redis.register_script(self.REMOVE_SCRIPT)
         self.add_and_claim_script = self.redis.register_script(self.ADD_AND_CLAIM_SCRIPT)
 
@@ -157,13 +157,9 @@ class RedisJournal:
         return [int(sid) for sid in self.redis.smembers(self.INDEX)]
 
 
-@cache
-def _journal(redis_url: str) -> LocalJournal | RedisJournal:
-    return RedisJournal(redis_url) if redis_url else LocalJournal()
-
-
-def journal() -> LocalJournal | RedisJournal:
-    return _journal(getattr(settings, "REDIS_URL", "") or "")
+rollup_journal: ModeDependent[LocalJournal | RedisJournal] = ModeDependent(
+    embedded=LocalJournal, production=RedisJournal
+)
 
 
 def submit_refreshes(touched: dict[int, set[RolledKey]]) -> None:
@@ -176,7 +172,7 @@ def submit_refreshes(touched: dict[int, set[RolledKey]]) -> None:
             do_refresh_and_notify(session_id, keys)
         return
     ensure_flusher()
-    for session_id in journal().add_and_claim(touched, interval):
+    for session_id in rollup_journal().add_and_claim(touched, interval):
         refresh_journaled(session_id)
 
 
@@ -184,14 +180,14 @@ def refresh_journaled(session_id: int) -> None:
     """Refresh every key journaled for a session this process has claimed."""
     from research_portal.analytics.rollups import do_refresh_and_notify
 
-    keys = journal().peek(session_id)
+    keys = rollup_journal().peek(session_id)
     if keys and do_refresh_and_notify(session_id, keys):
-        journal().remove(session_id, keys)
+        rollup_journal().remove(session_id, keys)
 
 
 def flush_due() -> int:
     """The trailing edge: refresh the journaled sessions whose interval has ended. Returns sessions done."""
-    claimed = journal().claim_due(rollup_interval_s())
+    claimed = rollup_journal().claim_due(rollup_interval_s())
     for session_id in claimed:
         refresh_journaled(session_id)
     return len(claimed)
@@ -199,7 +195,7 @@ def flush_due() -> int:
 
 def flush_all_pending() -> int:
     """Safety net (reconcile task): refresh every session with journaled keys, claimed or not."""
-    sessions = journal().sessions()
+    sessions = rollup_journal().sessions()
     for session_id in sessions:
         refresh_journaled(session_id)
     return len(sessions)

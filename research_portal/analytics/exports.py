@@ -380,7 +380,7 @@ COMPARISON_HEADER = [
 
 
 def comparison_export(ad: Ad, filters: Filters) -> Iterator[str]:
-    dashboard = build_ad_dashboard(ad, filters, reconcile=False)
+    dashboard = build_ad_dashboard(ad, filters)
     comparison = dashboard["comparison"]
     described = filter_description(filters)
 

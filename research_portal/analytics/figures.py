@@ -10,6 +10,7 @@ import numpy as np
 
 from research_portal.analytics.definitions import MEASURE_LABELS
 from research_portal.analytics.stats import MeanEstimate
+from research_portal.countries import country_label
 
 MEASURE_COLORS = {
     "smile": "#E69F00",
@@ -235,10 +236,11 @@ def country_figure(
     colors: dict[str, str],
 ) -> dict:
     """The chosen measure per country, overlaid or as small multiples, with the seconds where the two
-    compared countries differ significantly (after correction) shaded."""
+    compared countries differ significantly (after correction) shaded. Countries by name and code."""
     label = MEASURE_LABELS[measure]
     title = f"{label} by country"
     if compared:
+        # Codes in the title, which has one line; the legend and panel titles below give the names.
         title += f" · shaded: {compared[0]} vs {compared[1]} differ ({correction_label})"
     data: list[dict] = []
     layout = base_layout(title, 460)
@@ -276,7 +278,7 @@ def country_figure(
             )
             annotations.append(
                 {
-                    "text": f"<b>{country}</b>",
+                    "text": f"<b>{country_label(country)}</b>",
                     "xref": f"{x_id} domain",
                     "yref": f"{y_id} domain",
                     "x": 0.02,
@@ -287,7 +289,8 @@ def country_figure(
                 }
             )
             color = colors.get(country, country_color(index))
-            data += band_traces(x, estimates[country], country, color, country, True, (x_id, y_id))
+            name = country_label(country)
+            data += band_traces(x, estimates[country], name, color, country, True, (x_id, y_id))
             if compared and country in compared:
                 shapes += _significance_shapes(significant_seconds, x_id, f"{y_id} domain")
         layout["shapes"] = shapes
@@ -295,9 +298,8 @@ def country_figure(
         layout["showlegend"] = False
     else:
         for index, country in enumerate(countries):
-            data += band_traces(
-                x, estimates[country], country, colors.get(country, country_color(index)), country
-            )
+            color = colors.get(country, country_color(index))
+            data += band_traces(x, estimates[country], country_label(country), color, country)
         layout.update(
             xaxis=axis("Time in ad (s)", range=[0, duration_s]),
             yaxis=axis(y_title(measure, baseline)),
@@ -315,7 +317,7 @@ def country_figure(
             {
                 "type": "scatter",
                 "mode": "markers",
-                "name": f"Significant: {compared[0]} vs {compared[1]}",
+                "name": f"Significant: {country_label(compared[0])} vs {country_label(compared[1])}",
                 "x": [s + 0.5 for s in significant_seconds],
                 "y": clean([ys[s] for s in significant_seconds]),
                 "xaxis": axes[0],
@@ -341,7 +343,8 @@ def difference_figure(
 ) -> dict:
     """The per-second difference between the two compared countries with its Welch 95% CI; the seconds
     significant after correction are shaded and starred."""
-    a, b = compared
+    a, b = compared  # codes in the title (one line), names in the legend and hover
+    name_a, name_b = country_label(a), country_label(b)
     label = MEASURE_LABELS[measure]
     customdata = [[q] for q in clean(adjusted_p)]
     data = [
@@ -372,11 +375,12 @@ def difference_figure(
             "x": x,
             "y": clean(difference),
             "mode": "lines+markers",
-            "name": f"{label}: {a} − {b}",
+            "name": f"{label}: {name_a} − {name_b}",
             "line": {"color": "#333333", "width": 2},
             "marker": {"size": 4},
             "customdata": customdata,
-            "hovertemplate": f"{a} − {b}: %{{y:.3f}}, adjusted p=%{{customdata[0]:.4f}}<extra></extra>",
+            "hovertemplate": f"{name_a} − {name_b}: %{{y:.3f}}, adjusted p=%{{customdata[0]:.4f}}"
+            "<extra></extra>",
         },
     ]
     if significant_seconds:
@@ -416,11 +420,11 @@ def funnel_figure(rows: list[dict]) -> dict:
         data.append(
             {
                 "type": "bar",
-                "name": row["country"] or "unknown",
+                "name": country_label(row["country"]),
                 "x": [label for _key, label in FUNNEL_STAGES],
                 "y": [row[key] for key, _label in FUNNEL_STAGES],
                 "marker": {"color": country_color(index)},
-                "hovertemplate": "%{x}: %{y}<extra>" + (row["country"] or "unknown") + "</extra>",
+                "hovertemplate": "%{x}: %{y}<extra>" + country_label(row["country"]) + "</extra>",
             }
         )
     layout = base_layout("Participant funnel by country", 380)
@@ -436,7 +440,7 @@ def funnel_figure(rows: list[dict]) -> dict:
 
 def quota_figure(rows: list[dict]) -> dict:
     """Validated completes against each country's quota target."""
-    countries = [row["country"] for row in rows]
+    countries = [country_label(row["country"]) for row in rows]
     data = [
         {
             "type": "bar",

@@ -2,8 +2,9 @@
 once per second per group (not once per frame or batch).
 
 The throttle is leading + trailing edge: the first change in a quiet group is sent at once; further changes
-inside the interval are folded into one message sent when it ends, so the last change is never lost. With
-Redis configured the window is shared by every worker process (SET NX PX); otherwise it is per process.
+inside the interval are folded into one message sent when it ends, so the last change is never lost. In
+production the window is shared by every worker process through Redis (SET NX PX); embedded, it is the
+process's own.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from functools import cache
 
+import redis
 from django.conf import settings
 from django.db import transaction
 
+from research_portal.deployment import ModeDependent
 from research_portal.events import send_group_event
 
 logger = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ EVENT_TYPE = "analytics.changed"  # handled by LiveDashboardConsumer.analytics_c
 
 
 def live_interval_s() -> float:
-    return float(getattr(settings, "ANALYTICS_LIVE_INTERVAL_S", 1.0))
+    return float(settings.ANALYTICS_LIVE_INTERVAL_S)
 
 
 def study_group(study_id: int) -> str:
@@ -37,7 +39,7 @@ def ad_group(ad_id: int) -> str:
 
 
 class LocalWindows:
-    """Throttle windows of this process."""
+    """Embedded mode: throttle windows of this process."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -67,12 +69,10 @@ class LocalWindows:
 
 
 class RedisWindows:
-    """Throttle windows shared by every process that uses the same Redis."""
+    """Production: throttle windows shared by every process that uses the same Redis."""
 
-    def __init__(self, url: str) -> None:
-        import redis
-
-        self.redis = redis.Redis.from_url(url)
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
 
     def try_open(self, group: str, interval_s: float) -> float | None:
         key = f"analytics:live:window:{group}"
@@ -89,18 +89,16 @@ class RedisWindows:
         self.redis.delete(f"analytics:live:pending:{group}")
 
 
-@cache
-def _windows(redis_url: str) -> LocalWindows | RedisWindows:
-    return RedisWindows(redis_url) if redis_url else LocalWindows()
-
-
-def windows() -> LocalWindows | RedisWindows:
-    return _windows(getattr(settings, "REDIS_URL", "") or "")
+live_windows: ModeDependent[LocalWindows | RedisWindows] = ModeDependent(
+    embedded=LocalWindows, production=RedisWindows
+)
 
 
 class GroupThrottle:
     def __init__(
-        self, send: Callable[[str, dict], None] = send_group_event, store: Callable[[], object] = windows
+        self,
+        send: Callable[[str, dict], None] = send_group_event,
+        store: Callable[[], LocalWindows | RedisWindows] = live_windows,
     ) -> None:
         self.send = send
         self.store = store

@@ -20,7 +20,7 @@ from datetime import UTC, date
 
 import numpy as np
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 
 from research_portal.analytics.definitions import (
     CELL_STATS,
@@ -427,7 +427,7 @@ def do_refresh_session(
 
 
 def do_update_rollups(rows: Iterable[FrameResult]) -> None:
-    """Hook for capture.services.store_results, after the bulk insert: update the rollups of the stored rows'
+    """Hook for capture.storage.store_results, after the bulk insert: update the rollups of the stored rows'
     sessions (at most once per session per interval, see debounce.py) and tell live dashboards. Never
     raises: frames are already safe, so a failure only marks the sessions stale, and the next reconcile
     recomputes them from their raw frames."""
@@ -475,19 +475,20 @@ def do_forget_session(session_id: int) -> None:
     apply_cell_delta({key: -value for key, value in cell_contributions(old, attributes).items()})
 
 
-def stale_session_ids(study_id: int) -> list[int]:
-    """Sessions of a study whose rollups are filed under outdated attributes, or were marked stale."""
-    return list(
-        SessionRollup.objects.filter(study_id=study_id)
-        .filter(
-            Q(stale=True)
-            | ~Q(country=F("session__country"))
-            | ~Q(device_type=F("session__device_type"))
-            | Q(completed=True) & ~Q(session__state=COMPLETED)
-            | Q(completed=False, session__state=COMPLETED)
-        )
-        .values_list("session_id", flat=True)
+def stale_rollups() -> QuerySet[SessionRollup]:
+    """Sessions whose rollups are filed under outdated attributes, or were marked stale."""
+    return SessionRollup.objects.filter(
+        Q(stale=True)
+        | ~Q(country=F("session__country"))
+        | ~Q(device_type=F("session__device_type"))
+        | Q(completed=True) & ~Q(session__state=COMPLETED)
+        | Q(completed=False, session__state=COMPLETED)
     )
+
+
+def stale_session_ids(study_id: int) -> list[int]:
+    """The stale_rollups() sessions of one study."""
+    return list(stale_rollups().filter(study_id=study_id).values_list("session_id", flat=True))
 
 
 def do_reconcile_study(study_id: int) -> list[int]:
@@ -505,6 +506,13 @@ def do_reconcile_study(study_id: int) -> list[int]:
     if refreshed:
         notify_rollups_changed(study_id, frozenset(ad_ids))
     return refreshed
+
+
+def do_reconcile_due_studies() -> int:
+    """The periodic reconcile (dashboards only read): re-file the stale sessions of every study that has any,
+    found with one query over all studies. Returns the sessions refreshed."""
+    due = stale_rollups().values_list("study_id", flat=True).distinct().order_by()
+    return sum(len(do_reconcile_study(study_id)) for study_id in list(due))
 
 
 # ---- set-based rebuild ------------------------------------------------------------------------------------

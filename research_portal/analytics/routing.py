@@ -11,7 +11,3 @@ websocket_urlpatterns = [
         AuthMiddlewareStack(StudyOverviewConsumer.as_asgi()),
     ),
 ]
-
-
-def live_socket_path(kind: str, target_id: int) -> str:
-    return f"/ws/analytics/{'ads' if kind == 'ad' else 'studies'}/{target_id}/"

@@ -1,7 +1,7 @@
-"""Who may see what, which filters a request asks for, and the quotas a study is measured against.
+"""Which filters a request asks for, and the quotas a study is measured against.
 
-Access is decided by accounts/permissions.py (issue 6: organisations, memberships, roles) alone; this module
-only names the calls analytics makes, so every page, export, video and socket goes through the same rule.
+Who may see what is decided by accounts/permissions.py alone, and analytics' views and sockets call it
+directly (studies_visible_to, study_for_viewer, ad_for_viewer).
 """
 
 from __future__ import annotations
@@ -11,52 +11,21 @@ import re
 from dataclasses import dataclass, replace
 from datetime import date
 
-from django.apps import apps
-from django.db.models import QuerySet
 from django.http import QueryDict
 
-from research_portal.accounts import permissions
 from research_portal.analytics.definitions import MEASURES, QUALITY_LEVELS, quality_level
 from research_portal.capture.models import ParticipantSession
-from research_portal.studies.models import Ad, Study
+from research_portal.studies.models import CountryQuota, Study
 
 DEVICE_TYPES = tuple(choice for choice, _label in ParticipantSession.DeviceType.choices)
-
-
-# ---- access ----------------------------------------------------------------------------------------------
-
-
-def studies_visible_to(user) -> QuerySet[Study]:
-    """Studies whose dashboards, live feed and exports the user may read: superusers all, members (admins and
-    analysts) their organisation's, anonymous users none."""
-    return permissions.studies_visible_to(user)
-
-
-def check_can_view_study(user, study: Study) -> None:
-    """Http404 unless the user may read the study: another organisation's study does not exist for them."""
-    permissions.check_can_view_study(user, study)
-
-
-def visible_ad(user, ad_id: int) -> Ad:
-    """The ad with its study and organisation, or Http404 (missing, or not the user's organisation)."""
-    return permissions.ad_for_viewer(user, ad_id)
-
-
-def visible_study(user, study_id: int) -> Study:
-    return permissions.study_for_viewer(user, study_id)
 
 
 # ---- quotas ----------------------------------------------------------------------------------------------
 
 
 def get_country_quotas(study: Study) -> dict[str, int]:
-    """Target of validated completes per country, read from studies.CountryQuota (issue 4) when that model
-    exists; {} otherwise, and the overview then shows no quota column."""
-    try:
-        quota_model = apps.get_model("studies", "CountryQuota")
-    except LookupError:
-        return {}
-    return dict(quota_model.objects.filter(study=study).values_list("country", "target"))
+    """Target of validated completes per country."""
+    return dict(CountryQuota.objects.filter(study=study).values_list("country", "target"))
 
 
 # ---- filters ---------------------------------------------------------------------------------------------

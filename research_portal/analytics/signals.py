@@ -1,6 +1,7 @@
 """Rollups follow participant sessions changed elsewhere (capture, admin): completion and exclusion re-file a
-session under its new attributes; deletion takes it out of the sums. Both are also caught by the reconcile
-that dashboards run, so a missed signal (e.g. a queryset .update()) only delays the change."""
+session under its new attributes; deletion takes it out of the sums. Both are also caught by the periodic
+reconcile (tasks.reconcile_rollups_task), so a missed signal (e.g. a queryset .update()) only delays the
+change."""
 
 from __future__ import annotations
 

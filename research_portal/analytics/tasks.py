@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from research_portal.analytics.debounce import flush_all_pending
 from research_portal.analytics.live import notify_rollups_changed
-from research_portal.analytics.rollups import do_reconcile_study, do_refresh_session
-from research_portal.studies.models import Study
+from research_portal.analytics.rollups import do_reconcile_due_studies, do_refresh_session
+from research_portal.deployment import ModeDependent
 
 logger = logging.getLogger(__name__)
 
@@ -27,22 +26,23 @@ def refresh_session_task(session_id: int) -> bool:
 
 @shared_task(acks_late=True)
 def reconcile_rollups_task() -> int:
-    """Periodic safety net (e.g. Celery beat every few minutes): refresh keys a killed worker left journaled,
-    and re-file sessions of live studies whose attributes changed without a signal. Dashboards also do the
-    latter for their study on every load."""
-    refreshed = flush_all_pending()
-    for study_id in Study.objects.filter(status=Study.Status.LIVE).values_list("id", flat=True):
-        refreshed += len(do_reconcile_study(study_id))
-    return refreshed
+    """Periodic safety net (settings.CELERY_BEAT_SCHEDULE; embedded: research_portal/ops/periodic.py):
+    refresh keys a killed worker left journaled, and re-file sessions whose attributes changed without a
+    signal (a queryset update, a failed refresh). Dashboards only read the rollups."""
+    return flush_all_pending() + do_reconcile_due_studies()
+
+
+# Where frames are analysed, sessions are refreshed: inline in embedded mode, by a Celery worker in
+# production.
+session_refresher = ModeDependent(
+    embedded=lambda: refresh_session_task, production=lambda _redis: refresh_session_task.delay
+)
 
 
 def enqueue_session_refresh(session_id: int) -> None:
-    """Where frames are analysed, sessions are refreshed: a Celery worker, or inline in embedded mode."""
+    """Re-file a session whose attributes changed (analytics.signals), where session_refresher says."""
     try:
-        if settings.CAPTURE_ANALYSIS_BACKEND == "celery":
-            refresh_session_task.delay(session_id)
-        else:
-            refresh_session_task(session_id)
+        session_refresher()(session_id)
     except Exception:
-        # The dashboards' reconcile picks the session up on their next load.
+        # The periodic reconcile (reconcile_rollups_task) picks the session up.
         logger.exception("analytics: could not refresh session %s", session_id)

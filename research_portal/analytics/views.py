@@ -1,4 +1,5 @@
-"""Thin views: look up what the user may see (services), compute (dashboard / exports), respond."""
+"""Thin views: look up what the user may see (accounts.permissions), read the filters (services), compute
+(dashboard / exports), respond. GETs only read: rollups are maintained by their writers and periodic work."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import gzip
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from functools import cache
+from functools import cache, wraps
 from itertools import islice
 from pathlib import Path
 
@@ -25,28 +26,44 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
+from research_portal.accounts.permissions import ad_for_viewer, studies_visible_to, study_for_viewer
 from research_portal.analytics.dashboard import build_ad_dashboard, build_study_overview
 from research_portal.analytics.exports import EXPORTERS
-from research_portal.analytics.services import (
-    InvalidFilters,
-    check_filters,
-    studies_visible_to,
-    visible_ad,
-    visible_study,
-)
+from research_portal.analytics.services import InvalidFilters, check_filters
 from research_portal.privacy.audit import do_audit
 from research_portal.privacy.models import AuditLog
-from research_portal.studies.models import Ad, Study
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
-def ad_or_404(request: HttpRequest, ad_id: int) -> Ad:
-    return visible_ad(request.user, ad_id)  # Http404 for a missing ad and for another organisation's
+def filter_error_page(request: HttpRequest, error: InvalidFilters) -> HttpResponse:
+    return render(request, "analytics/error.html", {"error": error}, status=400)
 
 
-def study_or_404(request: HttpRequest, study_id: int) -> Study:
-    return visible_study(request.user, study_id)
+def filter_error_json(request: HttpRequest, error: InvalidFilters) -> HttpResponse:
+    return JsonResponse({"error": str(error)}, status=400)
+
+
+def filter_error_text(request: HttpRequest, error: InvalidFilters) -> HttpResponse:
+    return HttpResponse(str(error), status=400, content_type="text/plain; charset=utf-8")
+
+
+def refuses_bad_filters(respond: Callable[[HttpRequest, InvalidFilters], HttpResponse]) -> Callable:
+    """The view's check_filters(request.GET) refused the query: answer 400 with the reason, as `respond`
+    words it for that view (a page, JSON, plain text). The view reads the filters after its access check,
+    so a study or ad the user may not see is a 404 whatever its query."""
+
+    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            try:
+                return view(request, *args, **kwargs)
+            except InvalidFilters as error:
+                return respond(request, error)
+
+        return wrapper
+
+    return decorator
 
 
 def timed_json(build: Callable[[], dict]) -> JsonResponse:
@@ -58,10 +75,6 @@ def timed_json(build: Callable[[], dict]) -> JsonResponse:
     return response
 
 
-def bad_filters(error: InvalidFilters) -> JsonResponse:
-    return JsonResponse({"error": str(error)}, status=400)
-
-
 @require_GET
 @login_required
 def study_list(request: HttpRequest) -> HttpResponse:
@@ -71,13 +84,10 @@ def study_list(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @login_required
+@refuses_bad_filters(filter_error_page)
 def study_overview(request: HttpRequest, study_id: int) -> HttpResponse:
-    study = study_or_404(request, study_id)
-    try:
-        filters = check_filters(request.GET)
-    except InvalidFilters as error:
-        return render(request, "analytics/error.html", {"error": error}, status=400)
-    payload = build_study_overview(study, filters)
+    study = study_for_viewer(request.user, study_id)
+    payload = build_study_overview(study, check_filters(request.GET))
     return render(
         request, "analytics/study.html", {"study": study, "payload": payload, **live_context(request)}
     )
@@ -85,23 +95,19 @@ def study_overview(request: HttpRequest, study_id: int) -> HttpResponse:
 
 @require_GET
 @login_required
+@refuses_bad_filters(filter_error_json)
 def study_overview_data(request: HttpRequest, study_id: int) -> JsonResponse:
-    study = study_or_404(request, study_id)
-    try:
-        filters = check_filters(request.GET)
-    except InvalidFilters as error:
-        return bad_filters(error)
+    study = study_for_viewer(request.user, study_id)
+    filters = check_filters(request.GET)
     return timed_json(lambda: build_study_overview(study, filters))
 
 
 @require_GET
 @login_required
+@refuses_bad_filters(filter_error_page)
 def ad_dashboard(request: HttpRequest, ad_id: int) -> HttpResponse:
-    ad = ad_or_404(request, ad_id)
-    try:
-        filters = check_filters(request.GET)
-    except InvalidFilters as error:
-        return render(request, "analytics/error.html", {"error": error}, status=400)
+    ad = ad_for_viewer(request.user, ad_id)
+    filters = check_filters(request.GET)
     started = time.perf_counter()
     payload = build_ad_dashboard(ad, filters)
     response = render(request, "analytics/ad.html", {"ad": ad, "payload": payload, **live_context(request)})
@@ -111,25 +117,21 @@ def ad_dashboard(request: HttpRequest, ad_id: int) -> HttpResponse:
 
 @require_GET
 @login_required
+@refuses_bad_filters(filter_error_json)
 def ad_dashboard_data(request: HttpRequest, ad_id: int) -> JsonResponse:
-    ad = ad_or_404(request, ad_id)
-    try:
-        filters = check_filters(request.GET)
-    except InvalidFilters as error:
-        return bad_filters(error)
+    ad = ad_for_viewer(request.user, ad_id)
+    filters = check_filters(request.GET)
     return timed_json(lambda: build_ad_dashboard(ad, filters))
 
 
 @require_GET
 @login_required
+@refuses_bad_filters(filter_error_text)
 def ad_export(request: HttpRequest, ad_id: int, kind: str) -> HttpResponse:
-    ad = ad_or_404(request, ad_id)
+    ad = ad_for_viewer(request.user, ad_id)
     if kind not in EXPORTERS:
         raise Http404("No such export.")
-    try:
-        filters = check_filters(request.GET)
-    except InvalidFilters as error:
-        return HttpResponse(str(error), status=400, content_type="text/plain; charset=utf-8")
+    filters = check_filters(request.GET)
     lines = EXPORTERS[kind](ad, filters)
     do_audit(
         request.user, AuditLog.Action.EXPORT, ad.study, export=kind, ad=ad.pk, filters=filters.to_query()
@@ -143,7 +145,7 @@ def ad_export(request: HttpRequest, ad_id: int, kind: str) -> HttpResponse:
 @login_required
 def ad_video(request: HttpRequest, ad_id: int) -> HttpResponse:
     """The ad video for analysts, with HTTP Range support so the player can seek when the chart is clicked."""
-    ad = ad_or_404(request, ad_id)
+    ad = ad_for_viewer(request.user, ad_id)
     if not ad.video:
         raise Http404("This ad has no video.")
     try:
@@ -155,7 +157,7 @@ def ad_video(request: HttpRequest, ad_id: int) -> HttpResponse:
     )
     byte_range = parse_range(request.headers.get("Range", ""), size)
     if byte_range == "unsatisfiable":
-        response = HttpResponse(status=416)
+        response = HttpResponse(f"The requested range is outside the video ({size} bytes).", status=416)
         response["Content-Range"] = f"bytes */{size}"
         return response
     start, end = byte_range or (0, size - 1)

@@ -1,4 +1,5 @@
-"""The frames of a queued batch wait in Redis beside their Celery message, which carries only their key.
+"""Production: the frames of a queued batch wait in Redis beside their Celery message, which carries only
+their key (embedded mode hands batches to its thread pool as they are).
 
 Kombu's Redis transport base64-encodes and JSON-wraps every message body, and with acks_late copies the whole
 message once more into its unacked hash. For a batch of 32 frames of 17 KiB that cost 3.8 ms of CPU to publish
@@ -11,13 +12,12 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Any
 
 import msgpack
 import redis
-from django.conf import settings
 
-from research_portal.redis_clients import redis_client
+from research_portal.capture.wire import QueuedFrame
+from research_portal.deployment import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -27,23 +27,25 @@ BATCH_KEY_PREFIX = "portal:batch:"
 BATCH_TTL_S = 3600
 
 
-def put_batch(frames: list[dict[str, Any]]) -> str:
-    """Store a batch (Frame.to_payload dicts) and return its key; raises if Redis is away."""
+def put_batch(frames: list[QueuedFrame]) -> str:
+    """Store a batch and return its key; raises if Redis is away."""
     key = f"{BATCH_KEY_PREFIX}{secrets.token_hex(12)}"
-    redis_client(settings.REDIS_URL).set(key, msgpack.packb(frames, use_bin_type=True), ex=BATCH_TTL_S)
+    redis_client().set(key, msgpack.packb(frames, use_bin_type=True), ex=BATCH_TTL_S)
     return key
 
 
-def get_batch(key: str) -> list[dict[str, Any]] | None:
+def get_batch(key: str) -> list[QueuedFrame] | None:
     """The batch stored under `key`, or None if it is gone (expired, or lost with a Redis restart)."""
-    blob = redis_client(settings.REDIS_URL).get(key)
-    return None if blob is None else msgpack.unpackb(blob, raw=False)
+    blob = redis_client().get(key)
+    if blob is None:
+        return None
+    return [QueuedFrame._make(values) for values in msgpack.unpackb(blob, raw=False)]
 
 
 def drop_batch(key: str) -> None:
     """After the batch is stored. Best effort: a batch left behind (Redis away just now) expires by itself,
     and a second delivery of its task would only find rows already stored."""
     try:
-        redis_client(settings.REDIS_URL).delete(key)
+        redis_client().delete(key)
     except redis.RedisError:
         logger.warning("could not drop stored frame batch %s; it expires in %s s", key, BATCH_TTL_S)

@@ -8,7 +8,7 @@ settings.CAPTURE_FLOW_INTERVAL_S: it reads the shared load (flow.read_capture_lo
 the process the capture rate to use, and refuses new frames while the queue is at its bound. Frames
 refused are not acked, so browsers resend them.
 
-Only a transient failure (services.is_transient: database or broker unreachable) keeps a batch here to be
+Only a transient failure (failures.is_transient: database or broker unreachable) keeps a batch here to be
 tried again. Frames whose values cannot be stored are refused to their sockets (`unstorable`) and the rest
 of the batch goes on, so one session's frames never hold up another's. The age of the oldest frame waiting
 here (oldest_frame_age_s) is on /metrics and /readyz: a process whose frames stop leaving is visible.
@@ -21,27 +21,17 @@ import logging
 import time
 import weakref
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from asgiref.sync import sync_to_async
 from channels.db import DatabaseSyncToAsync
 from django.conf import settings
 
-from research_portal.capture.acks import (
-    AckMessage,
-    RejectedFrames,
-    close_local_inbox,
-    new_inbox_name,
-    open_local_inbox,
-    receive_acks,
-)
+from research_portal.capture.acks import AckMessage, RejectedFrames, ack_inbox, new_inbox_name
+from research_portal.capture.failures import describe_error, is_transient, rejected_by_session
 from research_portal.capture.flow import next_fps_scale, queue_is_full, read_capture_load, resend_after_s
-from research_portal.capture.services import (
-    describe_error,
-    enqueue_frames,
-    is_transient,
-    rejected_by_session,
-)
+from research_portal.capture.queueing import analysis_backend, enqueue_frames
+from research_portal.capture.wire import QueuedFrame
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +49,10 @@ class CaptureSocket(Protocol):
 
 class FrameBatcher:
     def __init__(self) -> None:
-        self.frames: list[tuple[float, dict[str, Any]]] = []  # (monotonic arrival time, Frame.to_payload())
+        self.frames: list[tuple[float, QueuedFrame]] = []  # (monotonic arrival time, frame)
         self.sockets: set[CaptureSocket] = set()
         self.sockets_by_session: dict[int, set[CaptureSocket]] = {}
         self.inbox = new_inbox_name()  # where workers send the acks of this process's batches
-        self.listener: asyncio.Task | None = None
         self.wake = asyncio.Event()
         self.runner: asyncio.Task | None = None
         self.fps_scale = 1.0
@@ -91,7 +80,7 @@ class FrameBatcher:
         """False while the shared queue is at its bound or this process holds its maximum of unsent frames."""
         return not self.queue_full and len(self.frames) < settings.CAPTURE_MAX_BUFFERED_FRAMES
 
-    def add(self, frame: dict[str, Any]) -> None:
+    def add(self, frame: QueuedFrame) -> None:
         self.frames.append((time.monotonic(), frame))
         # The first frame sets a flush deadline the loop must start waiting for; a full batch leaves now.
         if len(self.frames) == 1 or len(self.frames) >= settings.CAPTURE_FLUSH_MAX_FRAMES:
@@ -116,11 +105,7 @@ class FrameBatcher:
 
     async def run(self) -> None:
         """Until no socket is left and every frame is queued: flush when due, check the flow when due."""
-        if settings.CAPTURE_ANALYSIS_BACKEND == "celery":
-            self.listener = asyncio.get_running_loop().create_task(self.relay_acks_from_redis())
-        else:
-            loop = asyncio.get_running_loop()
-            open_local_inbox(self.inbox, loop, lambda message: loop.create_task(self.deliver_acks(message)))
+        close_inbox = ack_inbox().open(self.inbox, self.deliver_acks)
         try:
             while self.frames or self.sockets:
                 await self._sleep_until_due()
@@ -136,30 +121,7 @@ class FrameBatcher:
                     logger.exception("frame batcher step failed; going on")
                     await asyncio.sleep(BROKER_RETRY_S)
         finally:
-            close_local_inbox(self.inbox)
-            if self.listener is not None:
-                self.listener.cancel()
-
-    async def relay_acks_from_redis(self) -> None:
-        import redis.asyncio
-
-        client = redis.asyncio.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
-        try:
-            while True:
-                try:
-                    message = await receive_acks(client, self.inbox)
-                except redis.RedisError:
-                    # Redis away: acks wait (browsers resend what stays unacked); try again shortly.
-                    logger.warning("could not receive acks; retrying", exc_info=True)
-                    await asyncio.sleep(BROKER_RETRY_S)
-                    continue
-                except ValueError:
-                    logger.exception("malformed message in the ack inbox; skipped")
-                    continue
-                if message is not None:
-                    await self.deliver_acks(message)
-        finally:
-            await client.aclose()
+            close_inbox()
 
     async def deliver_acks(self, message: AckMessage) -> None:
         """Stored frames -> an ack to each socket of this process whose frames they are; frames a worker
@@ -225,14 +187,14 @@ class FrameBatcher:
                 # Neither the surroundings nor data enqueue_frames could pin on some frames: retrying the
                 # same batch would fail the same way and hold up every frame behind it.
                 logger.exception("a batch of %s frames cannot be queued; refusing it", len(batch))
-                rejected = rejected_by_session(frames)
+                rejected = rejected_by_session((frame.session_id, frame.seq) for frame in frames)
             finally:
                 self.in_flight_since = None
             await self.deliver_refusals(rejected)
 
     async def check_flow(self) -> None:
         try:
-            load = await sync_to_async(read_capture_load, thread_sensitive=False)()
+            load = await sync_to_async(read_capture_load, thread_sensitive=False)(analysis_backend())
         except Exception:
             # The numbers live in Redis; while it is away, hold the current rate (the flush retries itself).
             logger.warning("flow control could not read the capture load", exc_info=True)

@@ -8,26 +8,28 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from research_portal.capture.acks import RejectedFrames
 from research_portal.capture.batching import frame_batcher
-from research_portal.capture.models import SessionEvent
+from research_portal.capture.models import ParticipantSession, SessionEvent
 from research_portal.capture.participation import do_record_event
-from research_portal.capture.services import (
-    RATE_LIMITED,
+from research_portal.capture.socket_limits import RATE_LIMITED, SocketLimits
+from research_portal.capture.socket_session import open_capture, session_group, socket_client_address
+from research_portal.capture.validation import AD_UNPLAYABLE, ReportRefused, do_fail_unplayable_ad
+from research_portal.capture.wire import (
+    UNPLAYABLE_REPORT,
     CaptureContext,
     CaptureRefused,
     FrameRejected,
-    SocketLimits,
-    check_frame,
-    check_page_event,
-    check_text_message,
-    open_capture,
-    session_group,
-    socket_client_address,
+    parse_frame,
+    parse_page_event,
+    parse_text_message,
+    parse_unplayable_report,
 )
 from research_portal.events import remember_server_loop
 from research_portal.ops.logging import hash_token
 
 logger = logging.getLogger(__name__)
 
+# The session takes no more frames (as open_capture refuses a session that ended).
+CLOSE_SESSION_ENDED = 4003
 CLOSE_FLOOD = 4008
 # The same session opened in another tab or window: the newest connection wins.
 CLOSE_OTHER_TAB = 4009
@@ -43,6 +45,8 @@ class CaptureConsumer(AsyncWebsocketConsumer):
     on the way; the batcher forgets it at once."""
 
     context: CaptureContext | None = None
+    # (seq, ad id) of the newest frame this socket took: how far the participant got, stored or not yet.
+    newest_frame: tuple[int, int] | None = None
     closed = False
     released = False
     session_hash = ""
@@ -173,7 +177,7 @@ class CaptureConsumer(AsyncWebsocketConsumer):
             )
             return
         try:
-            frame = check_frame(message, self.context)
+            frame = parse_frame(message, self.context)
             self.limits.check_frame_rate()  # only frames that would be queued count against the rate
         except FrameRejected as rejected:
             await self.reject(rejected)
@@ -182,7 +186,9 @@ class CaptureConsumer(AsyncWebsocketConsumer):
         # is a resend: the worker looks it up before running the model on it again.
         resend = frame.seq < self.next_new_seq
         self.next_new_seq = max(self.next_new_seq, frame.seq + 1)
-        self.batcher.add(frame.to_payload(self.context.session_id, self.context.store_frames, resend))
+        if self.newest_frame is None or frame.seq > self.newest_frame[0]:
+            self.newest_frame = (frame.seq, frame.ad_id)
+        self.batcher.add(frame.queued(self.context.session_id, self.context.store_frames, resend))
 
     async def send_acks(self, seqs: list[int]) -> None:
         """A worker stored these frames' rows (relayed by the batcher): the client may forget them."""
@@ -203,11 +209,14 @@ class CaptureConsumer(AsyncWebsocketConsumer):
 
     async def receive_command(self, text: str) -> None:
         try:
-            command = check_text_message(text)
+            command = parse_text_message(text)
             if command["type"] == "finish":
                 await self.close(code=1000)
                 return
-            event = check_page_event(command, self.context)
+            if command["type"] == UNPLAYABLE_REPORT:
+                await self.end_for_unplayable_ad(command)
+                return
+            event = parse_page_event(command, self.context)
             self.limits.check_event_rate()
         except FrameRejected as rejected:
             await self.reject(rejected)
@@ -215,6 +224,25 @@ class CaptureConsumer(AsyncWebsocketConsumer):
         await database_sync_to_async(do_record_event)(
             self.context.session_id, event.name, event.ad_id, event.media_time_ms
         )
+
+    async def end_for_unplayable_ad(self, command: dict) -> None:
+        """The browser cannot play an ad: when the report holds for the session (validation.py decides), the
+        session ends Failed, the client is told (`ended`) and the socket closes (4003: no more frames).
+        FrameRejected when it does not, or for a report beyond the event limit (each costs a transaction
+        under the session's row lock)."""
+        report = parse_unplayable_report(command)
+        self.limits.check_event_rate()
+        try:
+            await database_sync_to_async(do_fail_unplayable_ad)(
+                self.context.session_id, report.ad_id, report.error, report.media_time_ms, self.newest_frame
+            )
+        except ReportRefused as refused:
+            raise FrameRejected(refused.code, refused.detail) from refused
+        logger.info("ad unplayable: session failed", extra={"session": self.session_hash, "ad": report.ad_id})
+        await self.send_json(
+            {"type": "ended", "state": ParticipantSession.State.FAILED.value, "reason": AD_UNPLAYABLE}
+        )
+        await self.close(code=CLOSE_SESSION_ENDED)
 
     async def reject(self, rejected: FrameRejected) -> None:
         if rejected.code != RATE_LIMITED:  # (a flood of those would flood the log too; its close is logged)

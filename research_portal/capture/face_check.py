@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from inference.pipeline import FrameReading, get_pipeline
+from inference.pipeline import FrameReading, get_pipeline, jpeg_size
 from inference.quality import (
     NO_FACE,
     TOO_BRIGHT,
@@ -38,6 +38,10 @@ NOT_CENTRED = "not_centred"
 BACKLIT = "backlit"
 LOW_FRAME_RATE = "low_frame_rate"
 UNREADABLE = "unreadable"
+# A check frame is a camera picture (the page sends 320x240; a 4K camera's frame has 8.3 million pixels). A
+# JPEG whose header claims more, or whose size cannot be read, is not decoded: OpenCV would allocate what the
+# header claims (gigabytes from a few bytes), or raise past its own limit.
+MAX_CHECK_FRAME_PIXELS = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -85,12 +89,20 @@ def face_check_problems(
 
 def do_check_camera_frame(session: ParticipantSession, jpeg: bytes, camera_fps: float) -> CheckResult:
     """Analyse one check frame in-process (fast answer) and advance the session's good-frame streak."""
-    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) if jpeg else None
+    image = read_camera_frame(jpeg)
     reading = get_pipeline().analyze_images([image])[0]
     problems = face_check_problems(image, reading, camera_fps, session.study.capture_fps)
     passed = do_record_check_result(session, good=not problems)
     face = reading.primary_face
     return CheckResult(problems, passed, None if face is None else tuple(int(v) for v in face.box))
+
+
+def read_camera_frame(jpeg: bytes) -> np.ndarray | None:
+    """The check frame as a BGR image; None (`unreadable`) unless it is a JPEG of a camera frame's size."""
+    size = jpeg_size(jpeg)
+    if size is None or size[0] * size[1] > MAX_CHECK_FRAME_PIXELS:
+        return None
+    return cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
 
 
 @transaction.atomic

@@ -1,10 +1,11 @@
 """How loaded the frame path is, and how fast clients should capture because of it (backpressure).
 
 Web processes count the frames they queue, workers count the frames they store and say they are alive;
-every process reads the same numbers (Redis when configured, this process's memory in embedded mode).
-read_capture_load() turns them into a CaptureLoad: queue depth, frames/s in and out, workers. From it,
-next_fps_scale() decides the capture rate every web process asks its browsers for, and
-queue_is_full() says when new frames are refused (the client keeps them and resends later).
+every process reads the same numbers (flow_counters: Redis in production, this process's memory in embedded
+mode). read_capture_load() turns them and the analysis backend's queue depth into a CaptureLoad: queue
+depth, frames/s in and out, workers. From it, next_fps_scale() decides the capture rate every web process
+asks its browsers for, and queue_is_full() says when new frames are refused (the client keeps them and
+resends later).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from functools import cache
-from typing import Any
+from typing import Any, Protocol
 
+import redis
 from django.conf import settings
+
+from research_portal.deployment import ModeDependent
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class CaptureLoad:
         return data
 
 
-class LocalFlowStore:
+class LocalFlowCounters:
     """Embedded mode: one process does everything, so its own counters are the whole picture."""
 
     def __init__(self) -> None:
@@ -75,11 +78,6 @@ class LocalFlowStore:
         with self.lock:
             return {name: sum(self.counts[name].get(s, 0) for s in seconds) for name in COUNTERS}
 
-    def queue_batches(self) -> int:
-        from research_portal.capture.services import analysis_thread_pool
-
-        return analysis_thread_pool()._work_queue.qsize()
-
     def workers(self) -> tuple[int, int]:
         return 1, settings.CAPTURE_THREAD_WORKERS
 
@@ -87,18 +85,13 @@ class LocalFlowStore:
         pass
 
 
-class RedisFlowStore:
-    """Production: counters in per-second keys, worker heartbeats in one hash, queue depth from the broker."""
+class RedisFlowCounters:
+    """Production: counters in per-second keys, worker heartbeats in one hash."""
 
     PREFIX = "portal:flow"
 
-    def __init__(self, url: str) -> None:
-        import redis
-
-        # Short timeouts: flow control must never hang a socket because Redis is slow or away.
-        self.redis = redis.Redis.from_url(
-            url, socket_timeout=1, socket_connect_timeout=1, decode_responses=True
-        )
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
 
     def add(self, amounts: dict[str, int], second: int) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -113,9 +106,6 @@ class RedisFlowStore:
         values = [int(v or 0) for v in self.redis.mget(keys)]
         n = len(seconds)
         return {name: sum(values[i * n : (i + 1) * n]) for i, name in enumerate(COUNTERS)}
-
-    def queue_batches(self) -> int:
-        return int(self.redis.llen(settings.CELERY_TASK_DEFAULT_QUEUE))
 
     def workers(self) -> tuple[int, int]:
         """(nodes, processes) that sent a heartbeat lately; forgets the ones that stopped."""
@@ -137,13 +127,15 @@ class RedisFlowStore:
         self.redis.hset(f"{self.PREFIX}:workers", worker, f"{now} {processes}")
 
 
-@cache
-def _store(redis_url: str, backend: str) -> LocalFlowStore | RedisFlowStore:
-    return RedisFlowStore(redis_url) if redis_url and backend == "celery" else LocalFlowStore()
+flow_counters: ModeDependent[LocalFlowCounters | RedisFlowCounters] = ModeDependent(
+    embedded=LocalFlowCounters, production=RedisFlowCounters
+)
 
 
-def flow_store() -> LocalFlowStore | RedisFlowStore:
-    return _store(settings.REDIS_URL, settings.CAPTURE_ANALYSIS_BACKEND)
+class AnalysisQueue(Protocol):
+    """The analysis backend (queueing.analysis_backend()), which knows how many batches wait for it."""
+
+    def queue_batches(self) -> int: ...
 
 
 def record_queued(frames: int, batches: int) -> None:
@@ -159,17 +151,18 @@ def record_stored(frames: int, failed: int, analysis_cpu_s: float = 0.0) -> None
 
 def _count(amounts: dict[str, int]) -> None:
     try:
-        flow_store().add(amounts, int(time.time()))
+        flow_counters().add(amounts, int(time.time()))
     except Exception:  # noqa: BLE001 - counters are advisory; the frames are already safe
         logger.warning("flow counters not updated", exc_info=True)
 
 
-def read_capture_load() -> CaptureLoad:
-    store = flow_store()
+def read_capture_load(queue: AnalysisQueue) -> CaptureLoad:
+    """The load now: the shared counters, and the batches waiting in `queue` (the analysis backend)."""
+    store = flow_counters()
     now = int(time.time())
     # Whole seconds that have ended; the current one is still filling.
     sums = store.window_sums(list(range(now - RATE_WINDOW_S, now)))
-    queue_batches = store.queue_batches()
+    queue_batches = queue.queue_batches()
     frames_per_batch = (
         sums["queued_frames"] / sums["queued_batches"]
         if sums["queued_batches"]
@@ -238,7 +231,7 @@ def start_worker_heartbeat(processes: int, worker: str | None = None) -> threadi
     def beat() -> None:
         while True:
             try:
-                flow_store().heartbeat(name, processes, time.time())
+                flow_counters().heartbeat(name, processes, time.time())
             except Exception:  # noqa: BLE001 - Redis away: the next beat tries again
                 pass
             time.sleep(WORKER_HEARTBEAT_S)

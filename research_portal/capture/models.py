@@ -105,6 +105,8 @@ class SessionEvent(models.Model):
         FACE_LOST = "face_lost", "Face lost"
         OTHER_TAB = "other_tab", "Opened in another tab"
         CHECK_FAILED = "check_failed", "Face check attempt failed"
+        # The participant's browser could not play an ad (`ad`; `detail`: why): the session ended Failed.
+        AD_UNPLAYABLE = "ad_unplayable", "Ad could not be played"
 
     session = models.ForeignKey(ParticipantSession, on_delete=models.CASCADE, related_name="events")
     name = models.CharField(max_length=20, choices=Name.choices)

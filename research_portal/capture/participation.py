@@ -22,11 +22,11 @@ from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
 from research_portal.capture.models import ParticipantSession, SessionEvent
+from research_portal.countries import is_country_code
 from research_portal.studies.models import ConsentVersion, CountryQuota, Study
 
 State = ParticipantSession.State
 
-COUNTRY_CODE = re.compile(r"^[A-Z]{2}$")
 PARTICIPANT_ID = re.compile(r"^[\w.\-:@]{1,128}$")
 # What `secrets.token_urlsafe` makes (session tokens) and `new_public_id` (study links); anything else in
 # those path segments cannot be ours.
@@ -197,10 +197,10 @@ class EntryLink:
 
 
 def country_hint(study: Study, params: QueryDict) -> str:
-    """The link's country when it is a valid code (to pick the language of a refusal page), else ""."""
+    """The link's country when it is a country's code (to pick the language of a refusal page), else ""."""
     values = params.getlist(study.country_param)
     country = values[0].strip().upper() if len(values) == 1 else ""
-    return country if COUNTRY_CODE.match(country) else ""
+    return country if is_country_code(country) else ""
 
 
 def read_entry_link(study: Study, params: QueryDict, raw_query: str) -> EntryLink:
@@ -210,7 +210,8 @@ def read_entry_link(study: Study, params: QueryDict, raw_query: str) -> EntryLin
     check_parameters(params)
     participant_id = single_parameter(params, study.participant_id_param).strip()
     country = single_parameter(params, study.country_param).strip().upper()
-    if (country and not COUNTRY_CODE.match(country)) or (
+    # A country must be one ISO 3166-1 assigns (not just any two letters), like every other malformed value.
+    if (country and not is_country_code(country)) or (
         participant_id and not PARTICIPANT_ID.match(participant_id)
     ):
         raise invalid_link()

@@ -36,7 +36,7 @@ from research_portal.capture.participation import (
     session_redirect_url,
 )
 from research_portal.capture.routing import capture_socket_path
-from research_portal.capture.validation import do_finish_viewing, session_outcome
+from research_portal.capture.validation import do_finish_viewing, failed_for_unplayable_ad
 from research_portal.studies.models import Study
 
 State = ParticipantSession.State
@@ -243,6 +243,10 @@ def feedback_messages() -> dict[str, str]:
         "keep_face": _("Please keep your face in view while the video plays."),
         "baseline": _("Relax and look at the screen for a few seconds."),
         "video_error": _("The video could not be played."),
+        "ad_unplayable": _(
+            "Your browser cannot play this video, so the study ends here. Thank you for your time."
+        ),
+        "press_play": _("Your browser paused the video. Please press Play to continue."),
     }
 
 
@@ -339,6 +343,7 @@ def watch(request: HttpRequest, session: ParticipantSession) -> HttpResponse:
         "socketPath": capture_socket_path(session.token),
         "fps": session.study.capture_fps,
         "finishUrl": reverse("participant-finish", args=[session.token]),
+        "endUrl": reverse("participant-end", args=[session.token]),
         "baselineSeconds": session.study.baseline_seconds,
         "ads": [
             {
@@ -378,8 +383,8 @@ def finish(request: HttpRequest, session: ParticipantSession) -> HttpResponse:
 @require_GET
 @participant_view
 def outcome(request: HttpRequest, session: ParticipantSession) -> JsonResponse:
-    """Polled by the end page while the last readings are stored and the session is validated."""
-    session = session_outcome(session)
+    """Polled by the end page until the session is validated. Reads only: validation is periodic work
+    (validation.do_validate_due_sessions), done whether or not this page is still open."""
     return JsonResponse(
         {
             "state": session.state,
@@ -394,12 +399,13 @@ def outcome(request: HttpRequest, session: ParticipantSession) -> JsonResponse:
 def end(request: HttpRequest, session: ParticipantSession) -> HttpResponse:
     if session.is_capturing or session.state == State.STARTED:
         return redirect(page_for_state(session))
-    session = session_outcome(session)
-    next_url = session_redirect_url(session)
+    # Until validated the page polls /outcome, which says where to go once the session has ended.
+    next_url = session_redirect_url(session) if session.has_ended else ""
     context = {
         "session": session,
         "next_url": next_url,
         "outcome_url": reverse("participant-outcome", args=[session.token]),
+        "ad_unplayable": failed_for_unplayable_ad(session),
         "messages": feedback_messages(),
     }
     return render(request, "participant/end.html", context)

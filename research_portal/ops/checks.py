@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from inference.pipeline import get_pipeline
+from research_portal import deployment
 from research_portal.capture.batching import all_batchers
 from research_portal.capture.readings import check_model_labels
 
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 # libpq waits at least 2 s whatever connect_timeout says.
 DATABASE_CONNECT_TIMEOUT_S = 2
 DATABASE_STATEMENT_TIMEOUT_MS = 1000
+# The probe's own bound, shorter than the frame path's (deployment.REDIS_TIMEOUT_S), and no retries: readyz
+# must answer within READY_DEADLINE_S.
 REDIS_TIMEOUT_S = 1.0
 # Answer by then whatever a check is doing; an unfinished check counts as failed ("timed out").
 READY_DEADLINE_S = 3.0
@@ -80,8 +83,8 @@ def check_database() -> CheckResult:
 
 
 def check_redis() -> CheckResult:
-    """PING the Redis of REDIS_URL; embedded mode has none (in-memory channel layer and cache)."""
-    url = settings.REDIS_URL
+    """PING the Redis of production mode; embedded mode has none (in-memory channel layer and cache)."""
+    url = deployment.current().redis_url
     if not url:
         return CheckResult(True, "not configured", 0.0)
     client = redis.Redis.from_url(

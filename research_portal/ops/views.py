@@ -13,7 +13,9 @@ from django.views.decorators.http import require_safe
 
 from research_portal.capture.batching import all_batchers
 from research_portal.capture.flow import queue_is_full, read_capture_load
+from research_portal.capture.queueing import analysis_backend
 from research_portal.ops.checks import run_checks
+from research_portal.ops.metrics import PROMETHEUS_CONTENT_TYPE, prometheus_text
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
         logger.warning("metrics unavailable", exc_info=True)
         return JsonResponse({"error": f"capture load unavailable: {type(error).__name__}"}, status=503)
     if request.GET.get("format") == "prometheus":
-        return HttpResponse(prometheus_text(snapshot), content_type="text/plain; version=0.0.4")
+        return HttpResponse(prometheus_text(snapshot), content_type=PROMETHEUS_CONTENT_TYPE)
     return JsonResponse(snapshot)
 
 
@@ -66,7 +68,7 @@ def may_read_metrics(request: HttpRequest) -> bool:
 
 
 def capture_metrics() -> dict:
-    load = read_capture_load()
+    load = read_capture_load(analysis_backend())
     return {
         "capture": load.as_dict(),
         "queue_bound_frames": settings.CAPTURE_MAX_QUEUE_FRAMES,
@@ -86,60 +88,3 @@ def web_process_state() -> dict:
         "unstorable_frames": sum(batcher.unstorable_frames for batcher in batchers),
         "fps_scale": min((batcher.fps_scale for batcher in batchers), default=1.0),
     }
-
-
-def prometheus_text(snapshot: dict) -> str:
-    capture, web = snapshot["capture"], snapshot["web_process"]
-    backlog = capture["backlog_s"]
-    gauges = [
-        ("portal_capture_queue_batches", "Frame batches waiting for a worker", capture["queue_batches"]),
-        ("portal_capture_queue_frames", "Frames waiting for a worker (estimated)", capture["queue_frames"]),
-        (
-            "portal_capture_queue_bound_frames",
-            "Queued frames past which frames are refused",
-            snapshot["queue_bound_frames"],
-        ),
-        (
-            "portal_capture_backlog_seconds",
-            "Queued frames over the store rate",
-            "+Inf" if backlog is None else backlog,
-        ),
-        ("portal_capture_queued_frames_per_second", "Frames queued per second", capture["queued_fps"]),
-        ("portal_capture_stored_frames_per_second", "Frames stored per second", capture["stored_fps"]),
-        (
-            "portal_capture_failed_frames_per_second",
-            "Frames stored with an analysis error per second",
-            capture["failed_fps"],
-        ),
-        (
-            "portal_capture_analysis_ms_per_frame",
-            "Model pipeline CPU per stored frame, milliseconds",
-            "NaN" if capture["analysis_ms_per_frame"] is None else capture["analysis_ms_per_frame"],
-        ),
-        ("portal_workers", "Celery worker nodes alive", capture["workers"]),
-        ("portal_worker_processes", "Analysis processes across worker nodes", capture["worker_processes"]),
-        ("portal_web_capture_sockets", "Capture sockets open in this web process", web["capture_sockets"]),
-        (
-            "portal_web_buffered_frames",
-            "Frames this web process holds before queueing",
-            web["buffered_frames"],
-        ),
-        (
-            "portal_web_oldest_frame_age_seconds",
-            "How long the oldest frame this web process holds has waited to be queued",
-            web["oldest_frame_age_s"],
-        ),
-        ("portal_web_fps_scale", "Share of the study frame rate clients are asked for", web["fps_scale"]),
-    ]
-    counters = [
-        (
-            "portal_web_unstorable_frames_total",
-            "Frames refused to their sockets because their values could not be stored",
-            web["unstorable_frames"],
-        ),
-    ]
-    lines = []
-    for kind, metrics in (("gauge", gauges), ("counter", counters)):
-        for name, help_text, value in metrics:
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-    return "\n".join(lines) + "\n"

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from research_portal.capture.models import FrameResult, ParticipantSession, SessionEvent
-from research_portal.capture.services import stored_frames_dir
+from research_portal.capture.storage import stored_frames_dir
 from research_portal.privacy.audit import do_audit
 from research_portal.privacy.models import AuditLog
 from research_portal.studies.models import Ad, Study

@@ -1,10 +1,29 @@
 from django import forms
 from django.conf import settings
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 from django.db import models
+from django.forms.fields import InvalidJSONInput
 
 from research_portal.studies.models import Ad, ConsentVersion, CountryQuota, Study
 from research_portal.studies.services import check_ad_video, participant_link_template
+
+
+class JSONTextField(forms.JSONField):
+    """Django's JSON form field, with text nested past the JSON parser's recursion limit an error of the field
+    (Django's catches only JSONDecodeError: a RecursionError was a 500), when cleaned and when redrawn."""
+
+    def to_python(self, value):
+        try:
+            return super().to_python(value)
+        except RecursionError as error:
+            raise ValidationError("Enter valid JSON (this nests too deep).", code="invalid") from error
+
+    def bound_data(self, data, initial):
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:
+            return InvalidJSONInput(data)
 
 
 class AdForm(forms.ModelForm):
@@ -52,7 +71,10 @@ class StudyAdmin(admin.ModelAdmin):
     readonly_fields = ["public_id", "participant_link"]
     inlines = [AdInline, CountryQuotaInline, ConsentVersionInline]
     # Redirect URLs typed without a scheme are https (Django 6's default).
-    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    formfield_overrides = {
+        models.URLField: {"assume_scheme": "https"},
+        models.JSONField: {"form_class": JSONTextField},
+    }
     fieldsets = [
         (None, {"fields": ["organization", "name", "status", "public_id", "participant_link"]}),
         (

@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from research_portal.countries import UnknownCountry, check_country_code
 from research_portal.studies.models import PARAM_NAME, PARAM_NAME_MESSAGE, Study
 from research_portal.studies.services import (
     LOCKED_AFTER_LAUNCH,
@@ -34,7 +35,8 @@ OPTIONAL_WITH_DEFAULT = (
 
 def parse_countries(text: str) -> tuple[list[str], dict[str, int]]:
     """'DE 200', 'US: 150', 'JP' (one per line or comma-separated) -> (["DE", "JP", "US"], {"DE": 200, ...}).
-    Raises ValidationError naming each bad entry."""
+    Raises ValidationError naming each bad entry: not two letters, not a country (ISO 3166-1), listed twice,
+    or a quota out of range."""
     countries: list[str] = []
     quotas: dict[str, int] = {}
     errors = []
@@ -45,6 +47,11 @@ def parse_countries(text: str) -> tuple[list[str], dict[str, int]]:
             errors.append(f"“{entry}” is not a two-letter country code with an optional quota, e.g. DE 200.")
             continue
         code = match[1].upper()
+        try:
+            check_country_code(code)
+        except UnknownCountry as unknown:
+            errors.append(str(unknown))
+            continue
         if code in countries:
             errors.append(f"{code} is listed twice.")
             continue

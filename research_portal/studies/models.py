@@ -7,6 +7,7 @@ from django.core.validators import FileExtensionValidator
 from django.db import models
 
 from research_portal.accounts.models import Organization
+from research_portal.countries import UnknownCountry, check_country_code
 
 
 def validate_country_codes(value: object) -> None:
@@ -14,6 +15,14 @@ def validate_country_codes(value: object) -> None:
         isinstance(code, str) and len(code) == 2 and code.isascii() and code.isupper() for code in value
     ):
         raise ValidationError('Give a list of two-letter country codes, e.g. ["DE", "US"], or [] for any.')
+    errors = []
+    for code in value:
+        try:
+            check_country_code(code)
+        except UnknownCountry as unknown:
+            errors.append(str(unknown))
+    if errors:
+        raise ValidationError(errors)
 
 
 def validate_consent_translations(value: object) -> None:
@@ -25,6 +34,9 @@ def validate_consent_translations(value: object) -> None:
             f"Give a JSON object of language code to consent text, codes among {sorted(languages)}, "
             'e.g. {"de": "Wir bitten Sie ..."}.'
         )
+    if any("\x00" in text for text in value.values()):
+        # No database text holds NUL (Postgres refuses it in JSON too): it was a 500 from the admin's form.
+        raise ValidationError("Consent texts cannot contain NUL characters.")
 
 
 # A panel's link-signing secret: printable ASCII without spaces, so every panel's HMAC library reads the
@@ -188,6 +200,13 @@ class CountryQuota(models.Model):
 
     def __str__(self) -> str:
         return f"{self.country}: {self.target}"
+
+    def clean(self) -> None:
+        self.country = self.country.strip().upper()
+        try:
+            check_country_code(self.country)
+        except UnknownCountry as unknown:
+            raise ValidationError({"country": str(unknown)}) from unknown
 
 
 class ConsentVersion(models.Model):

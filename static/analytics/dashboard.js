@@ -35,6 +35,8 @@
     }
     return node;
   }
+  // "Germany (DE)": the server names every country code of the payload; codes stay the data.
+  const countryLabel = (code) => (payload.country_labels || {})[code] || code || "unknown";
   const fmt = (value, digits = 3) => (value === null || value === undefined ? "—" : Number(value).toFixed(digits));
   const pct = (value) => (value === null || value === undefined ? "—" : (100 * value).toFixed(1) + " %");
   function table(node, header, rows) {
@@ -46,12 +48,12 @@
   }
 
   // ---- filters ----------------------------------------------------------------------------------------
-  function checkboxGroup(name, label, values, selected) {
+  function checkboxGroup(name, label, values, selected, labelOf = (value) => value || "unknown") {
     const box = el("fieldset", { class: "checks" }, el("legend", { text: label }));
     if (!values.length) box.append(el("span", { class: "muted", text: "none yet" }));
     for (const value of values) {
       box.append(el("label", {}, el("input", { type: "checkbox", name, value, checked: selected.includes(value) }),
-        " " + (value || "unknown")));
+        " " + labelOf(value)));
     }
     return box;
   }
@@ -71,7 +73,7 @@
     const allCountries = Array.from(new Set([...(countries || []), ...asList(f.country)])).sort();
     const devices = kind === "ad" ? o.devices : ["desktop", "mobile", "tablet", "unknown"];
     const parts = [
-      checkboxGroup("country", "Country", allCountries, asList(f.country)),
+      checkboxGroup("country", "Country", allCountries, asList(f.country), countryLabel),
       checkboxGroup("device", "Device", Array.from(new Set([...(devices || []), ...asList(f.device)])),
         asList(f.device)),
       el("label", { class: "field" }, "From", el("input", { type: "date", name: "from", value: f.from || "" })),
@@ -79,7 +81,7 @@
     ];
     if (kind === "ad") {
       const compare = asList(f.compare);
-      const countryOptions = [["", "auto"], ...allCountries.map((c) => [c, c])];
+      const countryOptions = [["", "auto"], ...allCountries.map((c) => [c, countryLabel(c)])];
       parts.push(
         select("quality", "Min. face quality", o.quality_levels.map((q) => [String(q), q === 0 ? "any" : "≥ " + q]),
           f.quality || "0.0"),
@@ -225,7 +227,8 @@
       ["Country", "Participants", "Mean valence [95% CI]", "Peak smile", "Peak at", "Smiled (≥ " +
         p.options.smile_threshold + ")", "Frames"],
       p.summary.map((row) => Object.assign([
-        el("span", {}, el("i", { class: "swatch", style: `background:${row.color}` }), " " + row.country),
+        el("span", {}, el("i", { class: "swatch", style: `background:${row.color}` }),
+          " " + (row.country === "All" ? "All" : countryLabel(row.country))),
         row.participants, `${fmt(row.mean_valence)} [${fmt(row.valence_low)}, ${fmt(row.valence_high)}]`,
         fmt(row.peak_smile), row.peak_smile_time || "—", pct(row.smiled_share), row.frames,
       ], { className: row.country === "All" ? "total" : "" })));
@@ -233,7 +236,8 @@
     const c = p.comparison;
     const note = document.getElementById("comparison-note");
     if (c) {
-      note.textContent = `Welch t-test of ${c.measure_label} per second, ${c.countries[0]} vs ${c.countries[1]}: ` +
+      note.textContent = `Welch t-test of ${c.measure_label} per second, ` +
+        `${countryLabel(c.countries[0])} vs ${countryLabel(c.countries[1])}: ` +
         `${c.significant_seconds.length} of ${c.tested_seconds} testable seconds differ (${c.correction_label}). ` +
         "Seconds where either country has fewer than 2 participants are not tested.";
       table(document.getElementById("tests"),
@@ -278,17 +282,17 @@
     drawFigure("fig-quotas", p.figures.quotas, `study-${p.study.id}-quotas`);
     document.getElementById("no-quotas").hidden = Boolean(p.figures.quotas);
     const quotas = Object.fromEntries(p.quotas.map((q) => [q.country, q]));
-    const rows = [...p.funnel.map((r) => ({ ...r, country: r.country || "unknown" })), { ...t, country: "All" }];
+    const rows = [...p.funnel.map((r) => ({ ...r, label: countryLabel(r.country) })), { ...t, label: "All" }];
     table(document.getElementById("funnel-table"),
       ["Country", "Started", "Consented", "Passed checks", "Completed viewing", "Validated", "Failed", "Declined",
         "Over quota", "In progress", "Quota"],
-      rows.map((r) => Object.assign([r.country, r.started, r.consented, r.checks_passed, r.viewed, r.validated,
+      rows.map((r) => Object.assign([r.label, r.started, r.consented, r.checks_passed, r.viewed, r.validated,
         r.failed, r.declined, r.over_quota, r.in_progress,
         quotas[r.country] ? `${quotas[r.country].validated} / ${quotas[r.country].target}` : "—"],
-      { className: r.country === "All" ? "total" : "" })));
+      { className: r.label === "All" ? "total" : "" })));
     table(document.getElementById("exclusions-table"), ["Outcome", "Reason", "Participants", "By country", "Examples"],
       p.exclusions.length ? p.exclusions.map((x) => [x.state.replace("_", " "), x.reason, x.count,
-        Object.entries(x.countries).map(([c, n]) => `${c}: ${n}`).join(", "), x.examples.join(" · ") || "—"])
+        Object.entries(x.countries).map(([c, n]) => `${countryLabel(c)}: ${n}`).join(", "), x.examples.join(" · ") || "—"])
         : [["—", "No exclusions yet", 0, "", ""]]);
     document.getElementById("ads").replaceChildren(...p.ads.map((ad) => el("li", {},
       el("a", { href: ad.url, text: ad.title }), ` — ${ad.participants} participants, ${ad.duration_s.toFixed(1)} s`)));

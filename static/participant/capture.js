@@ -27,10 +27,17 @@
   const RESEND_PER_TICK = 10;
   // Page events kept while the socket is down (each is one row; the server also limits them).
   const MAX_QUEUED_EVENTS = 20;
+  // Why this browser cannot play an ad, by the video element's MediaError code (the server records it).
+  const MEDIA_ERROR_KINDS = { 1: "aborted", 2: "network", 3: "decode", 4: "not_supported" };
+  // An unplayable-ad report goes again this often until the server answers (the socket may be reconnecting).
+  const REPORT_RETRY_MS = 3000;
+  // The server's answers to an unplayable-ad report that does not hold (any other error is not about it).
+  const REPORT_REFUSALS = new Set(["bad_report", "wrong_ad", "not_viewing"]);
 
   const statusLine = document.getElementById("status");
   const startButton = document.getElementById("start");
   const resumeButton = document.getElementById("resume");
+  const playButton = document.getElementById("play");
   const baselineScreen = document.getElementById("baseline");
   const adVideo = document.getElementById("ad");
   const camera = document.getElementById("camera");
@@ -55,6 +62,8 @@
     fps: config.fps, // lowered by the server's "throttle" messages while its workers catch up
     resendAfterMs: RESEND_AFTER_MS, // as "hello" and "throttle" say
     captureTimer: null,
+    failAd: null, // while an ad plays: ends it as unplayable, saying why (MEDIA_ERROR_KINDS, play_failed)
+    reportAnswered: false, // the server ended the session for an unplayable ad, or refused the report
   };
 
   const setStatus = (text) => { statusLine.textContent = text; };
@@ -105,9 +114,12 @@
         } else if (message.type === "throttle") {
           setCaptureRate(message.fps);
           setResendDelay(message.resend_after_s);
+        } else if (message.type === "ended") {
+          state.reportAnswered = true; // the session ended (the socket closes next)
         } else if (message.type === "error") {
           console.warn("capture error", message.code, message.detail);
           if (message.seq !== null && state.pending.delete(message.seq)) state.rejected += 1;
+          if (REPORT_REFUSALS.has(message.code)) state.reportAnswered = true;
         }
         publishProgress();
       };
@@ -215,15 +227,61 @@
     baselineScreen.hidden = true;
   }
 
+  // This browser cannot play the ad (an old browser, a codec it lacks, the file unreachable).
+  class AdUnplayable extends Error {
+    constructor(ad, kind, mediaTimeMs) {
+      super(`ad ${ad.id} cannot be played here: ${kind}`);
+      this.ad = ad;
+      this.kind = kind;
+      this.mediaTimeMs = mediaTimeMs;
+    }
+  }
+
+  // Every (re)start of the ad goes through here, so a refused play() is judged in one place. Autoplay
+  // blocked (NotAllowedError): the participant presses Play. Interrupted (AbortError: a pause, when the tab
+  // is hidden or the camera is lost, or a new source came first): whoever paused it plays it again. Anything
+  // else is a media reason: the ad cannot be played in this browser.
+  function playAdVideo() {
+    const failAd = state.failAd; // (a late refusal must not end the next ad)
+    adVideo.play().catch((error) => {
+      const name = error && error.name;
+      if (name === "NotAllowedError") {
+        setStatus(messages.press_play);
+        playButton.hidden = false;
+      } else if (name !== "AbortError" && failAd) {
+        failAd(name === "NotSupportedError" ? "not_supported" : "play_failed");
+      }
+    });
+  }
+
+  playButton.addEventListener("click", () => {
+    playButton.hidden = true;
+    setStatus(messages.keep_face);
+    playAdVideo();
+  });
+
   function playAd(ad) {
     return new Promise((resolve, reject) => {
+      const listening = new AbortController(); // this ad's listeners, removed once it ended or failed
+      const settle = () => {
+        listening.abort();
+        state.failAd = null;
+        playButton.hidden = true;
+      };
+      state.failAd = (kind) => {
+        settle();
+        reject(new AdUnplayable(ad, kind, Math.round(adVideo.currentTime * 1000) || 0));
+      };
       state.phase = { adId: ad.id };
       state.lastMediaTime = 0;
+      adVideo.addEventListener("ended", () => { settle(); resolve(); }, { signal: listening.signal });
+      const fail = state.failAd;
+      adVideo.addEventListener("error", () => {
+        fail(MEDIA_ERROR_KINDS[adVideo.error && adVideo.error.code] || "not_supported");
+      }, { signal: listening.signal });
       adVideo.src = ad.src;
       adVideo.hidden = false;
-      adVideo.addEventListener("ended", resolve, { once: true });
-      adVideo.addEventListener("error", () => reject(new Error("video element error")), { once: true });
-      adVideo.play().catch(reject);
+      playAdVideo();
     });
   }
 
@@ -243,7 +301,7 @@
       if (!adVideo.hidden) adVideo.pause();
     } else {
       sendEvent("tab_visible");
-      if (!adVideo.hidden && resumeButton.hidden) adVideo.play().catch(() => {});
+      if (!adVideo.hidden && resumeButton.hidden && playButton.hidden) playAdVideo();
     }
   });
 
@@ -273,7 +331,7 @@
     resumeButton.hidden = true;
     sendEvent("camera_resumed");
     setStatus(messages.keep_face);
-    if (!adVideo.hidden) adVideo.play().catch(() => {});
+    if (!adVideo.hidden) playAdVideo();
   });
 
   async function waitForAcks() {
@@ -292,6 +350,29 @@
     document.getElementById("finish-form").submit();
   }
 
+  // The ad cannot be played here: once the frames so far are stored (acked), tell the server, which ends the
+  // session as Failed (ad_unplayable) and closes the socket; then the end page takes the participant back to
+  // the panel (the study's Failed redirect). The report goes again every few seconds until it is answered,
+  // since the socket may be reconnecting; a refused report (the session ended meanwhile, or is not at this
+  // ad) also goes to the end page, which shows the outcome or leads back to the right page.
+  async function reportUnplayable(failure) {
+    document.body.dataset.adUnplayable = failure.kind; // read by the end-to-end tests
+    await waitForAcks();
+    const report = JSON.stringify({
+      type: "ad_unplayable", ad_id: failure.ad.id, error: failure.kind, media_time_ms: failure.mediaTimeMs,
+    });
+    let sentAt = 0;
+    while (!state.reportAnswered && !state.socketClosedForGood) {
+      const open = state.socket && state.socket.readyState === WebSocket.OPEN;
+      if (open && Date.now() - sentAt >= REPORT_RETRY_MS) {
+        state.socket.send(report);
+        sentAt = Date.now();
+      }
+      await sleep(200);
+    }
+    location.replace(config.endUrl);
+  }
+
   async function start() {
     startButton.disabled = true;
     try {
@@ -307,6 +388,7 @@
     state.capturing = true;
     state.captureTimer = setInterval(grabFrame, 1000 / state.fps);
     let playedAll = false;
+    let unplayable = null;
     try {
       await showBaseline();
       setStatus(messages.keep_face);
@@ -318,7 +400,8 @@
     } catch (error) {
       // The browser's own error text is English and technical; the participant gets our words.
       console.warn("viewing stopped", error);
-      setStatus(messages.video_error);
+      if (error instanceof AdUnplayable) unplayable = error;
+      setStatus(unplayable ? messages.ad_unplayable : messages.video_error);
     } finally {
       state.capturing = false;
       clearInterval(state.captureTimer);
@@ -327,6 +410,7 @@
       for (const track of state.stream.getTracks()) track.stop();
     }
     if (playedAll) await finish();
+    else if (unplayable && !state.stopped) await reportUnplayable(unplayable);
   }
 
   startButton.addEventListener("click", start);

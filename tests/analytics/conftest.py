@@ -1,5 +1,5 @@
 """Analytics fixtures: analysts of two organisations, and frames stored the way the workers store them
-(capture.services.store_results, which calls the rollup hook)."""
+(capture.storage.store_results, which calls the rollup hook)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from research_portal.analytics.definitions import EMOTIONS
 from research_portal.capture.models import FrameResult, ParticipantSession
-from research_portal.capture.services import store_results
+from research_portal.capture.storage import store_results
 
 MODEL = "test-model-1"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -122,9 +122,9 @@ def analyst_browser(chromium_path: str, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 
 @pytest.fixture
-def inline_refresh(settings):
+def inline_refresh(deployment_mode):
     """Session changes re-file rollups inline (embedded mode), not through a Celery worker."""
-    settings.CAPTURE_ANALYSIS_BACKEND = "thread"
+    deployment_mode.embedded()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 from research_portal.analytics.dashboard import build_ad_dashboard, load_traces
 from research_portal.analytics.services import check_filters
-from research_portal.capture.services import store_results
+from research_portal.capture.storage import store_results
 from tests.analytics.conftest import MODEL, FrameWriter, new_participant
 
 T2 = 4.302652729749464  # t_{0.975, 2}
@@ -163,8 +163,14 @@ def test_country_difference_is_significant_exactly_where_it_was_built(acme):
     shapes = payload["figures"]["countries"]["layout"]["shapes"]
     assert sorted(shape["x0"] for shape in shapes) == [0, 1]
     names = [t["name"] for t in payload["figures"]["countries"]["data"]]
-    assert "Significant: DE vs US" in names and "DE" in names and "US" in names
-    assert payload["figures"]["difference"]["data"][2]["name"] == "Smile: DE − US"
+    assert "Significant: Germany (DE) vs United States (US)" in names
+    assert "Germany (DE)" in names and "United States (US)" in names
+    assert payload["figures"]["difference"]["data"][2]["name"] == "Smile: Germany (DE) − United States (US)"
+    multiples = dashboard(acme, compare=["DE", "US"], layout="multiples")["figures"]["countries"]
+    assert [a["text"] for a in multiples["layout"]["annotations"]] == [
+        "<b>Germany (DE)</b>",
+        "<b>United States (US)</b>",
+    ]
 
 
 def test_traces_load_from_rollups_not_frames(hand_fixture, django_assert_max_num_queries):

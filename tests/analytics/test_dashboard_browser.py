@@ -31,7 +31,7 @@ def seed(acme) -> None:
                 rows += writer.frames(
                     acme.ad, second, [level + jitter - 0.02, level + jitter, level + jitter + 0.02]
                 )
-            from research_portal.capture.services import store_results
+            from research_portal.capture.storage import store_results
 
             store_results(rows)
     failed = "not enough usable frames: Spring ad: 4 usable of 20 expected frames"
@@ -67,20 +67,26 @@ def test_analyst_sees_rendered_live_dashboard_and_seeks_the_video(
     trace_names = page.evaluate("document.getElementById('fig-trace').data.map(t => t.name)")
     assert {"Smile", "Valence", "Anger", "Participants (n)", "Smile 95% CI"} <= set(trace_names)
     country_names = page.evaluate("document.getElementById('fig-countries').data.map(t => t.name)")
-    assert {"DE", "US", "JP"} <= set(country_names)
+    assert {"Germany (DE)", "United States (US)", "Japan (JP)"} <= set(country_names)
     # Plotly drew SVG: line paths for the visible traces, bars for n, the legend entries by name.
     assert page.locator("#fig-trace svg.main-svg .scatterlayer path.js-line").count() >= 2
     assert page.locator("#fig-trace .barlayer path").count() >= 4
     legend = page.locator("#fig-trace .legend .legendtext").all_text_contents()
     assert "Smile" in legend and "Valence" in legend
     assert page.locator("#summary tbody tr").count() == 4  # All + 3 countries
+    assert "Germany (DE)" in page.locator("#summary tbody").inner_text()
     assert "Welch t-test" in page.locator("#comparison-note").inner_text()
+    assert "Germany (DE) vs Japan (JP)" in page.locator("#comparison-note").inner_text()
+    # The filters name the countries and send their codes.
+    assert "Japan (JP)" in page.locator("#filters fieldset").first.inner_text()
+    option = page.locator("select[name=compare]").first.locator("option[value=DE]")
+    assert option.inner_text() == "Germany (DE)"
     page.wait_for_function("document.getElementById('live-status').dataset.state === 'open'", timeout=10_000)
 
     # A new participant's frames are pushed to the open page (no reload).
     assert page.locator("#totals .card strong").first.inner_text() == "12"  # the excluded two have no frames
     writer = FrameWriter(new_participant(acme.study, "DE", state="completed"))
-    from research_portal.capture.services import store_results
+    from research_portal.capture.storage import store_results
 
     store_results([row for second in range(4) for row in writer.frames(acme.ad, second, [0.9, 0.9])])
     page.wait_for_function(
@@ -124,9 +130,11 @@ def test_analyst_sees_rendered_live_dashboard_and_seeks_the_video(
     page.screenshot(path=ARTIFACTS / "analytics-ad-dashboard-baseline-multiples.png", full_page=True)
     page.goto(f"{asgi_server}/analytics/studies/{acme.study.pk}/")
     page.wait_for_selector("#fig-funnel .main-svg")
-    assert {"DE", "US", "JP"} <= set(
+    assert {"Germany (DE)", "United States (US)", "Japan (JP)"} <= set(
         page.evaluate("document.getElementById('fig-funnel').data.map(t => t.name)")
     )
+    funnel_table = page.locator("#funnel-table tbody").inner_text()
+    assert "Germany (DE)" in funnel_table and "United States (US)" in funnel_table
     page.screenshot(path=ARTIFACTS / "analytics-study-overview.png", full_page=True)
     assert errors == []
     connections.close_all()  # opened under Playwright's greenlet context, which pytest-django cannot see

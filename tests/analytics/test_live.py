@@ -27,7 +27,7 @@ from websockets.sync.client import connect
 
 from research_portal.analytics.consumers import AdDashboardConsumer, StudyOverviewConsumer
 from research_portal.analytics.live import GroupThrottle, LocalWindows, RedisWindows, ad_group
-from research_portal.capture.services import store_results
+from research_portal.capture.storage import store_results
 from tests.analytics.conftest import FrameWriter, new_participant
 from tests.conftest import service_env, start_daphne
 from tests.load.stack import free_port
@@ -91,7 +91,7 @@ def test_throttle_windows_are_shared_through_redis(settings, redis_url):
     client.delete("analytics:live:window:g-shared", "analytics:live:pending:g-shared")
     recorder = Recorder()
     # Two throttles with their own Redis clients stand for two worker processes.
-    windows_a, windows_b = RedisWindows(redis_url), RedisWindows(redis_url)
+    windows_a, windows_b = (RedisWindows(redis.Redis.from_url(redis_url)) for _ in range(2))
     first = GroupThrottle(send=recorder, store=lambda: windows_a)
     second = GroupThrottle(send=recorder, store=lambda: windows_b)
     for _ in range(10):
@@ -193,7 +193,7 @@ def test_nothing_is_pushed_before_commit(acme, settings, django_capture_on_commi
     assert sorted(sent) == sorted([f"analytics-study-{acme.study.pk}", ad_group(acme.ad.pk)])
 
 
-# ---- access is re-checked while a socket is open (issue 13, finding 3) -------------------------------------
+# ---- access is re-checked while a socket is open (docs/security.md, L6) ------------------------------------
 
 
 async def receive_close(socket: WebsocketCommunicator, timeout: float = 5) -> int:

@@ -18,7 +18,8 @@ from research_portal.analytics.dashboard import build_ad_dashboard
 from research_portal.analytics.definitions import MEASURE_LABELS
 from research_portal.analytics.services import check_filters
 from research_portal.capture.models import FrameResult, ParticipantSession
-from research_portal.capture.services import Frame, enqueue_frames
+from research_portal.capture.queueing import enqueue_frames
+from research_portal.capture.wire import Frame
 from tests.conftest import service_env, start_celery_worker
 from tests.model_files import FER2013_LABELS, FERPLUS_LABELS, build_contract_model
 
@@ -44,7 +45,7 @@ def store_with_worker(model: Path, session: ParticipantSession, ad_id: int, jpeg
         now_ms = time.time() * 1000
         enqueue_frames(
             [
-                Frame(i, ad_id, i * 400, now_ms + i, jpeg).to_payload(session.pk)
+                Frame(i, ad_id, i * 400, now_ms + i, jpeg).queued(session.pk)
                 for i, jpeg in enumerate(jpegs)
             ]
         )
@@ -59,10 +60,9 @@ def store_with_worker(model: Path, session: ParticipantSession, ad_id: int, jpeg
 
 
 @pytest.fixture
-def two_models_stored(postgres, redis_url, tmp_path, acme, face_jpegs, settings):
+def two_models_stored(postgres, redis_url, tmp_path, acme, face_jpegs, deployment_mode):
     """Participant DE read by the 7-label model, participant US by the 8-label model, one ad."""
-    settings.CAPTURE_ANALYSIS_BACKEND = "celery"
-    settings.REDIS_URL = redis_url
+    deployment_mode.production(redis_url)
     env = service_env(postgres, redis_url)
     seven = label_model(tmp_path / "seven.onnx", FER2013_LABELS, SEVEN)
     eight = label_model(tmp_path / "eight.onnx", FERPLUS_LABELS, EIGHT)

@@ -32,13 +32,9 @@ def wait_until(condition, timeout: float = 10.0) -> bool:
 
 
 @pytest.fixture
-def embedded_debounce(settings):
+def embedded_debounce(deployment_mode, settings):
     settings.ANALYTICS_ROLLUP_INTERVAL_S = 0.6
-    settings.CAPTURE_ANALYSIS_BACKEND = "thread"
-    settings.REDIS_URL = ""
-    debounce._journal.cache_clear()
-    yield
-    debounce._journal.cache_clear()
+    deployment_mode.embedded()
 
 
 def test_first_batch_refreshes_at_once_later_ones_at_the_end_of_the_interval(acme, embedded_debounce):
@@ -50,11 +46,11 @@ def test_first_batch_refreshes_at_once_later_ones_at_the_end_of_the_interval(acm
     writer.store(acme.ad, 1, [0.5, 0.5, 0.5])
     writer.store(acme.ad, 2, [0.5])
     assert rolled_frames(session, 1) == 0  # inside the interval: pending
-    assert debounce.journal().peek(session.pk) == {(acme.ad.pk, 1), (acme.ad.pk, 2)}
+    assert debounce.rollup_journal().peek(session.pk) == {(acme.ad.pk, 1), (acme.ad.pk, 2)}
 
     # The flusher thread refreshes them once the interval has ended.
     assert wait_until(lambda: rolled_frames(session, 1) == 3 and rolled_frames(session, 2) == 1)
-    assert debounce.journal().peek(session.pk) == set()
+    assert debounce.rollup_journal().peek(session.pk) == set()
 
 
 def test_sessions_are_debounced_independently(acme, embedded_debounce):
@@ -65,9 +61,8 @@ def test_sessions_are_debounced_independently(acme, embedded_debounce):
 
 
 @pytest.fixture
-def redis_journal(redis_url, settings):
-    settings.REDIS_URL = redis_url
-    debounce._journal.cache_clear()
+def redis_journal(redis_url, deployment_mode):
+    deployment_mode.production(redis_url)
     client = redis.Redis.from_url(redis_url)
 
     def clear() -> None:
@@ -75,9 +70,8 @@ def redis_journal(redis_url, settings):
             client.delete(key)
 
     clear()
-    yield debounce.journal()
+    yield debounce.rollup_journal()
     clear()  # no keys left for a flusher thread to refresh after this test's database is gone
-    debounce._journal.cache_clear()
 
 
 def test_redis_journal_claims_each_session_once_per_interval(acme, redis_journal):

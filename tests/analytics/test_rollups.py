@@ -22,7 +22,7 @@ from research_portal.analytics.models import (
 from research_portal.analytics.rollups import do_rebuild_rollups, do_refresh_session
 from research_portal.analytics.services import check_filters
 from research_portal.capture.models import FrameResult, ParticipantSession
-from research_portal.capture.services import store_results
+from research_portal.capture.storage import store_results
 from research_portal.studies.models import Ad
 from tests.analytics.conftest import FrameWriter, new_participant, reading
 
@@ -191,7 +191,9 @@ def test_incremental_rollups_equal_raw_frames_and_the_rebuild(
     ParticipantSession.objects.filter(pk=sessions[5].pk).update(state="completed", device_type="tablet")
     assert rollups.stale_session_ids(acme.study.pk) == [sessions[5].pk]
     sessions[2].delete()
-    build_ad_dashboard(acme.ad, check_filters({}))  # reconciles the study before reading
+    build_ad_dashboard(acme.ad, check_filters({}))  # reads only
+    assert rollups.stale_session_ids(acme.study.pk) == [sessions[5].pk]
+    assert rollups.do_reconcile_due_studies() == 1  # the periodic reconcile re-files it
     assert rollups.stale_session_ids(acme.study.pk) == []
     assert_matches_reference(acme.study)
 
@@ -219,7 +221,7 @@ def test_redelivered_batch_changes_nothing(acme):
     assert SecondCell.objects.get(ad=acme.ad, level=0, second=0).participants == 1
 
 
-def test_a_failed_update_marks_the_session_stale_and_the_next_read_repairs_it(acme, monkeypatch):
+def test_a_failed_update_marks_the_session_stale_and_the_next_reconcile_repairs_it(acme, monkeypatch):
     session = new_participant(acme.study, "US")
     writer = FrameWriter(session)
     writer.store(acme.ad, 0, [0.5])
@@ -231,6 +233,9 @@ def test_a_failed_update_marks_the_session_stale_and_the_next_read_repairs_it(ac
     assert store_results(writer.frames(acme.ad, 1, [0.7, 0.9])) == 2  # the frames are stored regardless
     assert SessionRollup.objects.get(pk=session.pk).stale
     monkeypatch.undo()
+    build_ad_dashboard(acme.ad, check_filters({}))
+    assert SessionRollup.objects.get(pk=session.pk).stale  # a dashboard read changes nothing...
+    assert rollups.do_reconcile_due_studies() == 1  # ...the periodic reconcile repairs it
     payload = build_ad_dashboard(acme.ad, check_filters({}))
     smile = next(t for t in payload["figures"]["trace"]["data"] if t["name"] == "Smile")
     assert smile["y"][:2] == pytest.approx([0.5, 0.8])

@@ -14,8 +14,8 @@ from django.conf import settings
 from django.http import Http404
 from django.urls import reverse
 
+from research_portal.accounts.permissions import check_can_view_study, studies_visible_to
 from research_portal.analytics.exports import EXPORT_KINDS
-from research_portal.analytics.services import check_can_view_study, studies_visible_to
 
 SHIPPED_PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 PLOTLY_JS_VERSION = re.search(rb"plotly\.js v([\d.]+)", SHIPPED_PLOTLY_JS.read_bytes()[:500])[1].decode()
@@ -89,6 +89,8 @@ def test_data_json_applies_repeated_query_parameters(client, analysts, hand_fixt
     assert payload["comparison"]["countries"] == ["US", "DE"]
     assert payload["filters"]["country"] == ["DE", "US"]
     assert payload["comparison"]["measure"] == "valence"
+    assert payload["options"]["countries"] == ["DE", "US"]
+    assert payload["country_labels"] == {"DE": "Germany (DE)", "US": "United States (US)"}
 
 
 @pytest.mark.parametrize(
@@ -132,7 +134,8 @@ def test_study_overview_funnel_exclusions_and_quotas(client, analysts, acme):
     assert (funnel["DE"]["started"], funnel["DE"]["consented"], funnel["DE"]["checks_passed"]) == (3, 3, 3)
     assert (funnel["DE"]["viewed"], funnel["DE"]["validated"], funnel["DE"]["failed"]) == (3, 1, 2)
     assert (funnel["US"]["consented"], funnel["US"]["declined"], funnel["US"]["over_quota"]) == (0, 1, 1)
-    assert funnel["JP"]["in_progress"] == 1 and payload["total"]["started"] == 6
+    # the over-quota US participant was refused at the door (no consent): counted as over quota, not started
+    assert funnel["JP"]["in_progress"] == 1 and payload["total"]["started"] == 5
     reasons = {(x["state"], x["reason"]): x for x in payload["exclusions"]}
     usable = reasons[("failed", "not enough usable frames")]
     assert usable["count"] == 2 and usable["countries"] == {"DE": 2} and len(usable["examples"]) == 2
@@ -140,8 +143,11 @@ def test_study_overview_funnel_exclusions_and_quotas(client, analysts, acme):
     assert reasons[("over_quota", "over quota")]["count"] == 1  # no reason given: the outcome names it
     assert payload["quotas"] == [{"country": "DE", "target": 4, "validated": 1, "share": 0.25}]
     assert payload["figures"]["quotas"] is not None
+    # Countries by name and code in the charts; the data stays by code.
     names = [trace["name"] for trace in payload["figures"]["funnel"]["data"]]
-    assert names == ["DE", "JP", "US"]
+    assert names == ["Germany (DE)", "Japan (JP)", "United States (US)"]
+    assert payload["figures"]["quotas"]["data"][0]["y"] == ["Germany (DE)"]
+    assert payload["country_labels"] == {"DE": "Germany (DE)", "JP": "Japan (JP)", "US": "United States (US)"}
     only_de = client.get(reverse("analytics:study-data", args=[acme.study.pk]) + "?country=DE").json()
     assert only_de["total"]["started"] == 3
 
@@ -255,3 +261,47 @@ def test_ids_beyond_the_database_range_are_not_found(client, analysts, hand_fixt
         f"/analytics/studies/{huge}/data.json",
     ):
         assert client.get(url).status_code == 404, url
+
+
+def writes_in(queries) -> list[str]:
+    """The statements of a CaptureQueriesContext that write or lock rows."""
+    return [
+        query["sql"]
+        for query in queries.captured_queries
+        if re.match(r"\s*(INSERT|UPDATE|DELETE)\b", query["sql"], re.IGNORECASE)
+        or "FOR UPDATE" in query["sql"].upper()
+    ]
+
+
+def test_dashboard_gets_never_write_even_with_rollups_to_reconcile(client, analysts, hand_fixture):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from research_portal.analytics.models import SessionRollup
+    from research_portal.analytics.rollups import do_reconcile_due_studies, stale_session_ids
+    from research_portal.capture.models import ParticipantSession
+
+    study = hand_fixture.study
+    # A change without a signal: the session's rollups are filed under its old attributes.
+    filed = SessionRollup.objects.filter(study=study).first()
+    ParticipantSession.objects.filter(pk=filed.pk).update(device_type="tablet")
+    assert stale_session_ids(study.pk) == [filed.pk]
+    client.force_login(analysts.acme)
+    ad = hand_fixture.ad.pk
+    urls = [
+        reverse("analytics:studies"),
+        reverse("analytics:study", args=[study.pk]),
+        reverse("analytics:study-data", args=[study.pk]),
+        reverse("analytics:ad", args=[ad]),
+        reverse("analytics:ad-data", args=[ad]),
+        reverse("analytics:ad-data", args=[ad]) + "?compare=DE&compare=US&baseline=1",
+        reverse("analytics:ad-video", args=[ad]),
+    ]
+    for url in urls:
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(url)
+            body = b"".join(response.streaming_content) if response.streaming else response.content
+        assert response.status_code == 200 and body, url
+        assert writes_in(queries) == [], url
+    assert stale_session_ids(study.pk) == [filed.pk]  # still: only the periodic reconcile re-files it
+    assert do_reconcile_due_studies() == 1 and stale_session_ids(study.pk) == []

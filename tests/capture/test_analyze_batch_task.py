@@ -12,16 +12,18 @@ from django.db import connection
 
 from inference.pipeline import reset_pipeline
 from research_portal.capture.acks import new_inbox_name
-from research_portal.capture.batch_store import BATCH_KEY_PREFIX, BATCH_TTL_S, get_batch, put_batch
-from research_portal.capture.models import FrameResult, ParticipantSession
-from research_portal.capture.readings import ModelLabelsError
-from research_portal.capture.services import (
-    Frame,
-    analyze_and_store_batch,
-    analyze_and_store_frames,
-    do_record_enqueued,
-    enqueue_frames,
+from research_portal.capture.analysis import analyze_and_store_batch, analyze_and_store_frames
+from research_portal.capture.batch_store import (
+    BATCH_KEY_PREFIX,
+    BATCH_TTL_S,
+    drop_batch,
+    get_batch,
+    put_batch,
 )
+from research_portal.capture.models import FrameResult, ParticipantSession
+from research_portal.capture.queueing import do_record_enqueued, enqueue_frames
+from research_portal.capture.readings import ModelLabelsError
+from research_portal.capture.wire import Frame, QueuedFrame
 from tests.conftest import service_env, start_celery_worker
 from tests.model_files import build_contract_model
 
@@ -37,16 +39,18 @@ def wait_for_count(session: ParticipantSession, expected: int, timeout: float = 
     return count
 
 
-def make_frames(session_id: int, ad_id: int, jpegs: list[bytes], first_seq: int = 0) -> list[dict]:
+def make_frames(session_id: int, ad_id: int, jpegs: list[bytes], first_seq: int = 0) -> list[QueuedFrame]:
     now_ms = time.time() * 1000
     return [
-        Frame(first_seq + i, ad_id, i * 200, now_ms + i * 200, jpeg).to_payload(session_id)
+        Frame(first_seq + i, ad_id, i * 200, now_ms + i * 200, jpeg).queued(session_id)
         for i, jpeg in enumerate(jpegs)
     ]
 
 
-def test_batch_queued_to_a_worker_lands_in_postgres(acme, celery_worker, face_jpegs, settings):
-    settings.CAPTURE_ANALYSIS_BACKEND = "celery"
+def test_batch_queued_to_a_worker_lands_in_postgres(
+    acme, celery_worker, face_jpegs, redis_url, deployment_mode
+):
+    deployment_mode.production(redis_url)
     session = ParticipantSession.objects.create(study=acme.study, state="viewing")
     enqueue_frames(make_frames(session.pk, acme.ad.pk, face_jpegs[:8]))
     assert wait_for_count(session, 8) == 8, celery_worker.log()[-3000:]
@@ -57,7 +61,7 @@ def test_batch_queued_to_a_worker_lands_in_postgres(acme, celery_worker, face_jp
     assert "analyze_frame_batch_task" in celery_worker.log()
     assert ParticipantSession.objects.get(pk=session.pk).last_enqueued_seq == 7
     # The frames travelled beside the message and are dropped once stored: no batch is left in Redis.
-    assert wait_for_no_batches(settings.REDIS_URL) == []
+    assert wait_for_no_batches(redis_url) == []
 
 
 def wait_for_no_batches(redis_url: str, timeout: float = 10) -> list[bytes]:
@@ -69,14 +73,14 @@ def wait_for_no_batches(redis_url: str, timeout: float = 10) -> list[bytes]:
 
 
 def test_a_batch_waits_in_redis_until_stored_and_a_second_delivery_finds_nothing(
-    postgres, acme, face_jpegs, redis_url, settings, caplog
+    postgres, acme, face_jpegs, redis_url, deployment_mode, caplog
 ):
-    settings.REDIS_URL = redis_url
+    deployment_mode.production(redis_url)
     session = ParticipantSession.objects.create(study=acme.study, state="viewing")
     frames = make_frames(session.pk, acme.ad.pk, face_jpegs[:3])
     key = put_batch(frames)
     assert 0 < redis.Redis.from_url(redis_url).ttl(key) <= BATCH_TTL_S
-    assert [frame["jpeg"] for frame in get_batch(key)] == face_jpegs[:3]  # bytes survive the round trip
+    assert get_batch(key) == frames  # every value (the JPEG bytes too) survives the round trip
     assert analyze_and_store_batch(key) == 3
     assert get_batch(key) is None
     with caplog.at_level(logging.WARNING):
@@ -87,8 +91,10 @@ def test_a_batch_waits_in_redis_until_stored_and_a_second_delivery_finds_nothing
     assert FrameResult.objects.filter(session=session).count() == 3
 
 
-def test_one_batch_carries_frames_of_several_sessions(acme, celery_worker, face_jpegs, settings):
-    settings.CAPTURE_ANALYSIS_BACKEND = "celery"
+def test_one_batch_carries_frames_of_several_sessions(
+    acme, celery_worker, face_jpegs, redis_url, deployment_mode
+):
+    deployment_mode.production(redis_url)
     first, second = (ParticipantSession.objects.create(study=acme.study, state="viewing") for _ in range(2))
     enqueue_frames(
         make_frames(first.pk, acme.ad.pk, face_jpegs[:3])
@@ -101,9 +107,9 @@ def test_one_batch_carries_frames_of_several_sessions(acme, celery_worker, face_
 
 
 def test_corrupt_frame_is_recorded_as_failed_and_its_batch_mates_are_stored(
-    acme, celery_worker, face_jpegs, settings
+    acme, celery_worker, face_jpegs, redis_url, deployment_mode
 ):
-    settings.CAPTURE_ANALYSIS_BACKEND = "celery"
+    deployment_mode.production(redis_url)
     session = ParticipantSession.objects.create(study=acme.study, state="viewing")
     corrupt = b"\xff\xd8\xff" + b"garbage" * 50  # passes the socket's magic check, fails to decode
     enqueue_frames(make_frames(session.pk, acme.ad.pk, [face_jpegs[0], corrupt, face_jpegs[1]]))
@@ -123,9 +129,9 @@ def test_redelivered_batch_is_stored_once(postgres, acme, face_jpegs):
 
 
 def test_resent_frames_already_stored_are_acked_again_without_running_the_model(
-    postgres, acme, face_jpegs, redis_url, settings, request
+    postgres, acme, face_jpegs, redis_url, deployment_mode, request
 ):
-    settings.REDIS_URL = redis_url
+    deployment_mode.production(redis_url)
     session = ParticipantSession.objects.create(study=acme.study, state="viewing")
     first = make_frames(session.pk, acme.ad.pk, face_jpegs[:3])
     assert analyze_and_store_frames(first) == 3
@@ -133,7 +139,8 @@ def test_resent_frames_already_stored_are_acked_again_without_running_the_model(
     # Under overload the client resent 1 and 2 (stored meanwhile) and 4 (its batch was lost with Redis),
     # and captured 3: the socket flags the resends, the worker looks them up and analyses only 3 and 4.
     later = make_frames(session.pk, acme.ad.pk, face_jpegs[3:5], first_seq=3)
-    batch = [{**frame, "resend": True} for frame in first[1:]] + [later[0], {**later[1], "resend": True}]
+    batch = [frame._replace(resend=True) for frame in first[1:]]
+    batch += [later[0], later[1]._replace(resend=True)]
     inbox = new_inbox_name()
     assert analyze_and_store_frames(batch, inbox) == 2
     assert model_calls == face_jpegs[3:5]
@@ -149,16 +156,14 @@ def test_a_stored_batch_counts_its_frames_and_the_pipelines_cpu_for_flow_control
     session = ParticipantSession.objects.create(study=acme.study, state="viewing")
     second = int(time.time())
     assert analyze_and_store_frames(make_frames(session.pk, acme.ad.pk, face_jpegs[:4])) == 4
-    counts = flow.flow_store().window_sums(list(range(second, int(time.time()) + 1)))
+    counts = flow.flow_counters().window_sums(list(range(second, int(time.time()) + 1)))
     assert counts["stored_frames"] == 4
     # Thread CPU of the model pipeline: a face frame takes milliseconds, never nothing, never a minute.
     assert 4 * 200 < counts["analysis_cpu_us"] < 60_000_000
 
 
-def test_dropping_a_stored_batch_while_redis_is_away_only_logs(settings, caplog):
-    from research_portal.capture.batch_store import drop_batch
-
-    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there: connection refused at once
+def test_dropping_a_stored_batch_while_redis_is_away_only_logs(deployment_mode, caplog):
+    deployment_mode.production("redis://127.0.0.1:1/0")  # nothing listens there: connection refused at once
     with caplog.at_level(logging.WARNING):
         drop_batch(f"{BATCH_KEY_PREFIX}gone")  # the frames are stored already; the key expires by itself
     assert "could not drop stored frame batch" in caplog.text
@@ -174,11 +179,11 @@ def test_the_queued_seq_of_a_session_only_moves_forward(db, acme):
 
 
 def test_a_worker_keeps_its_database_connection_from_batch_to_batch(
-    postgres, acme, face_jpegs, redis_url, settings, tmp_path
+    postgres, acme, face_jpegs, redis_url, deployment_mode, tmp_path
 ):
     """Celery closes the connection around every task unless CELERY_DB_REUSE_MAX is set: each batch then paid
     a new Postgres backend. With a CONN_MAX_AGE like production's, the second batch finds the first's."""
-    settings.CAPTURE_ANALYSIS_BACKEND = "celery"
+    deployment_mode.production(redis_url)
     env = {**service_env(postgres, redis_url), "DATABASE_CONN_MAX_AGE": "60"}
     worker = start_celery_worker(env, tmp_path / "worker.log")
     try:

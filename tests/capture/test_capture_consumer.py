@@ -16,7 +16,7 @@ from inference.pipeline import get_pipeline
 from research_portal.capture.models import FrameResult, ParticipantSession, SessionEvent
 from research_portal.capture.readings import READING_LABELS
 from research_portal.capture.routing import capture_socket_path, websocket_urlpatterns
-from research_portal.capture.services import FRAME_HEADER, analysis_thread_pool
+from research_portal.capture.wire import FRAME_HEADER
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,12 +24,9 @@ application = URLRouter(websocket_urlpatterns)
 
 
 @pytest.fixture(autouse=True)
-def embedded_backend(settings):
-    settings.CAPTURE_ANALYSIS_BACKEND = "thread"
+def embedded_backend(deployment_mode, settings):
+    deployment_mode.embedded()
     settings.CAPTURE_FLUSH_INTERVAL_S = 0.2
-    yield
-    # Let queued analyses finish before the test database is flushed under them (the pool runs in order).
-    analysis_thread_pool().submit(lambda: None).result(timeout=60)
 
 
 @pytest.fixture

@@ -1,18 +1,18 @@
-"""check_frame(): the validation every binary socket message goes through."""
+"""parse_frame(): the validation every binary socket message goes through."""
 
 import dataclasses
 import math
 
 import pytest
 
-from research_portal.capture.services import (
+from research_portal.capture.socket_limits import TokenBucket
+from research_portal.capture.wire import (
     FRAME_HEADER,
     MAX_WIRE_INT,
     SEQ_HEADROOM,
     CaptureContext,
     FrameRejected,
-    TokenBucket,
-    check_frame,
+    parse_frame,
 )
 
 NOW_MS = 1_790_000_000_000.0
@@ -35,12 +35,12 @@ def message(seq=3, ad_id=7, media_ms=1200, capture_ms=NOW_MS, body=JPEG) -> byte
 
 def rejection(data: bytes) -> FrameRejected:
     with pytest.raises(FrameRejected) as caught:
-        check_frame(data, CONTEXT, now_ms=NOW_MS)
+        parse_frame(data, CONTEXT, now_ms=NOW_MS)
     return caught.value
 
 
 def test_valid_frame_is_parsed():
-    frame = check_frame(message(), CONTEXT, now_ms=NOW_MS)
+    frame = parse_frame(message(), CONTEXT, now_ms=NOW_MS)
     assert (frame.seq, frame.ad_id, frame.media_time_ms, frame.capture_time_ms) == (3, 7, 1200, NOW_MS)
     assert frame.jpeg == JPEG
 
@@ -63,7 +63,7 @@ def test_ad_outside_the_study_is_rejected():
 
 
 def test_baseline_frames_use_ad_zero_within_the_baseline_duration():
-    assert check_frame(message(ad_id=0, media_ms=4_000), CONTEXT, now_ms=NOW_MS).ad_id == 0
+    assert parse_frame(message(ad_id=0, media_ms=4_000), CONTEXT, now_ms=NOW_MS).ad_id == 0
     assert rejection(message(ad_id=0, media_ms=8_000)).code == "bad_time"
 
 
@@ -76,7 +76,7 @@ def test_nonsense_times_are_rejected(media_ms, capture_ms):
 
 
 def test_frame_resent_hours_later_is_still_accepted():
-    assert check_frame(message(capture_ms=NOW_MS - 3 * 3600_000), CONTEXT, now_ms=NOW_MS).seq == 3
+    assert parse_frame(message(capture_ms=NOW_MS - 3 * 3600_000), CONTEXT, now_ms=NOW_MS).seq == 3
 
 
 class FakeClock:
@@ -111,26 +111,26 @@ def test_seq_beyond_the_column_is_refused_with_its_seq(seq):
 def test_seq_is_bounded_by_what_the_session_can_have_numbered_since_its_camera_check():
     # A minute at 5 fps is 300 frames; twice that plus the headroom is accepted, one more is not.
     limit = 2 * 5 * 60 + SEQ_HEADROOM
-    assert check_frame(message(seq=limit), CONTEXT, now_ms=NOW_MS).seq == limit
+    assert parse_frame(message(seq=limit), CONTEXT, now_ms=NOW_MS).seq == limit
     assert rejection(message(seq=limit + 1)).code == "bad_seq"
     # The bound grows with time: the same seq is fine ten seconds later.
-    assert check_frame(message(seq=limit + 1), CONTEXT, now_ms=NOW_MS + 10_000).seq == limit + 1
+    assert parse_frame(message(seq=limit + 1), CONTEXT, now_ms=NOW_MS + 10_000).seq == limit + 1
 
 
 def test_the_next_seq_handed_out_is_always_accepted_with_headroom_above_it():
     # However the numbering got there, a client continuing from next_seq is never refused.
     far = dataclasses.replace(CONTEXT, next_seq=50_000)
     for seq in (50_000, 50_000 + SEQ_HEADROOM):
-        assert check_frame(message(seq=seq), far, now_ms=NOW_MS).seq == seq
+        assert parse_frame(message(seq=seq), far, now_ms=NOW_MS).seq == seq
     assert rejection_with(far, message(seq=50_001 + SEQ_HEADROOM)).code == "bad_seq"
     # ...and never beyond the column.
     top = dataclasses.replace(CONTEXT, next_seq=MAX_WIRE_INT)
-    assert check_frame(message(seq=MAX_WIRE_INT), top, now_ms=NOW_MS).seq == MAX_WIRE_INT
+    assert parse_frame(message(seq=MAX_WIRE_INT), top, now_ms=NOW_MS).seq == MAX_WIRE_INT
     assert rejection_with(top, message(seq=MAX_WIRE_INT + 1)).code == "bad_seq"
 
 
 def test_media_time_beyond_the_column_is_refused_even_for_an_ad_without_a_duration():
-    assert check_frame(message(ad_id=9, media_ms=90_000), CONTEXT, now_ms=NOW_MS).media_time_ms == 90_000
+    assert parse_frame(message(ad_id=9, media_ms=90_000), CONTEXT, now_ms=NOW_MS).media_time_ms == 90_000
     for media_ms in (MAX_WIRE_INT + 1, 0xFFFFFFFF):
         assert rejection(message(ad_id=9, media_ms=media_ms)).code == "bad_time"
 
@@ -141,5 +141,5 @@ def test_ad_id_beyond_the_column_is_an_unknown_ad():
 
 def rejection_with(context: CaptureContext, data: bytes) -> FrameRejected:
     with pytest.raises(FrameRejected) as caught:
-        check_frame(data, context, now_ms=NOW_MS)
+        parse_frame(data, context, now_ms=NOW_MS)
     return caught.value

@@ -1,4 +1,4 @@
-"""Finding 8 of issue 13: first consents at the same moment in a language without a consent version.
+"""First consents at the same moment in a language without a consent version.
 
 Each participant may try to create the next version number; the unique (study, version) constraint lets one
 win and the others read again (inside a savepoint), so nobody gets a 500. Real threads, real Postgres.

@@ -1,4 +1,4 @@
-"""Finding 2 of issue 13: a panel id alone never hands out its session.
+"""A panel id alone never hands out its session.
 
 A returning panel id resumes only in the browser that started it (the entry cookie) or with a link the panel
 signed (HMAC-SHA256 over the canonical query, per-study secret, optional signed time with a max age);

@@ -1,4 +1,4 @@
-"""Finding 11 of issue 13 (participant part): every bad parameter gets a clear 400, never a 500.
+"""Every bad parameter gets a clear 400, never a 500.
 
 NUL and other control characters, bytes that are not UTF-8, over-long values, repeated parameters and
 malformed path tokens, on the study link and on every participant page; the page is in the participant's
@@ -43,6 +43,8 @@ BAD_QUERIES = {
     "the panel id twice": "pid=a&pid=b&c=US",
     "the country twice": "pid=a&c=US&c=DE",
     "a bad country": "pid=a&c=Deutschland",
+    "a country code ISO 3166-1 does not assign": "pid=a&c=XX",
+    "UK, which ISO calls GB": "pid=a&c=uk",
     "markup in the panel id": "pid=%3Cscript%3E&c=US",
 }
 

@@ -1,4 +1,4 @@
-"""Finding 5 of issue 13: quotas hold at the edge, also in a launch burst.
+"""Quotas hold at the edge, also in a launch burst.
 
 Real threads, each with its own Postgres connection, enter (or finish) at the same moment. An entry holds a
 seat of its country's quota for `quota_seat_minutes` (or until it ends); validation re-checks the seat, so a
@@ -21,7 +21,7 @@ from django.utils import timezone
 from research_portal.analytics.dashboard import build_study_overview
 from research_portal.analytics.services import Filters
 from research_portal.capture.models import FrameResult, ParticipantSession
-from research_portal.capture.validation import session_outcome
+from research_portal.capture.validation import do_validate_due_sessions, do_validate_session
 from research_portal.studies.models import CountryQuota, Study
 
 PARALLEL = 10
@@ -175,7 +175,7 @@ def test_completes_at_the_same_moment_past_the_target_are_over_quota(postgres, p
     panel_study.quota_seat_minutes = 0
     panel_study.save()
     sessions = [viewed_session(panel_study, f"done-{index}") for index in range(PARALLEL)]
-    at_once(PARALLEL, lambda index: session_outcome(sessions[index]))
+    at_once(PARALLEL, lambda index: do_validate_session(sessions[index]))
     states = sorted(ParticipantSession.objects.values_list("state", flat=True))
     assert states == ["completed"] * 3 + ["over_quota"] * (PARALLEL - 3)
     late = ParticipantSession.objects.filter(state="over_quota").first()
@@ -195,7 +195,7 @@ def test_validations_queue_on_the_quota_row_and_each_sees_the_completes_before_i
     sessions = [viewed_session(panel_study, f"q-{index}") for index in range(PARALLEL)]
     with transaction.atomic():
         CountryQuota.objects.select_for_update().get(study=panel_study, country="DE")
-        join = in_threads(PARALLEL, lambda index: session_outcome(sessions[index]))
+        join = in_threads(PARALLEL, lambda index: do_validate_session(sessions[index]))
         wait_for_lock_waiters(PARALLEL)
     join()
     states = sorted(ParticipantSession.objects.values_list("state", flat=True))
@@ -243,14 +243,14 @@ def test_a_seat_expires_and_then_the_quota_holds_at_validation(panel_study):
     for index in range(3):
         assert enter(panel_study, f"p-{index}").status_code == 302  # the slow one's seat expired
     assert enter(panel_study, "p-3").status_code == 403
-    session_outcome(slow)
+    do_validate_due_sessions()
     slow.refresh_from_db()
     assert slow.state == "over_quota" and "quota full" in slow.exclusion_reason
     # Within its seat a session completes even though the quota is fully booked.
     on_time = ParticipantSession.objects.get(external_participant_id="p-0")
     on_time.delete()
     in_seat = viewed_session(panel_study, "in-seat")
-    session_outcome(in_seat)
+    do_validate_due_sessions()
     in_seat.refresh_from_db()
     assert in_seat.state == "completed"
 
@@ -262,7 +262,7 @@ def test_a_session_with_too_few_frames_fails_and_never_takes_a_complete(panel_st
     for index in range(3):
         viewed_session(panel_study, f"ok-{index}", state="completed")
     bad = viewed_session(panel_study, "bad", usable=False)
-    session_outcome(bad)
+    do_validate_due_sessions()
     bad.refresh_from_db()
     assert bad.state == "failed"
 
@@ -276,7 +276,7 @@ def test_previews_never_take_seats_nor_become_over_quota(panel_study):
     assert enter(panel_study, "real").status_code == 302
     ParticipantSession.objects.filter(external_participant_id="real").update(state="completed")
     preview_viewed = viewed_session(panel_study, "preview-x", is_preview=True)
-    session_outcome(preview_viewed)
+    do_validate_due_sessions()
     preview_viewed.refresh_from_db()
     assert preview_viewed.state == "completed" and preview.state == "started"
     assert ParticipantSession.objects.filter(is_preview=False, state="completed").count() == 1

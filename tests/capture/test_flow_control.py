@@ -20,8 +20,9 @@ from research_portal.capture.flow import (
     resend_after_s,
 )
 from research_portal.capture.models import FrameResult, ParticipantSession
+from research_portal.capture.queueing import analysis_backend, enqueue_frames
 from research_portal.capture.routing import capture_socket_path, websocket_urlpatterns
-from research_portal.capture.services import FRAME_HEADER, Frame, analysis_thread_pool, enqueue_frames
+from research_portal.capture.wire import FRAME_HEADER, Frame
 
 application = URLRouter(websocket_urlpatterns)
 
@@ -71,7 +72,7 @@ def test_queue_bound(settings):
 
 
 def test_load_read_from_redis_counters_queue_and_heartbeats(redis_flow):
-    store = flow.flow_store()
+    store = flow.flow_counters()
     now = int(time.time())
     # The ten finished seconds, and the next two in case the clock ticks before the read: 60 frames/s queued,
     # 40 stored, 1 failed.
@@ -83,7 +84,7 @@ def test_load_read_from_redis_counters_queue_and_heartbeats(redis_flow):
     store.heartbeat("node-b", 1, time.time())
     store.heartbeat("node-dead", 8, time.time() - 60)
 
-    current = read_capture_load()
+    current = read_capture_load(analysis_backend())
 
     assert (current.queued_fps, current.stored_fps, current.failed_fps) == (60.0, 40.0, 1.0)
     assert (current.queue_batches, current.queue_frames) == (5, 100)
@@ -93,44 +94,41 @@ def test_load_read_from_redis_counters_queue_and_heartbeats(redis_flow):
 
     # Two batches per worker process waiting is pipelining, not a backlog.
     redis_flow.ltrim("flow-test-queue", 0, 3)
-    assert read_capture_load().backlog_s == 0.0
+    assert read_capture_load(analysis_backend()).backlog_s == 0.0
 
 
-def test_a_real_worker_says_it_is_alive_and_counts_what_it_stores(acme, celery_worker, face_jpegs, settings):
-    settings.CAPTURE_ANALYSIS_BACKEND = "celery"
-    flow._store.cache_clear()
+def test_a_real_worker_says_it_is_alive_and_counts_what_it_stores(
+    acme, celery_worker, face_jpegs, redis_url, deployment_mode
+):
+    deployment_mode.production(redis_url)
     session = ParticipantSession.objects.create(study=acme.study, state="viewing")
     now_ms = time.time() * 1000
     enqueue_frames(
         [
-            Frame(i, acme.ad.pk, i * 200, now_ms, jpeg).to_payload(session.pk)
+            Frame(i, acme.ad.pk, i * 200, now_ms, jpeg).queued(session.pk)
             for i, jpeg in enumerate(face_jpegs[:6])
         ]
     )
     deadline = time.monotonic() + 60
-    current = read_capture_load()
+    current = read_capture_load(analysis_backend())
     while time.monotonic() < deadline:
-        current = read_capture_load()
+        current = read_capture_load(analysis_backend())
         if current.workers >= 1 and FrameResult.objects.filter(session=session).count() == 6:
             break
         time.sleep(0.5)
     assert current.workers >= 1 and current.worker_processes >= 1, celery_worker.log()[-2000:]
     time.sleep(1.1)  # the second in which the batch was stored must end to enter the window
-    assert read_capture_load().stored_fps > 0
+    assert read_capture_load(analysis_backend()).stored_fps > 0
 
 
 @pytest.fixture
-def embedded_flow(settings):
-    """Embedded backend with flow control that reacts in a fifth of a second."""
-    settings.CAPTURE_ANALYSIS_BACKEND = "thread"
+def embedded_flow(deployment_mode, settings):
+    """Embedded mode with flow control that reacts in a fifth of a second."""
+    deployment_mode.embedded()
     settings.CAPTURE_FLUSH_INTERVAL_S = 0.05
     settings.CAPTURE_FLUSH_MAX_FRAMES = 1  # a batch per frame, so queue depth counts frames here
     settings.CAPTURE_FLOW_INTERVAL_S = 0.2
     settings.CAPTURE_MAX_QUEUE_FRAMES = 3
-    flow._store.cache_clear()
-    yield
-    analysis_thread_pool().submit(lambda: None).result(timeout=60)
-    flow._store.cache_clear()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -147,7 +145,7 @@ async def test_stalled_workers_slow_the_client_then_refuse_frames_and_nothing_is
     )
     # Stall the analysis: the only pool thread waits until released.
     release = threading.Event()
-    analysis_thread_pool().submit(release.wait, 60)
+    analysis_backend().executor.submit(release.wait, 60)
 
     communicator = WebsocketCommunicator(application, capture_socket_path(session.token))
     assert (await communicator.connect())[0]

@@ -1,4 +1,4 @@
-"""Issue 13, finding 1: one session's frames can never stop the frame path of a web process.
+"""One session's frames can never stop the frame path of a web process.
 
 Every integer of a frame's header is bounded by its column (and seq by what the session can have
 numbered), so the repro (seq 0xFFFFFFFF) is refused at the socket. Behind that, a failure caused by the
@@ -26,18 +26,12 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from research_portal.capture.acks import decode_ack_message, new_inbox_name
+from research_portal.capture.analysis import analyze_and_store_frames
 from research_portal.capture.batching import frame_batcher
+from research_portal.capture.failures import is_transient
 from research_portal.capture.models import FrameResult, ParticipantSession
 from research_portal.capture.routing import capture_socket_path, websocket_urlpatterns
-from research_portal.capture.services import (
-    FRAME_HEADER,
-    MAX_WIRE_INT,
-    SEQ_HEADROOM,
-    Frame,
-    analysis_thread_pool,
-    analyze_and_store_frames,
-    is_transient,
-)
+from research_portal.capture.wire import FRAME_HEADER, MAX_WIRE_INT, SEQ_HEADROOM, Frame, QueuedFrame
 
 application = URLRouter(websocket_urlpatterns)
 
@@ -209,11 +203,9 @@ def test_seq_0xffffffff_is_refused_and_every_other_socket_of_the_process_keeps_g
 
 
 @pytest.fixture
-def embedded(settings):
-    settings.CAPTURE_ANALYSIS_BACKEND = "thread"
+def embedded(deployment_mode, settings):
+    deployment_mode.embedded()
     settings.CAPTURE_FLUSH_INTERVAL_S = 0.1
-    yield
-    analysis_thread_pool().submit(lambda: None).result(timeout=60)
 
 
 async def open_socket(
@@ -266,8 +258,8 @@ async def test_after_seq_2_31_minus_1_and_a_reconnect_the_next_seq_is_accepted(a
 # ---- a data error: only the frames at fault are refused, on the web side and in the worker ---------------
 
 
-def lenient_check_frame(message: bytes, context, now_ms=None) -> Frame:
-    """check_frame without any bound: lets values through that only the database refuses."""
+def lenient_parse_frame(message: bytes, context, now_ms=None) -> Frame:
+    """parse_frame without any bound: lets values through that only the database refuses."""
     seq, ad_id, media_time_ms, capture_time_ms = FRAME_HEADER.unpack_from(message)
     return Frame(seq, ad_id, media_time_ms, capture_time_ms, message[FRAME_HEADER.size :])
 
@@ -286,14 +278,14 @@ async def collect(communicator: WebsocketCommunicator, acked: set, errors: list,
 
 @pytest.mark.django_db(transaction=True)
 async def test_a_data_error_refuses_only_that_sessions_frames_and_the_rest_of_the_batch_is_stored(
-    acme, face_jpegs, celery_worker, settings, monkeypatch, caplog
+    acme, face_jpegs, celery_worker, redis_url, deployment_mode, settings, monkeypatch, caplog
 ):
     """Bounds lifted in this (web) process, so the values reach Postgres: a seq the session's queued-seq
     column cannot hold fails the web side's record, a media time FrameResult cannot hold fails the
     worker's insert. Both in batches shared with an honest socket."""
-    settings.CAPTURE_ANALYSIS_BACKEND = "celery"
+    deployment_mode.production(redis_url)
     settings.CAPTURE_FLUSH_INTERVAL_S = 0.5  # every frame below leaves in one batch
-    monkeypatch.setattr("research_portal.capture.consumers.check_frame", lenient_check_frame)
+    monkeypatch.setattr("research_portal.capture.consumers.parse_frame", lenient_parse_frame)
     bad_session = await database_sync_to_async(new_viewer)(acme, "bad")
     good_session = await database_sync_to_async(new_viewer)(acme, "good")
     ad = acme.ad.pk
@@ -350,7 +342,7 @@ async def test_a_data_error_refuses_only_that_sessions_frames_and_the_rest_of_th
 async def test_in_embedded_mode_a_row_the_database_refuses_is_refused_to_its_socket_alone(
     acme, face_jpegs, embedded, monkeypatch
 ):
-    monkeypatch.setattr("research_portal.capture.consumers.check_frame", lenient_check_frame)
+    monkeypatch.setattr("research_portal.capture.consumers.parse_frame", lenient_parse_frame)
     bad_session = await database_sync_to_async(new_viewer)(acme, "bad")
     good_session = await database_sync_to_async(new_viewer)(acme, "good")
     bad, _ = await open_socket(bad_session.token)
@@ -366,20 +358,20 @@ async def test_in_embedded_mode_a_row_the_database_refuses_is_refused_to_its_soc
 
 
 def test_the_worker_stores_a_batch_around_rows_the_database_refuses(
-    postgres, acme, face_jpegs, redis_url, settings
+    postgres, acme, face_jpegs, redis_url, deployment_mode
 ):
     """A frame whose media time no row holds, and frames of a session deleted since they were queued (a
     foreign key violation), in one batch with good frames: the good ones are stored and acked, the others
     refused to their sockets through the ack inbox."""
-    settings.REDIS_URL = redis_url
+    deployment_mode.production(redis_url)
     good, other = new_viewer(acme, "good"), new_viewer(acme, "other")
     gone = new_viewer(acme, "gone")
     gone_id = gone.pk
     gone.delete()
     now_ms = time.time() * 1000
 
-    def payload(session_id: int, seq: int, media_ms: int = 200) -> dict:
-        return Frame(seq, acme.ad.pk, media_ms, now_ms, face_jpegs[seq % 12]).to_payload(session_id)
+    def payload(session_id: int, seq: int, media_ms: int = 200) -> QueuedFrame:
+        return Frame(seq, acme.ad.pk, media_ms, now_ms, face_jpegs[seq % 12]).queued(session_id)
 
     batch = [payload(good.pk, seq) for seq in range(3)]
     batch += [
@@ -416,19 +408,19 @@ def test_transient_failures_are_told_apart_from_failures_caused_by_the_data():
 
 @pytest.mark.django_db(transaction=True)
 async def test_frames_are_kept_and_retried_while_the_broker_refuses_connections_then_stored(
-    acme, face_jpegs, celery_worker, settings
+    acme, face_jpegs, celery_worker, redis_url, deployment_mode, settings
 ):
     """The one kind of failure that holds frames back: the broker unreachable (a real refused connection).
     Once it answers, the kept frames are queued, stored and acked; none is lost or refused."""
     from tests.conftest import free_port
 
-    working_redis = settings.REDIS_URL
-    settings.CAPTURE_ANALYSIS_BACKEND = "celery"
+    deployment_mode.production(redis_url)
     settings.CAPTURE_FLUSH_INTERVAL_S = 0.1
     session = await database_sync_to_async(new_viewer)(acme, "p-1")
     communicator, _ = await open_socket(session.token)
     await asyncio.sleep(0.5)  # the batcher's ack listener connects to the working Redis first
-    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # batches cannot be written: refused at once
+    # Batches cannot be written: refused at once (the listener keeps its connection to the working Redis).
+    deployment_mode.production(f"redis://127.0.0.1:{free_port()}/0")
     for seq in range(3):
         await communicator.send_to(bytes_data=frame_message(seq, acme.ad.pk, face_jpegs[seq]))
     acked: set[int] = set()
@@ -437,7 +429,7 @@ async def test_frames_are_kept_and_retried_while_the_broker_refuses_connections_
     batcher = frame_batcher()
     assert not acked and not errors
     assert len(batcher.frames) == 3 and batcher.oldest_frame_age_s() > 1.5
-    settings.REDIS_URL = working_redis
+    deployment_mode.production(redis_url)
     deadline = time.monotonic() + 60
     while acked != {0, 1, 2} and time.monotonic() < deadline:
         await collect(communicator, acked, errors, 0.5)

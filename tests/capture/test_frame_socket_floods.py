@@ -1,4 +1,4 @@
-"""Issue 13, finding 10: floods from one socket, token or address stay theirs.
+"""Floods from one socket, token or address stay theirs.
 
 Page events are limited per socket (a burst, then a steady rate; beyond, `rate_limited` and no row);
 connects per token and per client address (beyond, `too_many_connections` and close 4029); frames per
@@ -18,24 +18,21 @@ import redis
 from channels.db import database_sync_to_async
 
 from research_portal.capture.models import SessionEvent
-from research_portal.capture.services import (
+from research_portal.capture.socket_limits import (
     MAX_REJECTIONS,
     RATE_LIMITED,
     REFUSAL_BUDGET,
-    FrameRejected,
     SocketLimits,
     TokenBucket,
-    analysis_thread_pool,
 )
+from research_portal.capture.wire import FrameRejected
 from tests.capture.test_frame_path_hardening import Socket, new_viewer, open_socket, wait_for_stored
 from tests.conftest import free_port, service_env, start_daphne
 
 
 @pytest.fixture
-def embedded(settings):
-    settings.CAPTURE_ANALYSIS_BACKEND = "thread"
-    yield
-    analysis_thread_pool().submit(lambda: None).result(timeout=60)
+def embedded(deployment_mode):
+    deployment_mode.embedded()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,4 +1,4 @@
-"""Issue 13, finding 9: the capture socket survives any message.
+"""The capture socket survives any message.
 
 Text is bounded in size and nesting before it is parsed; anything unexpected inside the consumer closes the
 socket with 1011 and runs its clean-up (the batcher and /metrics forget it); after the server closed a
@@ -18,7 +18,7 @@ from channels.testing import WebsocketCommunicator
 from research_portal.capture.batching import frame_batcher
 from research_portal.capture.models import SessionEvent
 from research_portal.capture.routing import capture_socket_path
-from research_portal.capture.services import MAX_TEXT_CHARS, analysis_thread_pool, check_text_message
+from research_portal.capture.wire import MAX_TEXT_CHARS, parse_text_message
 from research_portal.ops.views import web_process_state
 from tests.capture.test_frame_path_hardening import (
     Socket,
@@ -106,19 +106,17 @@ def test_hostile_text_and_a_flood_never_leave_a_dead_socket_or_an_error_in_the_l
 
 
 def test_text_is_bounded_in_size_and_nesting_before_it_is_parsed():
-    assert check_text_message('{"type": "finish"}') == {"type": "finish"}
-    assert check_text_message('{"type": "event", "name": "[[[[{{{{"}')["name"] == "[[[[{{{{"  # in a string
+    assert parse_text_message('{"type": "finish"}') == {"type": "finish"}
+    assert parse_text_message('{"type": "event", "name": "[[[[{{{{"}')["name"] == "[[[[{{{{"  # in a string
     for text in [*HOSTILE_TEXTS, '{"type": "event", "x": [[1]]}', "[]", '"finish"', "{"]:
         with pytest.raises(Exception) as caught:
-            check_text_message(text)
+            parse_text_message(text)
         assert getattr(caught.value, "code", None) == "bad_message", text[:40]
 
 
 @pytest.fixture
-def embedded(settings):
-    settings.CAPTURE_ANALYSIS_BACKEND = "thread"
-    yield
-    analysis_thread_pool().submit(lambda: None).result(timeout=60)
+def embedded(deployment_mode):
+    deployment_mode.embedded()
 
 
 def broken(*args, **kwargs):
@@ -133,7 +131,7 @@ async def test_an_exception_inside_the_consumer_closes_the_socket_with_1011_and_
     communicator, _ = await open_socket(session.token)
     batcher = frame_batcher()
     assert len(batcher.sockets) == 1 and web_process_state()["capture_sockets"] == 1
-    monkeypatch.setattr("research_portal.capture.consumers.check_page_event", broken)
+    monkeypatch.setattr("research_portal.capture.consumers.parse_page_event", broken)
     await communicator.send_to(text_data=json.dumps({"type": "event", "name": "tab_hidden"}))
     output = await communicator.receive_output(timeout=10)
     assert output == {"type": "websocket.close", "code": 1011}

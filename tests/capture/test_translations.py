@@ -273,6 +273,18 @@ def ended_page(state: str, redirects: bool):
     return page
 
 
+def ended_for_an_unplayable_ad(client, acme, language):
+    with_panel_redirects(acme.study)
+    session = new_session(
+        acme,
+        language,
+        state="failed",
+        external_participant_id=f"p-{language}",
+        exclusion_reason=f"ad_unplayable: ad {acme.ad.pk} (not_supported): {acme.ad.title}",
+    )
+    return client.get(f"/p/{session.token}/end/")
+
+
 def refused_invalid_link(client, acme, language):
     return enter(client, acme, language, pid="<script>")
 
@@ -316,7 +328,11 @@ PAGES = {
     ),
     "consent, no decision": (consent_without_a_decision, 400, ["Please accept or decline to continue."]),
     "check": (check_page, 200, ["Camera check", "Start camera check", "Your camera picture"]),
-    "watch": (watch_page, 200, ["Please watch the video", "Start", "Resume", "Relax and look at the screen"]),
+    "watch": (
+        watch_page,
+        200,
+        ["Please watch the video", "Start", "Resume", "Play", "Relax and look at the screen"],
+    ),
     "watch, no video": (watch_page_without_a_video, 503, ["Nothing to watch yet"]),
     "end, saving": (end_page_while_saving, 200, ["Saving your session…"]),
     "end, completed": (ended_page("completed", True), 200, ["You have finished this study.", "Continue"]),
@@ -331,6 +347,15 @@ PAGES = {
         ended_page("failed", True),
         200,
         ["Unfortunately we could not record enough of your session to use it."],
+    ),
+    "end, ad unplayable": (
+        ended_for_an_unplayable_ad,
+        200,
+        [
+            "Thank you for your time",
+            "Your browser could not play the video, so the study ended early.",
+            "Continue",
+        ],
     ),
     "refused, invalid link": (refused_invalid_link, 400, ["This link is not valid"]),
     "refused, closed": (refused_closed_study, 410, ["This study is closed", "Continue"]),

@@ -80,9 +80,11 @@ def walk_through_study(
     artifacts: Path | None = None,
     end_url_glob: str = "",
     resend_after_ms: int | None = None,
+    close_at_end: bool = False,
 ) -> None:
     """A participant's whole journey by keyboard: consent, camera check, baseline and ads, end page.
-    `resend_after_ms`: the resend delay the page must have taken from the server's `hello` while viewing."""
+    `resend_after_ms`: the resend delay the page must have taken from the server's `hello` while viewing.
+    `close_at_end`: the participant closes the tab as soon as the end page opens (nothing polls /outcome)."""
     page.goto(link)
     page.wait_for_selector("#accept")
     screenshot(page, artifacts, "1-consent")
@@ -104,6 +106,9 @@ def walk_through_study(
         assert page.evaluate("document.body.dataset.resendAfterMs") == str(resend_after_ms)
     screenshot(page, artifacts, "4-ad")
     page.wait_for_url("**/end/", timeout=60_000)
+    if close_at_end:
+        page.close()
+        return
     if end_url_glob:
         screenshot(page, artifacts, "5-end")
         page.wait_for_url(end_url_glob, timeout=60_000)

@@ -8,6 +8,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,8 @@ def embedded_env(var_dir: Path) -> dict[str, str]:
     return env
 
 
-def test_seeded_demo_works_without_postgres_or_redis(tmp_path, browser):
-    env = embedded_env(tmp_path)
-    port = free_port()
+def seeded_demo_link(env: dict[str, str], port: int) -> str:
+    """Migrate and seed the embedded installation of `env`; the demo study's participant link."""
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "--noinput"], cwd=REPO_ROOT, env=env, check=True, capture_output=True)
     seeded = subprocess.run(
@@ -38,7 +38,13 @@ def test_seeded_demo_works_without_postgres_or_redis(tmp_path, browser):
         capture_output=True,
         text=True,
     ).stdout
-    link = re.search(r"Participant link:\s+(\S+)", seeded).group(1)
+    return re.search(r"Participant link:\s+(\S+)", seeded).group(1)
+
+
+def test_seeded_demo_works_without_postgres_or_redis(tmp_path, browser):
+    env = embedded_env(tmp_path)
+    port = free_port()
+    link = seeded_demo_link(env, port)
 
     server = start_daphne(env, port, tmp_path / "daphne-embedded.log")
     try:
@@ -57,3 +63,26 @@ def test_seeded_demo_works_without_postgres_or_redis(tmp_path, browser):
     assert rows >= 40, server.log()[-3000:]
     assert faces >= 0.8 * rows
     assert first_ms <= 1000 and last_ms >= 9000
+
+
+def test_a_participant_who_closes_the_tab_at_the_end_is_validated_all_the_same(tmp_path, browser):
+    """Nothing polls /outcome: the web process's periodic thread (research_portal/ops/periodic.py) validates
+    the session within the bound, and the quota would count it."""
+    env = embedded_env(tmp_path)
+    port = free_port()
+    link = seeded_demo_link(env, port)
+    server = start_daphne(env, port, tmp_path / "daphne-embedded.log")
+    try:
+        walk_through_study(browser.new_page(), link, close_at_end=True)
+        closed_at = time.monotonic()
+        state = "viewing"
+        while state == "viewing" and time.monotonic() - closed_at < 60:
+            time.sleep(0.5)
+            with sqlite3.connect(tmp_path / "portal.sqlite3", timeout=20) as database:
+                state = database.execute("select state from capture_participantsession").fetchone()[0]
+        waited_s = time.monotonic() - closed_at
+    finally:
+        server.stop()
+    assert state == "completed", server.log()[-3000:]
+    assert waited_s < 60
+    print(f"embedded server: validated {waited_s:.1f} s after the tab closed")

@@ -66,6 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"Redis of the run ($LOAD_REDIS_URL, default {DEFAULT_REDIS_URL})",
     )
     parser.add_argument("--keep-data", action="store_true", help="keep the run's study and FrameResults")
+    parser.add_argument(
+        "--store-frames",
+        action="store_true",
+        help="the run's study keeps its frames (written by the workers; needs --keep-data)",
+    )
     parser.add_argument("--compare-bare", action="store_true", help="also measure the bare pipeline")
     parser.add_argument("--bare-processes", type=int, default=2, help="bare pipeline processes (2)")
     parser.add_argument(
@@ -80,6 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--seconds must be within 1..{MAX_SECONDS}")
     if not 0 < args.fps <= 30:
         parser.error("--fps must be within (0, 30]")
+    if args.store_frames and not args.keep_data:
+        # The frames lie where the workers keep media (perhaps in a container): only the portal's own
+        # deletion reaches them, so the tool does not delete such a study behind its back.
+        parser.error("--store-frames needs --keep-data")
     if args.workers is None:
         args.workers = 0 if args.url else (os.cpu_count() or 1)
     if args.warmup is None:
@@ -140,6 +149,7 @@ def run(args: argparse.Namespace) -> dict:
                 drain_timeout_s=args.drain_timeout,
                 store_timeout_s=args.store_timeout,
                 keep_data=args.keep_data,
+                store_frames=args.store_frames,
             )
             result = run_step(
                 config,
@@ -196,10 +206,7 @@ def run(args: argparse.Namespace) -> dict:
             "flush_max_frames": getattr(settings, "CAPTURE_FLUSH_MAX_FRAMES", None),
             "logs": str(log_dir.relative_to(REPO_ROOT)),
         },
-        "cpu_note": "per process from /proc: web + workers + postgres (run's database) + redis"
-        if args.workers
-        else "workers were not started by the tool: their CPU is missing from server_s; "
-        "use machine_minus_generator_s",
+        "cpu_note": cpu_note(args.workers, steps),
         "steps": steps,
         "result": steps[-1] if not args.ramp else None,
     }
@@ -222,6 +229,17 @@ def run(args: argparse.Namespace) -> dict:
         report["bare"] = compare_with_bare(bare_runs, reference)
     report["wall_s"] = round(time.monotonic() - started, 1)
     return report
+
+
+def cpu_note(started_workers: int, steps: list[dict]) -> str:
+    found = min((step["cpu"].get("worker_processes_tracked", 0) for step in steps), default=0)
+    if started_workers or found:
+        origin = "" if started_workers else f" (workers found by command line: {found} processes)"
+        return "per process from /proc: web + workers + postgres (run's database) + redis" + origin
+    return (
+        "no Celery worker of the run's Redis was found on this host: their CPU is missing from server_s; "
+        "use machine_minus_generator_s"
+    )
 
 
 def expected_batch(frames_per_s: float) -> int:

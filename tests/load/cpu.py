@@ -6,7 +6,9 @@ pid's group. A process first seen after the window started counts from zero (it 
 window); one that exits loses at most one interval of CPU. Groups:
 - web:      the ASGI server processes (the ones the tool started, or those listening on the --url ports)
             and their children;
-- workers:  the Celery worker processes and their children (prefork pool processes);
+- workers:  the Celery worker processes and their children (prefork pool processes): the ones the tool
+            started, or (--url) every `celery -A research_portal worker` on this host whose REDIS_URL is
+            the run's, e.g. in containers (their processes are the host's too);
 - postgres: backends connected to the run's database, plus Postgres' own background processes
             (checkpointer, WAL writer, autovacuum ...), i.e. not other databases' backends;
 - redis:    redis-server (the whole server: other users of the same Redis would be counted too).
@@ -19,11 +21,13 @@ from __future__ import annotations
 
 import os
 import resource
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PROC = Path("/proc")
@@ -136,6 +140,61 @@ def pids_listening_on(port: int) -> set[int]:
         except OSError:
             continue
     return pids
+
+
+def is_celery_worker(argv: list[str]) -> bool:
+    """`celery -A research_portal worker ...` (also `python -m celery`, `--app=...`, a venv's path)."""
+    names = [Path(arg).name for arg in argv]
+    if "celery" not in names or "worker" not in argv:
+        return False
+    for index, arg in enumerate(argv):
+        if arg in {"-A", "--app"} and index + 1 < len(argv):
+            app = argv[index + 1]
+        elif arg.startswith(("--app=", "-A=")):
+            app = arg.split("=", 1)[1]
+        elif arg.startswith("-A") and len(arg) > 2:
+            app = arg[2:]
+        else:
+            continue
+        return app.split(".", 1)[0].split(":", 1)[0] == "research_portal"
+    return False
+
+
+def redis_endpoint(url: str) -> tuple[str, int, int] | None:
+    """(address, port, db) of a redis:// URL, the host name resolved, so that equal servers compare equal."""
+    try:
+        parsed = urlparse(url)
+        address = socket.gethostbyname(parsed.hostname or "localhost")
+        return address, parsed.port or 6379, int(parsed.path.strip("/") or 0)
+    except (OSError, ValueError):
+        return None
+
+
+def process_environment(pid: int) -> dict[str, str]:
+    try:
+        raw = (PROC / str(pid) / "environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {name: value for name, _, value in pairs}
+
+
+def celery_worker_pids(redis_url: str) -> set[int]:
+    """Celery workers of the portal on this host that use the run's Redis, whoever started them: workers in
+    containers show on the host with their command line (and environment), as every process does. Only
+    processes whose environment can be read (root, or the same user) are found."""
+    wanted = redis_endpoint(redis_url)
+    found = set()
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if not is_celery_worker(cmdline(pid).split()):
+            continue
+        broker = process_environment(pid).get("REDIS_URL")
+        if broker and wanted is not None and redis_endpoint(broker) == wanted:
+            found.add(pid)
+    return found
 
 
 def machine_busy_s() -> float:

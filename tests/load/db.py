@@ -63,9 +63,12 @@ class LoadStudy:
     fps: int
 
 
-def create_load_study(participants: int, seconds: float, fps: float, label: str) -> LoadStudy:
+def create_load_study(
+    participants: int, seconds: float, fps: float, label: str, store_frames: bool = False
+) -> LoadStudy:
     """A live study with one ad long enough for the run, and `participants` sessions ready to capture
-    (consented through the domain functions, camera check passed), as the socket requires."""
+    (consented through the domain functions, camera check passed), as the socket requires. `store_frames`:
+    the study opts in to keeping its frames (the workers write them under their PORTAL_MEDIA_ROOT)."""
     from django.db import transaction
     from django.utils import timezone
 
@@ -82,6 +85,7 @@ def create_load_study(participants: int, seconds: float, fps: float, label: str)
             status=Study.Status.LIVE,
             capture_fps=max(1, round(fps)),
             baseline_seconds=0,
+            store_frames=store_frames,
         )
         # The socket only needs the ad's id and duration; the video file itself is never read here.
         ad = Ad.objects.create(

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from tests.load import db
-from tests.load.cpu import CpuSampler, pids_listening_on
+from tests.load.cpu import CpuSampler, celery_worker_pids, pids_listening_on
 from tests.load.participant import Participant, ParticipantStats
 
 # A step "holds" when frames are stored this fast after capture (p95) ...
@@ -34,6 +34,7 @@ class StepConfig:
     drain_timeout_s: float
     store_timeout_s: float
     keep_data: bool = False
+    store_frames: bool = False
 
 
 def ws_url(base: str, token: str) -> tuple[str, str]:
@@ -126,12 +127,14 @@ def run_step(
     redis_url: str = "",
 ) -> dict:
     """Run one step against the servers at `urls` and return its numbers (see docs/scaling.md)."""
-    study = db.create_load_study(config.participants, config.seconds, config.fps, label)
+    study = db.create_load_study(config.participants, config.seconds, config.fps, label, config.store_frames)
     if not web_pids:  # --url: the servers' processes are found by their listening ports
         for url in urls:
             port = urlparse(url).port
             if port:
                 web_pids |= pids_listening_on(port)
+    if not worker_pids:  # workers the tool did not start (containers, other terminals): by command line
+        worker_pids = celery_worker_pids(redis_url)
     sampler = CpuSampler(
         set(web_pids),
         set(worker_pids),
@@ -152,7 +155,11 @@ def run_step(
     finally:
         if not config.keep_data:
             db.delete_load_study(study.study_id)
-    cpu = {**sampler.result(), "analysis_s": analysis_cpu_s(epoch_window)}
+    cpu = {
+        **sampler.result(),
+        "analysis_s": analysis_cpu_s(epoch_window),
+        "worker_processes_tracked": len(worker_pids),
+    }
     result = summarize(config, stats, from_db, cpu, epoch_window, drain_s, wall_started, urls)
     if worker_logs:
         # Where the workers' time went during the step (Celery INFO log lines; empty at other log levels).
@@ -172,7 +179,7 @@ def analysis_cpu_s(window: tuple[float, float]) -> float | None:
     seconds = list(range(math.ceil(window[0]), math.floor(window[1])))
     if not seconds:
         return None
-    counted_us = flow.flow_store().window_sums(seconds)["analysis_cpu_us"]
+    counted_us = flow.flow_counters().window_sums(seconds)["analysis_cpu_us"]
     return round(counted_us / 1e6 * (window[1] - window[0]) / len(seconds), 3)
 
 

@@ -64,25 +64,25 @@ def test_readyz_needs_no_sign_in_and_is_not_redirected_to_https(client, db):
     assert client.post("/readyz").status_code == 405
 
 
-def test_configured_redis_is_pinged(client, db, redis_url):
-    with override_settings(REDIS_URL=redis_url):
-        status, body, _ = get_readyz(client)
+def test_configured_redis_is_pinged(client, db, redis_url, deployment_mode):
+    deployment_mode.production(redis_url)
+    status, body, _ = get_readyz(client)
     assert status == 200, body
     assert body["redis"] == {"ok": True, "detail": "PONG", "ms": body["redis"]["ms"]}
 
 
-def test_redis_refusing_connections_makes_readyz_503(client, db):
-    with override_settings(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"):
-        status, body, elapsed = get_readyz(client)
+def test_redis_refusing_connections_makes_readyz_503(client, db, deployment_mode):
+    deployment_mode.production(f"redis://127.0.0.1:{free_port()}/0")
+    status, body, elapsed = get_readyz(client)
     assert status == 503
     assert body["redis"]["ok"] is False and "ConnectionError" in body["redis"]["detail"]
     assert body["database"]["ok"] and body["model"]["ok"]
     assert elapsed < REDIS_TIMEOUT_S + 1
 
 
-def test_redis_that_never_answers_times_out_instead_of_hanging(client, db, silent_port):
-    with override_settings(REDIS_URL=f"redis://127.0.0.1:{silent_port}/0"):
-        status, body, elapsed = get_readyz(client)
+def test_redis_that_never_answers_times_out_instead_of_hanging(client, db, silent_port, deployment_mode):
+    deployment_mode.production(f"redis://127.0.0.1:{silent_port}/0")
+    status, body, elapsed = get_readyz(client)
     assert status == 503
     assert body["redis"]["ok"] is False and "Timeout" in body["redis"]["detail"]
     assert body["database"]["ok"] and body["model"]["ok"]

@@ -15,7 +15,8 @@ from django.utils import timezone
 from research_portal.accounts.models import Role
 from research_portal.analytics.models import SecondCell, SecondRollup, SessionRollup
 from research_portal.capture.models import FrameResult, ParticipantSession, SessionEvent
-from research_portal.capture.services import store_frame_images, stored_frames_dir
+from research_portal.capture.storage import store_frame_images, stored_frames_dir
+from research_portal.capture.wire import QueuedFrame
 from research_portal.privacy.models import AuditLog
 from research_portal.privacy.services import (
     do_apply_retention,
@@ -34,7 +35,7 @@ def participants_in_cells(ad) -> int:
 
 
 def keep_frames(session) -> Path:
-    store_frame_images([{"session_id": session.pk, "seq": 0, "jpeg": b"\xff\xd8\xff fake"}])
+    store_frame_images([QueuedFrame(session.pk, 0, 0, 0, 0.0, b"\xff\xd8\xff fake")])
     return stored_frames_dir(session.pk)
 
 

@@ -1,4 +1,4 @@
-"""Request bodies are limited per route before they are read (issue 13, finding 6): a declared oversized body
+"""Request bodies are limited per route before they are read (docs/security.md, L3): a declared oversized body
 gets 413 before it is sent, a streamed (chunked) one as soon as it passes the limit, nothing past the limit
 reaches a temporary file, and only an admin of the study may send an ad-sized body to its upload address.
 

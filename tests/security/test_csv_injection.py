@@ -1,4 +1,4 @@
-"""CSV exports cannot carry spreadsheet formulas (issue 13, finding 7; OWASP "CSV Injection"): every cell of
+"""CSV exports cannot carry spreadsheet formulas (docs/security.md, L5; OWASP "CSV Injection"): every cell of
 every export goes through one cell function. Text that starts with = + - @ tab or CR (or such a character
 after blanks and invisible characters) is prefixed with a single quote and every text cell is quoted;
 numbers, negative ones included, are written as numbers."""

@@ -1,4 +1,4 @@
-"""One sign-in limiter for every way in (issue 13, finding 4): Django admin's /admin/login/, the portal's
+"""One sign-in limiter for every way in (docs/security.md, L1): Django admin's /admin/login/, the portal's
 /accounts/login/ and invitation links count failed attempts per (username, client address) under a looser
 ceiling per address; a lockout on one path holds on the others; successful sign-ins never count.
 

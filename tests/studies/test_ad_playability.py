@@ -1,4 +1,4 @@
-"""Only ads every browser can play are accepted (issue 13, finding 12): the real container (from the file's
+"""Only ads every browser can play are accepted (docs/security.md, L9): the real container (from the file's
 first bytes), a video codec that plays in it (H.264, VP8, VP9, AV1 in MP4 or WebM), and a real duration.
 Refusals name what was found; a draft with an ad that fails the check cannot launch."""
 

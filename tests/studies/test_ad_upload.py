@@ -83,6 +83,35 @@ def test_allowed_countries_must_be_two_letter_codes(admin_client, acme):
     assert acme.study.allowed_countries == ["DE", "US", "JP"]
 
 
+def test_admin_refuses_codes_that_are_no_country(admin_client, acme):
+    allowed = study_form(acme.organization, name="Spring campaign", allowed_countries='["DE", "XX", "UK"]')
+    response = admin_client.post(f"/admin/studies/study/{acme.study.pk}/change/", allowed)
+    assert response.status_code == 200
+    assert b"XX is not an ISO 3166-1 country code" in response.content
+    assert b"UK is not an ISO 3166-1 country code (e.g. DE for Germany). For United Kingdom use GB." in (
+        response.content
+    )
+    quota = study_form(
+        acme.organization,
+        **{"quotas-TOTAL_FORMS": 1, "quotas-0-country": "ZZ", "quotas-0-target": 150},
+    )
+    response = admin_client.post("/admin/studies/study/add/", quota)
+    assert response.status_code == 200 and b"ZZ is not an ISO 3166-1 country code" in response.content
+    assert not acme.organization.studies.filter(name="Summer").exists()
+    acme.study.refresh_from_db()
+    assert acme.study.allowed_countries == ["DE", "US", "JP"]
+
+
+def test_an_admin_quota_in_small_letters_is_stored_as_its_code(admin_client, acme):
+    quota = study_form(
+        acme.organization,
+        **{"quotas-TOTAL_FORMS": 1, "quotas-0-country": " de", "quotas-0-target": 150},
+    )
+    assert admin_client.post("/admin/studies/study/add/", quota).status_code == 302
+    study = acme.organization.studies.get(name="Summer")
+    assert list(study.quotas.values_list("country", "target")) == [("DE", 150)]
+
+
 def test_admin_lists_participant_sessions_read_only_without_tokens(admin_client, acme):
     from research_portal.capture.models import ParticipantSession
 

@@ -1,4 +1,4 @@
-"""The study options of issue 13 on the set-up page and in Django admin: panel link signing (secret,
+"""Study options (docs/security.md, L8) on the set-up page and in Django admin: panel link signing (secret,
 parameter names, max age) and how long an entry holds its quota seat."""
 
 from __future__ import annotations

@@ -116,6 +116,8 @@ def test_admin_creates_a_study_with_countries_quotas_and_translations(admin_clie
         ({"countries": "DE 200\nGermany"}, "countries", "“Germany” is not a two-letter country code"),
         ({"countries": "DE 0"}, "countries", "The quota for DE must be a whole number"),
         ({"countries": "DE, de"}, "countries", "DE is listed twice."),
+        ({"countries": "DE 200\nXX 50"}, "countries", "XX is not an ISO 3166-1 country code"),
+        ({"countries": "uk 100"}, "countries", "For United Kingdom use GB."),
         ({"capture_fps": "60"}, "capture_fps", "less than or equal to 15"),
         ({"capture_fps": "abc"}, "capture_fps", "Enter a whole number."),
         ({"min_face_quality": "1.5"}, "min_face_quality", "less than or equal to 1"),
