@@ -66,6 +66,7 @@ browser:
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 # Under CI the Docker deployment is tested too (docker-smoke, after the suite) unless PORTAL_SKIP_DOCKER=1.
 test: setup $(TRAIN_STAMP) services browser lint
@@ -81,7 +82,7 @@ test-hostile: setup services
 
 # docker/ built and run: its own dockerd (no bridge, firewall or forwarding changes), web + 2 workers + beat +
 # Postgres + Redis on 127.0.0.1:58000/55432/56379, the load generator through them, then all torn down
-# (tests/docker_smoke; about 1-2 minutes warm, 6 cold; logs in var/docker-smoke/). Needs root.
+# (tests/docker_smoke; about 1 minute warm, 5 cold; logs in var/docker-smoke/). Needs root.
 docker-smoke: setup
 	$(PY) -m tests.docker_smoke
 

@@ -1,6 +1,7 @@
 """Where the inference package finds its files: the shared material, the shipped model, the face detector.
 
-Django settings import these so that the web app and the CLI resolve the same paths. Relative values in the
+The only place these env vars are read: the web app, the workers, the CLI, the tools and the tests resolve
+the same paths through these functions. Relative values in the
 env vars are taken relative to the repository root (not the current directory), so that `../shared` means the
 same thing from `make test`, a Celery worker and the CLI.
 """

@@ -13,8 +13,6 @@ from urllib.parse import unquote, urlparse
 
 from django.core.exceptions import ImproperlyConfigured
 
-from inference.resources import default_detector_path, default_model_path, shared_dir
-
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("PORTAL_VAR_DIR", BASE_DIR / "var"))
 
@@ -206,7 +204,7 @@ SESSION_VALIDATION_INTERVAL_S = float(os.environ.get("SESSION_VALIDATION_INTERVA
 ROLLUP_RECONCILE_INTERVAL_S = float(os.environ.get("ROLLUP_RECONCILE_INTERVAL_S", "60"))
 CELERY_BEAT_SCHEDULE = {
     "apply-retention": {
-        "task": "research_portal.privacy.tasks.apply_retention_task",
+        "task": "research_portal.capture.tasks.apply_retention_task",
         "schedule": float(os.environ.get("RETENTION_INTERVAL_S", str(6 * 3600))),
     },
     # Sessions whose viewing ended are validated, within 30 s (capture/validation.py, MAX_VALIDATION_WAIT)
@@ -315,10 +313,8 @@ if PORTAL_HTTPS:
     if env_bool("PORTAL_BEHIND_PROXY", False):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
-# Inference: the shipped model unless PORTAL_MODEL_PATH points at another ONNX file with the same metadata.
-PORTAL_SHARED_DIR = shared_dir()
-PORTAL_MODEL_PATH = default_model_path()
-PORTAL_FACE_DETECTOR = default_detector_path()
+# Inference is configured by PORTAL_SHARED_DIR, PORTAL_MODEL_PATH and PORTAL_FACE_DETECTOR, which only
+# inference/resources.py reads (no Django there): the product, the tests and the tools resolve them alike.
 
 # Rollups of a session are refreshed at most this often while its frames arrive (analytics/debounce.py):
 # live dashboards lag by up to this much, and the refresh cost per frame falls with it. A refresh costs the
@@ -332,7 +328,6 @@ ANALYTICS_LIVE_ACCESS_RECHECK_S = float(os.environ.get("ANALYTICS_LIVE_ACCESS_RE
 ANALYTICS_LIVE_INTERVAL_S = float(os.environ.get("ANALYTICS_LIVE_INTERVAL_S", "1.0"))
 
 # Capture limits (see docs/architecture.md, "Wire protocol").
-CAPTURE_DEFAULT_FPS = 5
 CAPTURE_MAX_FRAME_BYTES = int(os.environ.get("CAPTURE_MAX_FRAME_BYTES", str(256 * 1024)))
 # Each web process batches the frames of all its sockets into one task (never a task per frame): a batch
 # leaves when it holds CAPTURE_FLUSH_MAX_FRAMES or its oldest frame has waited CAPTURE_FLUSH_INTERVAL_S.
@@ -371,7 +366,7 @@ CAPTURE_CONNECTS_PER_IP = os.environ.get("CAPTURE_CONNECTS_PER_IP", "1000/60")
 CAPTURE_STUCK_AFTER_S = float(os.environ.get("CAPTURE_STUCK_AFTER_S", "10"))
 
 # LOG_FORMAT=json (default): one JSON object per line; plain: for a terminal. Both write hash_token(token)
-# where a participant token would be (research_portal/ops/logging.py).
+# where a participant token would be (research_portal/log_format.py).
 LOG_FORMAT = os.environ.get("LOG_FORMAT", "json").strip().lower()
 if LOG_FORMAT not in {"json", "plain"}:
     raise ImproperlyConfigured(f"LOG_FORMAT must be json or plain, got {LOG_FORMAT!r}.")
@@ -379,9 +374,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "json": {"()": "research_portal.ops.logging.JsonFormatter"},
+        "json": {"()": "research_portal.log_format.JsonFormatter"},
         "plain": {
-            "()": "research_portal.ops.logging.PlainFormatter",
+            "()": "research_portal.log_format.PlainFormatter",
             "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
         },
     },

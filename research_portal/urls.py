@@ -11,7 +11,7 @@ urlpatterns = [
     path("metrics", ops.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("accounts/", include("research_portal.accounts.urls")),
-    path("studies/", include("research_portal.studies.urls")),
+    path("studies/", include("research_portal.setup.urls")),
     path("", include("research_portal.capture.urls")),
     path("analytics/", include("research_portal.analytics.urls")),
 ]

@@ -1,14 +1,13 @@
-"""Shared fixtures: named test data, real face frames, and the real services (Postgres, Redis, a Celery
-worker process, an ASGI server) that integration tests talk to.
+"""Shared fixtures: named test data (Acme's studies, the cast of people, hand-computed readings; built by
+tests/support), real face frames, and the real services (Postgres, Redis, a Celery worker process, an ASGI
+server) that integration tests talk to.
 
 Outside CI a missing service skips the tests that need it; under CI=true it fails them.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,23 +22,15 @@ from django.db import connection
 
 from inference.resources import shared_dir
 from research_portal import deployment
-from tests.load.stack import Service, StackError, accepting, free_port, start_service, web_command
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def skip_or_fail(message: str) -> None:
-    """A missing service or file is a failure under CI, never a skip."""
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def require_file(path: Path, what: str) -> Path:
-    if not path.exists():
-        skip_or_fail(f"{what} not found at {path} (set PORTAL_SHARED_DIR / PORTAL_MODEL_PATH)")
-    return path
-
+from tests.support.processes import Service, free_port
+from tests.support.services import (
+    reachable_redis_url,
+    require_file,
+    service_env,
+    skip_or_fail,
+    start_celery_worker,
+    start_daphne,
+)
 
 # ---- test data -------------------------------------------------------------------------------------------
 
@@ -101,6 +92,78 @@ def acme(db, ad_video_file: Path) -> StudyFixture:
     return StudyFixture(organization, study, ads[0], other_study, ads[1])
 
 
+@pytest.fixture
+def cast(acme: StudyFixture):
+    """The people of tests/support/people.py: Alice (Acme's admin), Bob (Acme's analyst), Charlie (admin of
+    Rival Insights) and Sam (staff)."""
+    from tests.support.people import cast_of
+
+    return cast_of(acme.organization)
+
+
+@pytest.fixture
+def alice(cast):
+    return cast.alice
+
+
+@pytest.fixture
+def bob(cast):
+    return cast.bob
+
+
+@pytest.fixture
+def charlie(cast):
+    return cast.charlie
+
+
+@pytest.fixture
+def sam(cast):
+    return cast.sam
+
+
+@dataclass
+class Analysts:
+    """The cast as the dashboards' tests name it."""
+
+    acme: object  # Bob, analyst of Acme Research
+    other: object  # Charlie, admin of Rival Insights
+    admin: object  # Sam, staff
+
+
+@pytest.fixture
+def analysts(cast) -> Analysts:
+    return Analysts(acme=cast.bob, other=cast.charlie, admin=cast.sam)
+
+
+@pytest.fixture
+def hand_fixture(acme):
+    """Acme's readings that the tests compute by hand. Three participants, smile values per frame (valence
+    = 2 * smile - 1 except where None):
+
+    P1 (DE, completed): baseline 0.1, 0.3 (-> 0.2) | s0: 0.2, 0.4 and 0.9 at quality 0.1 | s1: 0.6
+    P2 (DE, completed): baseline 0.4               | s0: 0.7                              | s1: 0.2, 0.4
+    P3 (US, viewing):   baseline: no face found    | s0: 0.3, 0.3 (valence unknown)       | s1: 0.9
+    """
+    from tests.support.readings import FrameWriter, new_participant
+
+    ad = acme.ad
+    p1 = new_participant(acme.study, "DE", state="completed")
+    p2 = new_participant(acme.study, "DE", state="completed", device="mobile")
+    p3 = new_participant(acme.study, "US")
+    w1, w2, w3 = FrameWriter(p1), FrameWriter(p2), FrameWriter(p3)
+    w1.store(None, 0, [0.1, 0.3])
+    w1.store(ad, 0, [0.2, 0.4])
+    w1.store(ad, 0, [0.9], quality=0.1)
+    w1.store(ad, 1, [0.6])
+    w2.store(None, 0, [0.4])
+    w2.store(ad, 0, [0.7])
+    w2.store(ad, 1, [0.2, 0.4])
+    w3.store(None, 0, [None, None])
+    w3.store(ad, 0, [0.3, 0.3], valence=None)
+    w3.store(ad, 1, [0.9])
+    return acme
+
+
 @pytest.fixture(scope="session")
 def face_jpegs() -> list[bytes]:
     """Twelve 320x240 JPEG webcam-like frames of a real face (what the browser sends)."""
@@ -133,18 +196,6 @@ def postgres(transactional_db) -> dict:
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     return reachable_redis_url()
-
-
-def reachable_redis_url() -> str:
-    """REDIS_URL, checked to answer (skip, or fail under CI, when it is missing or away)."""
-    url = os.environ.get("REDIS_URL", "")
-    if not url:
-        skip_or_fail("Redis is required: run via `make test` or set REDIS_URL=redis://...")
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
-    except redis.RedisError as error:
-        skip_or_fail(f"Redis at {url} is not reachable: {error}")
-    return url
 
 
 class DeploymentSwitch:
@@ -188,37 +239,6 @@ def redis_flow(redis_url, settings, deployment_mode):
     client.delete("flow-test-queue")
 
 
-def service_env(database: dict, redis_url: str) -> dict[str, str]:
-    """Environment for a server or worker process that must see this test's database and media."""
-    user = database["USER"] or "postgres"
-    password = f":{database['PASSWORD']}" if database["PASSWORD"] else ""
-    host = database["HOST"] or "127.0.0.1"
-    port = database["PORT"] or "5432"
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=f"postgres://{user}{password}@{host}:{port}/{database['NAME']}",
-        REDIS_URL=redis_url,
-        PORTAL_MEDIA_ROOT=str(settings.MEDIA_ROOT),
-        PYTHONUNBUFFERED="1",
-        DATABASE_CONN_MAX_AGE="0",
-        # Not capture.js's built-in 5 s, so browser tests see the server's value arrive in `hello`.
-        CAPTURE_RESEND_AFTER_S="6",
-    )
-    return env
-
-
-def start_process(
-    command: list[str], env: dict[str, str], ready, log_path: Path, timeout_s: float = 60
-) -> Service:
-    """Start a service process logging to `log_path`; return once `ready(service)` is true."""
-    try:
-        return start_service(
-            log_path.stem, command, env, log_path.parent, ready, timeout_s=timeout_s, die_with_parent=False
-        )
-    except StackError as error:
-        pytest.fail(str(error))
-
-
 @pytest.fixture
 def celery_worker(postgres: dict, redis_url: str, tmp_path: Path) -> Iterator[Service]:
     """A real `celery -A research_portal worker --beat` process on the test database and Redis, as `make run`
@@ -226,26 +246,6 @@ def celery_worker(postgres: dict, redis_url: str, tmp_path: Path) -> Iterator[Se
     worker = start_celery_worker(service_env(postgres, redis_url), tmp_path / "celery-worker.log", beat=True)
     yield worker
     worker.stop()
-
-
-def start_celery_worker(env: dict[str, str], log_path: Path, beat: bool = False) -> Service:
-    """`celery -A research_portal worker` (solo, one process) on a flushed Redis; returns once it is ready.
-    `beat`: with the beat schedule (settings.CELERY_BEAT_SCHEDULE), its state in a file beside the log."""
-    redis.Redis.from_url(env["REDIS_URL"]).flushdb()
-    command = [
-        str(Path(sys.executable).parent / "celery"),
-        "-A",
-        "research_portal",
-        "worker",
-        "--loglevel=info",
-        "--concurrency=1",
-        "--pool=solo",
-        "--without-gossip",
-        "--without-mingle",
-    ]
-    if beat:
-        command += ["--beat", f"--schedule={log_path.with_suffix('.beat-schedule')}"]
-    return start_process(command, env, lambda s: " ready." in s.log(), log_path, timeout_s=90)
 
 
 @pytest.fixture
@@ -258,11 +258,6 @@ def model_calls(monkeypatch) -> list[bytes]:
     analyze = pipeline.analyze_jpegs
     monkeypatch.setattr(pipeline, "analyze_jpegs", lambda jpegs: analysed.extend(jpegs) or analyze(jpegs))
     return analysed
-
-
-def start_daphne(env: dict[str, str], port: int, log_path: Path) -> Service:
-    """The ASGI server as `make run` starts it (daphne -v 0: its access log would print tokens in URLs)."""
-    return start_process(web_command("daphne", port), env, accepting(port), log_path)
 
 
 @pytest.fixture

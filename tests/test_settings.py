@@ -82,7 +82,7 @@ def test_every_periodic_job_names_a_registered_task():
     app.loader.import_default_modules()
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert scheduled == {
-        "research_portal.privacy.tasks.apply_retention_task",
+        "research_portal.capture.tasks.apply_retention_task",
         "research_portal.capture.tasks.validate_due_sessions_task",
         "research_portal.analytics.tasks.reconcile_rollups_task",
     }

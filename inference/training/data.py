@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.resources import shared_dir
+
 USAGES: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")
 TRAIN, PUBLIC, PRIVATE = 0, 1, 2
 PACK_NAME = "fer_pack.npz"
@@ -41,10 +43,8 @@ def repo_root() -> Path:
 
 
 def default_data_dir() -> Path:
-    """$PORTAL_SHARED_DIR/data, the shared folder defaulting to ../shared beside the repo."""
-    shared = os.environ.get("PORTAL_SHARED_DIR")
-    base = Path(shared) if shared else repo_root().parent / "shared"
-    return base / "data"
+    """The shared material's data folder (inference.resources.shared_dir: $PORTAL_SHARED_DIR or ../shared)."""
+    return shared_dir() / "data"
 
 
 def load_data(path: str | os.PathLike[str] | None = None) -> FerData:

@@ -5,15 +5,13 @@ and widths make different mistakes), and int8 made the members cheap enough to r
 one-core budget. The merged graph keeps the contract: one `input`, `probabilities` [N,7] and
 `ferplus_probabilities` [N,8].
 
-    python -m inference.training.ensemble --summary var/training/emotion.m0.summary.json \\
-        var/training/emotion.m1.summary.json --out inference/models/emotion.onnx
+The command that merges trained members and measures the result is merge_members.py (it needs
+pipeline.finalize, which itself builds ensembles with this module).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -114,42 +112,3 @@ def build(
     else:
         out.write_bytes(merged.read_bytes())
     return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    from .pipeline import finalize
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument(
-        "--summary", nargs="+", required=True, help="member summary JSONs (each next to its <name>.fp32.onnx)"
-    )
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--config", required=True, help="the ensemble config (with `members`)")
-    ap.add_argument("--data", default=None)
-    ap.add_argument("--notes", default="")
-    a = ap.parse_args(argv)
-    files = []
-    for sp in a.summary:
-        s = json.loads(Path(sp).read_text())
-        files.append((Path(sp).with_name(Path(sp).name.replace(".summary.json", ".fp32.onnx")), s))
-    from .train import load_config
-
-    cfg, config_path = load_config(a.config), a.config
-    out = Path(a.out)
-    summary = build([(p, s["summary"]) for p, s in files], cfg, out, a.data, out.parent)
-    (out.parent / "ensemble.fp32.onnx").unlink(missing_ok=True)
-    metrics = finalize(
-        out,
-        summary=summary,
-        cfg=cfg,
-        config_path=config_path,
-        data_path=a.data,
-        hardware=summary["hardware"],
-        device=summary["device"],
-        notes=a.notes,
-    )
-    print(json.dumps(metrics, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -11,6 +11,7 @@ from typing import Any
 
 from .card import write_card
 from .data import PUBLIC, load_data
+from .ensemble import build
 from .evaluate import evaluate_model, read_metadata
 from .export import contract_metadata, set_metadata
 
@@ -346,8 +347,6 @@ def main(argv: list[str] | None = None) -> None:
         if a.member is not None:
             log.info("member %d written to %s", a.member, work)
             return
-        from .ensemble import build
-
         summary = build(files, cfg, onnx_path, a.data, work)
     else:
         net, summary = train(cfg, data, device)

@@ -6,5 +6,5 @@ class AccountsConfig(AppConfig):
     label = "accounts"
 
     def ready(self) -> None:
-        # Open sockets re-check access when memberships, users, sessions, studies or ads change.
+        # Open sockets re-check access when memberships, users or sessions change (studies: studies.signals).
         from research_portal.accounts import signals  # noqa: F401

@@ -1,10 +1,10 @@
 """Access changes announced to open sockets, after commit.
 
 Pages check access on every request; a socket checked it once, at connect. Whenever something that decides
-access changes (a membership, a user's account, sign-out, a study's organisation, an ad's study), the
-groups below get {"type": "access.changed"} once the transaction commits, and every socket in them re-checks
-its access at once (analytics.consumers). A change made without signals (a queryset .update(), raw SQL) is
-caught by the sockets' periodic re-check instead (ANALYTICS_LIVE_ACCESS_RECHECK_S).
+access changes (a membership, a user's account, sign-out; a study's organisation and an ad's study in
+studies/signals.py), the groups below get {"type": "access.changed"} once the transaction commits, and every
+socket in them re-checks its access at once (analytics.consumers). A change made without signals (a queryset
+.update(), raw SQL) is caught by the sockets' periodic re-check instead (ANALYTICS_LIVE_ACCESS_RECHECK_S).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from django.dispatch import receiver
 
 from research_portal.accounts.models import Membership
 from research_portal.events import send_group_event
-from research_portal.studies.models import Ad, Study
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +27,6 @@ ACCESS_CHANGED = "access.changed"  # handled by the sockets' access_changed meth
 
 def user_access_group(user_id: int) -> str:
     return f"access-user-{user_id}"
-
-
-def study_access_group(study_id: int) -> str:
-    return f"access-study-{study_id}"
-
-
-def ad_access_group(ad_id: int) -> str:
-    return f"access-ad-{ad_id}"
 
 
 def announce_access_change(group: str) -> None:
@@ -77,17 +68,3 @@ def session_deleted(sender, instance: Session, **kwargs) -> None:
         return
     if user_id:
         announce_access_change(user_access_group(int(user_id)))
-
-
-@receiver(post_save, sender=Study, dispatch_uid="access-study-saved")
-@receiver(post_delete, sender=Study, dispatch_uid="access-study-deleted")
-def study_changed(sender, instance: Study, created: bool = False, **kwargs) -> None:
-    if not created:  # e.g. moved to another organisation in admin
-        announce_access_change(study_access_group(instance.pk))
-
-
-@receiver(post_save, sender=Ad, dispatch_uid="access-ad-saved")
-@receiver(post_delete, sender=Ad, dispatch_uid="access-ad-deleted")
-def ad_changed(sender, instance: Ad, created: bool = False, **kwargs) -> None:
-    if not created:  # moved to another study, or removed
-        announce_access_change(ad_access_group(instance.pk))

@@ -20,13 +20,15 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.http import Http404
 
-from research_portal.accounts.permissions import ad_for_viewer, is_signed_in, study_for_viewer
+from research_portal.accounts.permissions import is_signed_in
 from research_portal.accounts.sessions import user_for_session_key
-from research_portal.accounts.signals import ad_access_group, study_access_group, user_access_group
+from research_portal.accounts.signals import user_access_group
 from research_portal.analytics.dashboard import build_ad_dashboard, build_study_overview
 from research_portal.analytics.live import ad_group, study_group
-from research_portal.analytics.services import Filters, InvalidFilters, check_filters
+from research_portal.analytics.services import Filters, InvalidFilters, parse_filters
 from research_portal.events import remember_server_loop
+from research_portal.studies.permissions import ad_for_viewer, study_for_viewer
+from research_portal.studies.signals import ad_access_group, study_access_group
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +100,7 @@ def build_payload(kind: str, target, filters: Filters) -> dict:
 
 
 def access_recheck_s() -> float:
-    return float(getattr(settings, "ANALYTICS_LIVE_ACCESS_RECHECK_S", 5.0))
+    return settings.ANALYTICS_LIVE_ACCESS_RECHECK_S
 
 
 class LiveDashboardConsumer(AsyncJsonWebsocketConsumer):
@@ -161,7 +163,7 @@ class LiveDashboardConsumer(AsyncJsonWebsocketConsumer):
         kind = content.get("type") if isinstance(content, dict) else None
         if kind == "subscribe":
             try:
-                self.filters = check_filters(content.get("filters", {}))
+                self.filters = parse_filters(content.get("filters", {}))
             except InvalidFilters as error:
                 await self.send_json({"type": "error", "detail": str(error)})
                 return

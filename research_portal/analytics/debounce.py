@@ -18,11 +18,15 @@ import logging
 import os
 import threading
 import time
+from collections import defaultdict
+from collections.abc import Iterable
 
 import redis
 from django.conf import settings
 from django.db import connections
 
+from research_portal.analytics.rollups import do_mark_stale, do_refresh_and_notify
+from research_portal.capture.models import FrameResult
 from research_portal.deployment import ModeDependent
 
 logger = logging.getLogger(__name__)
@@ -162,10 +166,23 @@ rollup_journal: ModeDependent[LocalJournal | RedisJournal] = ModeDependent(
 )
 
 
-def submit_refreshes(touched: dict[int, set[RolledKey]]) -> None:
-    """Called once per stored batch (rollups.do_update_rollups) with its (ad, second) keys per session."""
-    from research_portal.analytics.rollups import do_refresh_and_notify
+def do_update_rollups(rows: Iterable[FrameResult]) -> None:
+    """On capture's frames_stored (signals.py), after the bulk insert: update the rollups of the stored rows'
+    sessions (at most once per session per interval, below) and tell live dashboards. Never raises: frames are
+    already safe, so a failure only marks the sessions stale, and the next reconcile recomputes them from
+    their raw frames."""
+    touched: dict[int, set[tuple[int | None, int]]] = defaultdict(set)
+    for row in rows:
+        touched[row.session_id].add((row.ad_id, row.media_time_ms // 1000))
+    try:
+        submit_refreshes(touched)
+    except Exception:
+        logger.exception("rollups of sessions %s could not be scheduled; marked stale", sorted(touched))
+        do_mark_stale(list(touched))
 
+
+def submit_refreshes(touched: dict[int, set[RolledKey]]) -> None:
+    """Called once per stored batch (do_update_rollups) with its (ad, second) keys per session."""
     interval = rollup_interval_s()
     if interval <= 0:
         for session_id, keys in touched.items():
@@ -178,8 +195,6 @@ def submit_refreshes(touched: dict[int, set[RolledKey]]) -> None:
 
 def refresh_journaled(session_id: int) -> None:
     """Refresh every key journaled for a session this process has claimed."""
-    from research_portal.analytics.rollups import do_refresh_and_notify
-
     keys = rollup_journal().peek(session_id)
     if keys and do_refresh_and_notify(session_id, keys):
         rollup_journal().remove(session_id, keys)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from research_portal.capture.readings import READING_LABELS
 
-# FrameResult columns aggregated per participant and second, in display order: every emotion label a
-# reading can carry. A model version reads a subset of them (its metadata's labels); the others are NULL in
-# its frames and rollups, and `AdFacets.measures` leaves them out of its traces, legend and exports.
-EMOTIONS: tuple[str, ...] = READING_LABELS
-MEASURES: tuple[str, ...] = ("smile", "valence", *EMOTIONS)
+# FrameResult columns aggregated per participant and second, in display order: the smile score, valence,
+# and every emotion label a reading can carry (readings.READING_LABELS, the one list of labels). A model
+# version reads a subset of the labels (its metadata's); the others are NULL in its frames and rollups, and
+# `AdFacets.measures` leaves them out of its traces, legend and exports.
+MEASURES: tuple[str, ...] = ("smile", "valence", *READING_LABELS)
 MEASURE_LABELS: dict[str, str] = {
     "smile": "Smile",
     "valence": "Valence",

@@ -26,13 +26,13 @@ from django.db.models import Q
 
 from research_portal.analytics.dashboard import ALL, ad_facets, build_ad_dashboard, load_traces
 from research_portal.analytics.definitions import (
-    EMOTIONS,
     NULLABLE_MEASURES,
     QUALITY_LEVELS,
 )
 from research_portal.analytics.models import BaselineRollup, SecondRollup
 from research_portal.analytics.services import Filters
 from research_portal.capture.models import FrameResult, ParticipantSession
+from research_portal.capture.readings import READING_LABELS
 from research_portal.studies.models import Ad
 
 CHUNK_ROWS = 2000
@@ -158,7 +158,7 @@ def exported_measures(ad: Ad, filters: Filters) -> tuple[str, ...]:
 def frame_export(ad: Ad, filters: Filters) -> Iterator[str]:
     """Raw readings of the ad's frames and of the same participants' baseline frames. The quality filter
     keeps frames with a face at that quality (at 0, every frame, with or without a face)."""
-    emotions = tuple(m for m in exported_measures(ad, filters) if m in EMOTIONS)
+    emotions = tuple(m for m in exported_measures(ad, filters) if m in READING_LABELS)
     fields = frame_fields(emotions)
     sessions = _sessions(ad, filters).values("id")
     frames = FrameResult.objects.filter(Q(ad=ad) | Q(ad__isnull=True), session__in=sessions)

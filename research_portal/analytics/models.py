@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from django.db import models
 
-from research_portal.analytics.definitions import CELL_STATS, EMOTIONS, MEASURES
+from research_portal.analytics.definitions import CELL_STATS, MEASURES
 from research_portal.capture.models import ParticipantSession
+from research_portal.capture.readings import READING_LABELS
 from research_portal.studies.models import Ad, Study
 
 # Rollup tables hold derived data: their foreign keys cascade in Django (deleting a session or ad deletes its
@@ -98,8 +99,8 @@ class BaselineRollup(models.Model):
 
 
 for _measure in MEASURES:
-    # An emotion's sum is NULL when the rows' model version does not have that label (definitions.EMOTIONS).
-    _options = {"null": True, "default": None} if _measure in EMOTIONS else {"default": 0.0}
+    # An emotion label's sum is NULL when the rows' model version does not have that label.
+    _options = {"null": True, "default": None} if _measure in READING_LABELS else {"default": 0.0}
     SecondRollup.add_to_class(f"sum_{_measure}", models.FloatField(**_options))
     BaselineRollup.add_to_class(f"sum_{_measure}", models.FloatField(**_options))
 

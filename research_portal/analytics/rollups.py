@@ -1,10 +1,10 @@
 """Keeping the rollups (models.py) in step with the raw FrameResults.
 
 Two ways in, one definition (tests prove they agree):
-- `do_update_rollups(rows)`: the hook capture's store_results calls after each bulk insert (debounced per
-  session, see debounce.py). Per session,
-  under a row lock, the touched (ad, second) keys are recomputed *from the raw rows in the database* (so a
-  re-delivered batch, whose rows were skipped by ON CONFLICT DO NOTHING, changes nothing), and the
+- `do_refresh_session` / `do_refresh_and_notify`: after each bulk insert of readings (debounce.py's
+  `do_update_rollups`, on capture's frames_stored). Per session, under a row lock, the touched (ad, second)
+  keys are recomputed *from the raw rows in the database* (so a re-delivered batch, whose rows were
+  skipped by ON CONFLICT DO NOTHING, changes nothing), and the
   difference between the session's old and new contribution is added to the SecondCell sums. A session
   whose attributes changed (completed, failed...) moves its whole contribution to its new cells the same way.
 - `do_rebuild_rollups()`: set-based SQL from the raw frames, for a first install, a repair, or the benchmark.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date
 
@@ -24,7 +23,6 @@ from django.db.models import F, Q, QuerySet
 
 from research_portal.analytics.definitions import (
     CELL_STATS,
-    EMOTIONS,
     MEASURES,
     NULLABLE_MEASURES,
     QUALITY_LEVELS,
@@ -32,6 +30,7 @@ from research_portal.analytics.definitions import (
     cell_columns,
     count_column,
 )
+from research_portal.analytics.live import notify_rollups_changed
 from research_portal.analytics.models import (
     BaselineRollup,
     ParticipantAdSummary,
@@ -40,6 +39,7 @@ from research_portal.analytics.models import (
     SessionRollup,
 )
 from research_portal.capture.models import FrameResult, ParticipantSession
+from research_portal.capture.readings import READING_LABELS
 from research_portal.studies.models import Ad
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def _frame_sums_select(group_by_session: bool, baseline: bool) -> str:
     A frame counts when a face was found, it has its readings, and, at level k > 0, quality >= threshold k."""
     frames = FrameResult._meta.db_table
     # An emotion the rows' model does not have stays NULL (no reading), never 0.
-    sums = ", ".join(f"SUM(f.{m})" if m in EMOTIONS else f"COALESCE(SUM(f.{m}), 0.0)" for m in MEASURES)
+    sums = ", ".join(f"SUM(f.{m})" if m in READING_LABELS else f"COALESCE(SUM(f.{m}), 0.0)" for m in MEASURES)
     keys = ["f.session_id"] if group_by_session else []
     keys += [] if baseline else ["f.ad_id", "f.media_time_ms / 1000"]
     keys += ["q.level", "f.model_version"]
@@ -426,27 +426,8 @@ def do_refresh_session(
     return RefreshResult(session["study_id"], frozenset(key[0] for key in delta), changed=True)
 
 
-def do_update_rollups(rows: Iterable[FrameResult]) -> None:
-    """Hook for capture.storage.store_results, after the bulk insert: update the rollups of the stored rows'
-    sessions (at most once per session per interval, see debounce.py) and tell live dashboards. Never
-    raises: frames are already safe, so a failure only marks the sessions stale, and the next reconcile
-    recomputes them from their raw frames."""
-    from research_portal.analytics.debounce import submit_refreshes
-
-    touched: dict[int, set[tuple[int | None, int]]] = defaultdict(set)
-    for row in rows:
-        touched[row.session_id].add((row.ad_id, row.media_time_ms // 1000))
-    try:
-        submit_refreshes(touched)
-    except Exception:
-        logger.exception("rollups of sessions %s could not be scheduled; marked stale", sorted(touched))
-        do_mark_stale(list(touched))
-
-
 def do_refresh_and_notify(session_id: int, keys: set[tuple[int | None, int]]) -> bool:
     """Refresh `keys` of one session and tell live dashboards; False (session marked stale) on failure."""
-    from research_portal.analytics.live import notify_rollups_changed
-
     try:
         result = do_refresh_session(session_id, keys)
     except Exception:
@@ -494,8 +475,6 @@ def stale_session_ids(study_id: int) -> list[int]:
 def do_reconcile_study(study_id: int) -> list[int]:
     """Re-file every session of a study whose attributes changed since its rollups were written (a safety net
     for the post_save signal); returns the refreshed session ids."""
-    from research_portal.analytics.live import notify_rollups_changed
-
     refreshed = []
     ad_ids: set[int] = set()
     for session_id in stale_session_ids(study_id):

@@ -181,7 +181,7 @@ def _quality(value: str) -> float:
     return quality
 
 
-def check_filters(query: QueryDict | dict) -> Filters:
+def parse_filters(query: QueryDict | dict) -> Filters:
     """Validate dashboard query parameters (a page's, an export's, or a live socket's subscribe message);
     raise InvalidFilters with a readable message. Nothing invalid is corrected silently."""
     query = _as_query(query)

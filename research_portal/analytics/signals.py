@@ -1,4 +1,5 @@
-"""Rollups follow participant sessions changed elsewhere (capture, admin): completion and exclusion re-file a
+"""Rollups follow what capture stores and changes: each bulk insert of readings (capture's `frames_stored`)
+updates the per-second rollups and the live dashboards; completion and exclusion (capture, admin) re-file a
 session under its new attributes; deletion takes it out of the sums. Both are also caught by the periodic
 reconcile (tasks.reconcile_rollups_task), so a missed signal (e.g. a queryset .update()) only delays the
 change."""
@@ -11,9 +12,12 @@ from django.db import transaction
 from django.db.models.signals import post_save, pre_delete
 from django.dispatch import receiver
 
+from research_portal.analytics.debounce import do_update_rollups
 from research_portal.analytics.models import SessionRollup
 from research_portal.analytics.rollups import do_forget_session
-from research_portal.capture.models import ParticipantSession
+from research_portal.analytics.tasks import enqueue_session_refresh
+from research_portal.capture.models import FrameResult, ParticipantSession
+from research_portal.capture.signals import frames_stored
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +37,6 @@ def session_saved(sender, instance: ParticipantSession, created: bool, **kwargs)
         return
     current = (instance.country, instance.device_type, instance.state == ParticipantSession.State.COMPLETED)
     if filed is not None and tuple(filed) != current:
-        from research_portal.analytics.tasks import enqueue_session_refresh
-
         transaction.on_commit(lambda: enqueue_session_refresh(instance.pk))
 
 
@@ -42,3 +44,8 @@ def session_saved(sender, instance: ParticipantSession, created: bool, **kwargs)
 def session_deleted(sender, instance: ParticipantSession, **kwargs) -> None:
     # Inside the deletion's transaction: the sums lose the session exactly when its rows go.
     do_forget_session(instance.pk)
+
+
+@receiver(frames_stored, sender=FrameResult, dispatch_uid="analytics-frames-stored")
+def frames_were_stored(sender, rows: list[FrameResult], **kwargs) -> None:
+    do_update_rollups(rows)  # never raises: a failure is logged and the periodic reconcile catches up

@@ -115,7 +115,7 @@ class FrameBatcher:
                         await self.flush()
                     if now >= self.next_flow_check:
                         self.next_flow_check = now + settings.CAPTURE_FLOW_INTERVAL_S
-                        await self.check_flow()
+                        await self.run_flow_control()
                 except Exception:
                     # A fault of ours must not stop every socket's frames: log it and go on after a pause.
                     logger.exception("frame batcher step failed; going on")
@@ -192,7 +192,7 @@ class FrameBatcher:
                 self.in_flight_since = None
             await self.deliver_refusals(rejected)
 
-    async def check_flow(self) -> None:
+    async def run_flow_control(self) -> None:
         try:
             load = await sync_to_async(read_capture_load, thread_sensitive=False)(analysis_backend())
         except Exception:

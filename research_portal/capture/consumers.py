@@ -24,7 +24,7 @@ from research_portal.capture.wire import (
     parse_unplayable_report,
 )
 from research_portal.events import remember_server_loop
-from research_portal.ops.logging import hash_token
+from research_portal.log_format import hash_token
 
 logger = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import random
 import re
+import secrets
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from django.utils.translation import gettext as _
 from research_portal.capture.models import ParticipantSession, SessionEvent
 from research_portal.countries import is_country_code
 from research_portal.studies.models import ConsentVersion, CountryQuota, Study
+from research_portal.studies.services import ChangeRefused
 
 State = ParticipantSession.State
 
@@ -554,4 +556,15 @@ def do_record_event(
         ad_id=ad_id or None,
         media_time_ms=media_time_ms,
         detail=detail[:200],
+    )
+
+
+def do_start_preview(study: Study, language: str, country: str = "") -> ParticipantSession:
+    """A participant session for the study's admin to try it: works in any status, skips quotas and never
+    counts toward them or the analytics; its end page leads back to the set-up page."""
+    if not study.ads.exists():
+        raise ChangeRefused("Upload an ad first: the preview plays the study's ads.")
+    country = country or (study.allowed_countries[0] if study.allowed_countries else "")
+    return do_start_session(
+        study, f"preview-{secrets.token_hex(4)}", country, language, "unknown", is_preview=True
     )

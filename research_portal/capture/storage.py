@@ -19,12 +19,12 @@ from django.db import connection
 from django.utils import timezone
 
 from inference.pipeline import FaceReading, FrameReading
-from research_portal.analytics.rollups import do_update_rollups
 from research_portal.capture.acks import RejectedFrames, do_ack_stored
 from research_portal.capture.failures import describe_error, rejected_by_session, store_isolating_bad_data
 from research_portal.capture.flow import record_stored
 from research_portal.capture.models import FrameResult
 from research_portal.capture.readings import SMILE_LABEL
+from research_portal.capture.signals import frames_stored
 from research_portal.capture.wire import QueuedFrame
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def store_results(
         do_ack_stored([(row.session_id, row.seq) for row in rows] + list(also_acked), reply_to, rejected)
     # Frames stored before leave the queue too: flow control's service rate counts them.
     record_stored(len(rows) + len(also_acked), sum(1 for row in rows if row.error), analysis_cpu_s)
-    do_update_rollups(rows)  # per-second rollups and live dashboards; never raises
+    frames_stored.send(sender=FrameResult, rows=rows)  # analytics: rollups and live dashboards
     return written
 
 

@@ -4,6 +4,7 @@ from celery import shared_task
 from celery.signals import worker_ready
 
 from research_portal.capture.analysis import analyze_and_store_batch
+from research_portal.capture.erasure import do_apply_retention
 from research_portal.capture.failures import TRANSIENT_ERRORS
 from research_portal.capture.flow import start_worker_heartbeat
 from research_portal.capture.validation import do_validate_due_sessions
@@ -43,3 +44,15 @@ def validate_due_sessions_task() -> int:
 def announce_worker(sender: Any = None, **kwargs: Any) -> None:
     """Workers say they are alive (with their pool size) for /metrics and flow control."""
     start_worker_heartbeat(processes=sender.controller.concurrency, worker=sender.hostname)
+
+
+@shared_task(acks_late=True)
+def apply_retention_task() -> dict[str, int]:
+    """The periodic retention purge (CELERY_BEAT_SCHEDULE): raw readings and stored frames past each study's
+    retention period."""
+    result = do_apply_retention()
+    return {
+        "frame_results": result.frame_results,
+        "frame_folders": result.frame_folders,
+        "preview_sessions": result.preview_sessions,
+    }

@@ -6,10 +6,10 @@ urlpatterns = [
     path("s/<str:public_id>/", views.study_entry, name="study-entry"),
     path("p/<str:token>/consent/", views.consent, name="participant-consent"),
     path("p/<str:token>/check/", views.check, name="participant-check"),
-    path("p/<str:token>/check/frame", views.check_frame, name="participant-check-frame"),
+    path("p/<str:token>/check/frame", views.camera_check_frame, name="participant-check-frame"),
     path(
         "p/<str:token>/check/attempt-failed",
-        views.check_attempt_failed,
+        views.camera_check_attempt_failed,
         name="participant-check-attempt-failed",
     ),
     path("p/<str:token>/watch/", views.watch, name="participant-watch"),

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from functools import wraps
 
 from django.conf import settings
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import translation
@@ -37,6 +37,7 @@ from research_portal.capture.participation import (
 )
 from research_portal.capture.routing import capture_socket_path
 from research_portal.capture.validation import do_finish_viewing, failed_for_unplayable_ad
+from research_portal.media import JPEG_MAGIC, video_response
 from research_portal.studies.models import Study
 
 State = ParticipantSession.State
@@ -275,12 +276,12 @@ def too_many_check_frames(request: HttpRequest) -> JsonResponse:
     "check_frame", key=lambda request: request.path, methods=("POST",), response=too_many_check_frames
 )
 @participant_view
-def check_frame(request: HttpRequest, session: ParticipantSession) -> JsonResponse:
+def camera_check_frame(request: HttpRequest, session: ParticipantSession) -> JsonResponse:
     """One camera frame of the face check (JPEG body, measured camera fps in the query)."""
     if not session.is_capturing:
         return JsonResponse({"error": "session_closed", "next": page_for_state(session)}, status=409)
     body = request.body
-    if not body or len(body) > MAX_CHECK_FRAME_BYTES or not body.startswith(b"\xff\xd8\xff"):
+    if not body or len(body) > MAX_CHECK_FRAME_BYTES or not body.startswith(JPEG_MAGIC):
         return JsonResponse({"error": "not_jpeg"}, status=400)
     raw_fps = request.GET.get("fps", "0")
     if not CAMERA_FPS.match(raw_fps) or not math.isfinite(float(raw_fps)) or float(raw_fps) > MAX_CAMERA_FPS:
@@ -320,7 +321,7 @@ def read_attempt_problems(body: bytes) -> list[str] | None:
 
 @require_POST
 @participant_view
-def check_attempt_failed(request: HttpRequest, session: ParticipantSession) -> JsonResponse:
+def camera_check_attempt_failed(request: HttpRequest, session: ParticipantSession) -> JsonResponse:
     if not session.is_capturing or session.checks_passed_at is not None:
         return JsonResponse({"failed": session.has_ended, "next": page_for_state(session)})
     problems = read_attempt_problems(request.body)
@@ -360,17 +361,11 @@ def watch(request: HttpRequest, session: ParticipantSession) -> HttpResponse:
 
 @require_GET
 @participant_view
-def ad_video(request: HttpRequest, session: ParticipantSession, ad_id: int) -> FileResponse:
+def ad_video(request: HttpRequest, session: ParticipantSession, ad_id: int) -> HttpResponse:
     """Ad videos are served only to a session of their own study that is viewing, never from a public path."""
     if not session.is_capturing or ad_id not in session.ad_sequence:
         raise Http404
-    ad = get_object_or_404(session.study.ads, pk=ad_id)
-    return FileResponse(ad.video.open("rb"), content_type=video_content_type(ad.video.name))
-
-
-def video_content_type(name: str) -> str:
-    extension = name.rsplit(".", 1)[-1].lower()
-    return {"webm": "video/webm", "ogv": "video/ogg"}.get(extension, "video/mp4")
+    return video_response(request, get_object_or_404(session.study.ads, pk=ad_id).video)
 
 
 @require_POST

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from research_portal.capture.models import SessionEvent
+from research_portal.media import JPEG_MAGIC
 
 # Ad id 0 on the wire: the neutral baseline screen before the first ad (stored with ad NULL).
 BASELINE_AD_ID = 0
 # seq, ad_id, media_time_ms (uint32 each), capture_time_ms (float64 epoch ms), network byte order.
 FRAME_HEADER = struct.Struct("!IIId")
-JPEG_MAGIC = b"\xff\xd8\xff"
 # A frame may carry a media time a little past the ad's probed duration (rounding, last frame).
 MEDIA_TIME_SLACK_MS = 2_000
 # Resent frames after a long network drop are old but real; a day is beyond any viewing session.

@@ -1,1 +1,2 @@
-"""Operations: liveness and readiness endpoints (/healthz, /readyz) and structured logs (ops.logging)."""
+"""Operations: liveness and readiness endpoints (/healthz, /readyz), /metrics, request body limits and the
+embedded periodic loop. Log formatting lives low in the layers, in research_portal/log_format.py."""

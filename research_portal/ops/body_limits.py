@@ -33,6 +33,11 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http.cookie import parse_cookie
 
+from research_portal.accounts.sessions import user_for_session_key
+from research_portal.capture.views import MAX_CHECK_FRAME_BYTES
+from research_portal.setup.views import UPLOAD_OVERHEAD_BYTES  # the view's own allowance
+from research_portal.studies.permissions import studies_managed_by
+
 logger = logging.getLogger(__name__)
 
 Gate = Callable[[str, dict[str, str]], bool]  # (session key, the route's path parameters) -> allowed
@@ -65,21 +70,15 @@ def signed_in_form_bytes() -> int:
 
 
 def ad_upload_bytes() -> int:
-    from research_portal.studies.views import UPLOAD_OVERHEAD_BYTES  # the view's own allowance
-
     return settings.AD_MAX_UPLOAD_BYTES + UPLOAD_OVERHEAD_BYTES
 
 
-def check_frame_bytes() -> int:
-    from research_portal.capture.views import MAX_CHECK_FRAME_BYTES
-
+def camera_check_frame_bytes() -> int:
     return MAX_CHECK_FRAME_BYTES + 4096  # the JPEG is the whole body; slack for nothing else
 
 
 def may_upload_ads(session_key: str, params: dict[str, str]) -> bool:
     """The session signs in an admin of the study (the rule of accounts.permissions)."""
-    from research_portal.accounts.permissions import studies_managed_by
-    from research_portal.accounts.sessions import user_for_session_key
 
     user = user_for_session_key(session_key)
     return studies_managed_by(user).filter(pk=int(params["study_id"])).exists()
@@ -87,7 +86,6 @@ def may_upload_ads(session_key: str, params: dict[str, str]) -> bool:
 
 def is_staff_session(session_key: str, params: dict[str, str]) -> bool:
     """The session signs in an active staff user (Django admin is theirs alone)."""
-    from research_portal.accounts.sessions import user_for_session_key
 
     user = user_for_session_key(session_key)
     return bool(user.is_authenticated and user.is_active and user.is_staff)
@@ -104,7 +102,7 @@ ROUTES: list[tuple[re.Pattern[str], Callable[[dict[str, str]], BodyLimit]]] = [
         lambda p: BodyLimit("admin ad upload", form_bytes(), ad_upload_bytes(), is_staff_session, p),
     ),
     (re.compile(r"/admin/login/"), lambda p: BodyLimit("sign-in form", form_bytes())),
-    (re.compile(r"/p/[^/]+/check/frame"), lambda p: BodyLimit("check frame", check_frame_bytes())),
+    (re.compile(r"/p/[^/]+/check/frame"), lambda p: BodyLimit("check frame", camera_check_frame_bytes())),
     (
         re.compile(r"/(?:studies|admin|accounts/team|accounts/members)/.*"),
         lambda p: BodyLimit("signed-in form", signed_in_form_bytes()),

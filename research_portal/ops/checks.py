@@ -56,7 +56,7 @@ class CheckResult:
         return {**{key: data[key] for key in ("ok", "detail", "ms")}, **self.extra}
 
 
-def check_database() -> CheckResult:
+def probe_database() -> CheckResult:
     """A trivial query on a fresh connection to the default database, with short timeouts."""
     config = copy.deepcopy(connections[DEFAULT_DB_ALIAS].settings_dict)
     config.update(CONN_MAX_AGE=0, CONN_HEALTH_CHECKS=False)
@@ -82,7 +82,7 @@ def check_database() -> CheckResult:
     return CheckResult(True, f"{vendor}: SELECT 1", 0.0)
 
 
-def check_redis() -> CheckResult:
+def probe_redis() -> CheckResult:
     """PING the Redis of production mode; embedded mode has none (in-memory channel layer and cache)."""
     url = deployment.current().redis_url
     if not url:
@@ -101,7 +101,7 @@ def check_redis() -> CheckResult:
     return CheckResult(True, "PONG", 0.0)
 
 
-def check_model() -> CheckResult:
+def probe_model() -> CheckResult:
     """The emotion model is loaded (get_pipeline() loads it once per process and caches it) and its labels
     fit FrameResult's columns (capture.readings)."""
     pipeline = get_pipeline()
@@ -114,7 +114,7 @@ def check_model() -> CheckResult:
     )
 
 
-def check_capture() -> CheckResult:
+def probe_capture() -> CheckResult:
     """Frames leave this web process for the queue: none has waited in its batcher longer than
     CAPTURE_STUCK_AFTER_S (a process stuck on a batch, or cut off from the database or the broker, fails
     this while its sockets stay open). Processes without capture sockets always pass."""
@@ -131,10 +131,10 @@ def check_capture() -> CheckResult:
 
 
 CHECKS: dict[str, Callable[[], CheckResult]] = {
-    "database": check_database,
-    "redis": check_redis,
-    "model": check_model,
-    "capture": check_capture,
+    "database": probe_database,
+    "redis": probe_redis,
+    "model": probe_model,
+    "capture": probe_capture,
 }
 
 _CREDENTIALS_IN_URL = re.compile(r"(\w+://)[^/@\s]*@")

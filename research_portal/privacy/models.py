@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.db import models
 
-from research_portal.accounts.models import Organization
+# Foreign keys by name ("accounts.Organization"): the audit log is the lowest layer, every app records in it.
 
 
 class AuditLog(models.Model):
@@ -29,7 +29,11 @@ class AuditLog(models.Model):
     # "system" for the retention task.
     actor_name = models.CharField(max_length=150)
     organization = models.ForeignKey(
-        Organization, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_entries"
+        "accounts.Organization",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="audit_entries",
     )
     study = models.ForeignKey(
         "studies.Study", null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_entries"

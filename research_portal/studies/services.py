@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,8 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import Max
 
+from research_portal.privacy.audit import do_audit
+from research_portal.privacy.models import AuditLog
 from research_portal.studies.models import Ad, CountryQuota, Study
 
 # What every current browser plays (Chromium, Firefox, Safari), per container: anything else is refused at
@@ -249,16 +250,12 @@ def participant_links(study: Study, base_url: str) -> list[tuple[str, str]]:
 
 
 def audit(actor, action: str, study: Study, **detail) -> None:
-    from research_portal.privacy.audit import do_audit
-
     do_audit(actor, action, study=study, **detail)
 
 
 @transaction.atomic
 def do_save_study(study: Study, quotas: dict[str, int], actor, changed_fields: list[str]) -> Study:
     """Create or update a study with its country quotas; nothing is half-saved if any part fails."""
-    from research_portal.privacy.models import AuditLog
-
     creating = study.pk is None
     if not creating:
         check_study_change_allowed(Study.objects.select_for_update().get(pk=study.pk), changed_fields)
@@ -277,8 +274,6 @@ def do_save_study(study: Study, quotas: dict[str, int], actor, changed_fields: l
 @transaction.atomic
 def do_add_ad(study: Study, title: str, video: UploadedFile, duration_ms: int, actor) -> Ad:
     """Append a validated ad video to a study's playlist (refused once the study has been launched)."""
-    from research_portal.privacy.models import AuditLog
-
     study = Study.objects.select_for_update().get(pk=study.pk)
     check_study_change_allowed(study, ads=True)
     last = study.ads.aggregate(last=Max("position"))["last"]
@@ -310,8 +305,6 @@ def do_move_ad(study: Study, ad: Ad, offset: int) -> None:
 
 @transaction.atomic
 def do_remove_ad(study: Study, ad: Ad, actor) -> None:
-    from research_portal.privacy.models import AuditLog
-
     study = Study.objects.select_for_update().get(pk=study.pk)
     check_study_change_allowed(study, ads=True)
     name = ad.video.name
@@ -323,8 +316,6 @@ def do_remove_ad(study: Study, ad: Ad, actor) -> None:
 
 @transaction.atomic
 def do_change_status(study: Study, action: str, actor) -> Study:
-    from research_portal.privacy.models import AuditLog
-
     study = Study.objects.select_for_update().get(pk=study.pk)
     new_status = check_status_change(study, action)
     old_status = study.status
@@ -332,16 +323,3 @@ def do_change_status(study: Study, action: str, actor) -> Study:
     study.save(update_fields=["status"])
     audit(actor, AuditLog.Action.STUDY_STATUS, study, transition=action, old=old_status, new=new_status)
     return study
-
-
-def do_start_preview(study: Study, language: str, country: str = ""):
-    """A participant session for the study's admin to try it: works in any status, skips quotas and never
-    counts toward them or the analytics; its end page leads back to the set-up page."""
-    from research_portal.capture.participation import do_start_session
-
-    if not study.ads.exists():
-        raise ChangeRefused("Upload an ad first: the preview plays the study's ads.")
-    country = country or (study.allowed_countries[0] if study.allowed_countries else "")
-    return do_start_session(
-        study, f"preview-{secrets.token_hex(4)}", country, language, "unknown", is_preview=True
-    )

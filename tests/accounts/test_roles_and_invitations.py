@@ -13,14 +13,14 @@ from django.http import Http404
 from django.utils import timezone
 
 from research_portal.accounts.models import Invitation, Membership, Organization, Role, hash_token
-from research_portal.accounts.permissions import (
+from research_portal.privacy.models import AuditLog
+from research_portal.studies.permissions import (
     check_can_manage_study,
     check_can_view_study,
     studies_managed_by,
     studies_visible_to,
 )
-from research_portal.privacy.models import AuditLog
-from tests.accounts.helpers import PASSWORD, member
+from tests.support.people import PASSWORD, member, staff_user
 
 pytestmark = pytest.mark.django_db
 
@@ -36,10 +36,10 @@ def rival(acme):
 
 def test_roles_decide_what_a_user_sees_and_changes(acme, rival):
     rival_org, rival_study = rival
-    admin = member(acme.organization, Role.ADMIN)
-    analyst = member(acme.organization, Role.ANALYST)
-    outsider = member(rival_org, Role.ADMIN)
-    superuser = get_user_model().objects.create_superuser("root", "root@x.test", PASSWORD)
+    admin = member(acme.organization, Role.ADMIN, "alice")
+    analyst = member(acme.organization, Role.ANALYST, "bob")
+    outsider = member(rival_org, Role.ADMIN, "charlie")
+    superuser = staff_user()
     acme_ids = {acme.study.pk, acme.other_study.pk}
 
     assert set(studies_visible_to(admin).values_list("pk", flat=True)) == acme_ids
@@ -62,7 +62,7 @@ def test_roles_decide_what_a_user_sees_and_changes(acme, rival):
 def test_inactive_and_anonymous_users_see_nothing(acme):
     from django.contrib.auth.models import AnonymousUser
 
-    admin = member(acme.organization, Role.ADMIN)
+    admin = member(acme.organization, Role.ADMIN, "alice")
     admin.is_active = False
     admin.save()
     assert not studies_visible_to(admin).exists()

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from research_portal.analytics.dashboard import build_ad_dashboard, load_traces
-from research_portal.analytics.services import check_filters
+from research_portal.analytics.services import parse_filters
 from research_portal.capture.storage import store_results
-from tests.analytics.conftest import MODEL, FrameWriter, new_participant
+from tests.support.readings import MODEL, FrameWriter, new_participant
 
 T2 = 4.302652729749464  # t_{0.975, 2}
 T1 = 12.706204736174707  # t_{0.975, 1}
 
 
 def dashboard(acme, **query):
-    return build_ad_dashboard(acme.ad, check_filters(query))
+    return build_ad_dashboard(acme.ad, parse_filters(query))
 
 
 def trace(payload: dict, name: str) -> dict:
@@ -174,7 +174,7 @@ def test_country_difference_is_significant_exactly_where_it_was_built(acme):
 
 
 def test_traces_load_from_rollups_not_frames(hand_fixture, django_assert_max_num_queries):
-    filters = check_filters({}).with_model(MODEL)
+    filters = parse_filters({}).with_model(MODEL)
     with django_assert_max_num_queries(1):
         traces = load_traces(hand_fixture.ad, filters, MODEL)
     assert traces.countries == ["DE", "US"]

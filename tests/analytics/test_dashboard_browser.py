@@ -10,7 +10,7 @@ from django.db import connections
 
 from inference.resources import REPO_ROOT
 from research_portal.studies.models import CountryQuota
-from tests.analytics.conftest import T0, FrameWriter, new_participant
+from tests.support.readings import T0, FrameWriter, new_participant
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 
 from research_portal.analytics.definitions import MEASURES
-from tests.analytics.conftest import MODEL
+from tests.support.readings import MODEL
 
 
 def export(client, acme, kind: str, query: str = "") -> list[dict]:

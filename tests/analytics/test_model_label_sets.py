@@ -16,12 +16,13 @@ from django.urls import reverse
 from inference.training.export import valence_weights
 from research_portal.analytics.dashboard import build_ad_dashboard
 from research_portal.analytics.definitions import MEASURE_LABELS
-from research_portal.analytics.services import check_filters
+from research_portal.analytics.services import parse_filters
 from research_portal.capture.models import FrameResult, ParticipantSession
 from research_portal.capture.queueing import enqueue_frames
 from research_portal.capture.wire import Frame
-from tests.conftest import service_env, start_celery_worker
 from tests.model_files import FER2013_LABELS, FERPLUS_LABELS, build_contract_model
+from tests.support.polling import eventually
+from tests.support.services import service_env, start_celery_worker
 
 SEVEN, EIGHT = "labels-7-test", "labels-8-test"
 
@@ -44,17 +45,15 @@ def store_with_worker(model: Path, session: ParticipantSession, ad_id: int, jpeg
     try:
         now_ms = time.time() * 1000
         enqueue_frames(
-            [
-                Frame(i, ad_id, i * 400, now_ms + i, jpeg).queued(session.pk)
-                for i, jpeg in enumerate(jpegs)
-            ]
+            [Frame(i, ad_id, i * 400, now_ms + i, jpeg).queued(session.pk) for i, jpeg in enumerate(jpegs)]
         )
-        deadline = time.monotonic() + 60
-        while (
-            FrameResult.objects.filter(session=session).count() < len(jpegs) and time.monotonic() < deadline
-        ):
-            time.sleep(0.25)
-        assert FrameResult.objects.filter(session=session).count() == len(jpegs), worker.log()[-3000:]
+        stored = eventually(
+            FrameResult.objects.filter(session=session).count,
+            until=lambda count: count >= len(jpegs),
+            timeout_s=60,
+            interval_s=0.25,
+        )
+        assert stored == len(jpegs), worker.log()[-3000:]
     finally:
         worker.stop()
 
@@ -88,7 +87,7 @@ def test_each_label_lands_in_its_column_and_a_missing_label_stays_null(two_model
 
 
 def dashboard(ad, model: str) -> dict:
-    return build_ad_dashboard(ad, check_filters({"model": model, "measure": "contempt"}))
+    return build_ad_dashboard(ad, parse_filters({"model": model, "measure": "contempt"}))
 
 
 def trace_names(payload: dict) -> set[str]:

@@ -11,7 +11,8 @@ from research_portal.analytics import debounce
 from research_portal.analytics.models import SecondRollup
 from research_portal.analytics.tasks import reconcile_rollups_task
 from research_portal.capture.models import FrameResult
-from tests.analytics.conftest import FrameWriter, new_participant
+from tests.support.polling import eventually
+from tests.support.readings import FrameWriter, new_participant
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the trailing refresh runs in a timer thread
 
@@ -20,15 +21,6 @@ def rolled_frames(session, second: int) -> int:
     """Frames of one second of the session in its rollups (all quality levels share level 0's count)."""
     row = SecondRollup.objects.filter(session_id=session.pk, second=second, level=0).first()
     return 0 if row is None else row.n_frames
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 @pytest.fixture
@@ -49,7 +41,7 @@ def test_first_batch_refreshes_at_once_later_ones_at_the_end_of_the_interval(acm
     assert debounce.rollup_journal().peek(session.pk) == {(acme.ad.pk, 1), (acme.ad.pk, 2)}
 
     # The flusher thread refreshes them once the interval has ended.
-    assert wait_until(lambda: rolled_frames(session, 1) == 3 and rolled_frames(session, 2) == 1)
+    assert eventually(lambda: rolled_frames(session, 1) == 3 and rolled_frames(session, 2) == 1, timeout_s=10)
     assert debounce.rollup_journal().peek(session.pk) == set()
 
 

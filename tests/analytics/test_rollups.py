@@ -20,11 +20,11 @@ from research_portal.analytics.models import (
     SessionRollup,
 )
 from research_portal.analytics.rollups import do_rebuild_rollups, do_refresh_session
-from research_portal.analytics.services import check_filters
+from research_portal.analytics.services import parse_filters
 from research_portal.capture.models import FrameResult, ParticipantSession
 from research_portal.capture.storage import store_results
 from research_portal.studies.models import Ad
-from tests.analytics.conftest import FrameWriter, new_participant, reading
+from tests.support.readings import FrameWriter, new_participant, reading
 
 # ---- a reference computed straight from raw frames, in plain Python ---------------------------------------
 
@@ -191,7 +191,7 @@ def test_incremental_rollups_equal_raw_frames_and_the_rebuild(
     ParticipantSession.objects.filter(pk=sessions[5].pk).update(state="completed", device_type="tablet")
     assert rollups.stale_session_ids(acme.study.pk) == [sessions[5].pk]
     sessions[2].delete()
-    build_ad_dashboard(acme.ad, check_filters({}))  # reads only
+    build_ad_dashboard(acme.ad, parse_filters({}))  # reads only
     assert rollups.stale_session_ids(acme.study.pk) == [sessions[5].pk]
     assert rollups.do_reconcile_due_studies() == 1  # the periodic reconcile re-files it
     assert rollups.stale_session_ids(acme.study.pk) == []
@@ -233,10 +233,10 @@ def test_a_failed_update_marks_the_session_stale_and_the_next_reconcile_repairs_
     assert store_results(writer.frames(acme.ad, 1, [0.7, 0.9])) == 2  # the frames are stored regardless
     assert SessionRollup.objects.get(pk=session.pk).stale
     monkeypatch.undo()
-    build_ad_dashboard(acme.ad, check_filters({}))
+    build_ad_dashboard(acme.ad, parse_filters({}))
     assert SessionRollup.objects.get(pk=session.pk).stale  # a dashboard read changes nothing...
     assert rollups.do_reconcile_due_studies() == 1  # ...the periodic reconcile repairs it
-    payload = build_ad_dashboard(acme.ad, check_filters({}))
+    payload = build_ad_dashboard(acme.ad, parse_filters({}))
     smile = next(t for t in payload["figures"]["trace"]["data"] if t["name"] == "Smile")
     assert smile["y"][:2] == pytest.approx([0.5, 0.8])
     assert not SessionRollup.objects.get(pk=session.pk).stale

@@ -14,8 +14,8 @@ from django.conf import settings
 from django.http import Http404
 from django.urls import reverse
 
-from research_portal.accounts.permissions import check_can_view_study, studies_visible_to
 from research_portal.analytics.exports import EXPORT_KINDS
+from research_portal.studies.permissions import check_can_view_study, studies_visible_to
 
 SHIPPED_PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 PLOTLY_JS_VERSION = re.search(rb"plotly\.js v([\d.]+)", SHIPPED_PLOTLY_JS.read_bytes()[:500])[1].decode()
@@ -115,7 +115,7 @@ def test_study_overview_funnel_exclusions_and_quotas(client, analysts, acme):
     from django.utils import timezone
 
     from research_portal.studies.models import CountryQuota
-    from tests.analytics.conftest import new_participant
+    from tests.support.readings import new_participant
 
     now = timezone.now()
     new_participant(acme.study, "DE", state="completed", checks_passed_at=now, completed_at=now)

@@ -80,7 +80,7 @@ def measure(data, runs: int) -> dict:
     from research_portal.accounts.models import Membership, Role
     from research_portal.analytics import dashboard as dash
     from research_portal.analytics.rollups import do_reconcile_due_studies
-    from research_portal.analytics.services import check_filters
+    from research_portal.analytics.services import parse_filters
     from research_portal.capture.models import FrameResult, ParticipantSession
     from research_portal.capture.storage import store_results
 
@@ -121,7 +121,7 @@ def measure(data, runs: int) -> dict:
         results["views"][name].update(queries=len(queries), response_kb=round(size / 1024, 1))
         print(f"  {name}: {results['views'][name]}", flush=True)
 
-    filters = check_filters({})
+    filters = parse_filters({})
     model = dash.ad_facets(ad).default_model("")
     parts = {
         # Periodic work since dashboards stopped reconciling on read: timed for its own cost, not a page's.

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from django.db import connection, transaction
 from django.utils import timezone
 
+from inference.training.export import VALENCE_WEIGHTS
 from research_portal.accounts.models import Organization
 from research_portal.analytics.rollups import do_rebuild_rollups
 from research_portal.capture.models import FrameResult, ParticipantSession
@@ -28,16 +29,6 @@ COUNTRIES = ["US", "GB", "DE", "FR", "ES", "BR", "JP"]
 # How strongly each country smiles at the joke (the differences the dashboard should find).
 JOKE_SMILE = {"US": 0.45, "GB": 0.35, "DE": 0.25, "FR": 0.3, "ES": 0.4, "BR": 0.5, "JP": 0.15}
 BENCH_MODEL = "bench-model-1"
-VALENCE_WEIGHTS = {
-    "angry": -0.8,
-    "disgust": -0.9,
-    "fear": -0.7,
-    "happy": 1.0,
-    "sad": -0.8,
-    "surprise": 0.2,
-    "neutral": 0.0,
-    "contempt": -0.6,
-}
 FRAME_COLUMNS = [
     "session_id",
     "ad_id",

@@ -24,19 +24,14 @@ from research_portal.capture.models import FrameResult, ParticipantSession
 from research_portal.capture.queueing import do_record_enqueued, enqueue_frames
 from research_portal.capture.readings import ModelLabelsError
 from research_portal.capture.wire import Frame, QueuedFrame
-from tests.conftest import service_env, start_celery_worker
 from tests.model_files import build_contract_model
+from tests.support.polling import eventually
+from tests.support.services import service_env, start_celery_worker
 
 
 def wait_for_count(session: ParticipantSession, expected: int, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    count = 0
-    while time.monotonic() < deadline:
-        count = FrameResult.objects.filter(session=session).count()
-        if count >= expected:
-            return count
-        time.sleep(0.25)
-    return count
+    count = FrameResult.objects.filter(session=session).count
+    return eventually(count, until=lambda stored: stored >= expected, timeout_s=timeout, interval_s=0.25)
 
 
 def make_frames(session_id: int, ad_id: int, jpegs: list[bytes], first_seq: int = 0) -> list[QueuedFrame]:
@@ -66,10 +61,12 @@ def test_batch_queued_to_a_worker_lands_in_postgres(
 
 def wait_for_no_batches(redis_url: str, timeout: float = 10) -> list[bytes]:
     client = redis.Redis.from_url(redis_url)
-    deadline = time.monotonic() + timeout
-    while (left := list(client.scan_iter(f"{BATCH_KEY_PREFIX}*"))) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
+    return eventually(
+        lambda: list(client.scan_iter(f"{BATCH_KEY_PREFIX}*")),
+        until=lambda left: not left,
+        timeout_s=timeout,
+        interval_s=0.1,
+    )
 
 
 def test_a_batch_waits_in_redis_until_stored_and_a_second_delivery_finds_nothing(

@@ -17,6 +17,7 @@ from research_portal.capture.models import FrameResult, ParticipantSession, Sess
 from research_portal.capture.readings import READING_LABELS
 from research_portal.capture.routing import capture_socket_path, websocket_urlpatterns
 from research_portal.capture.wire import FRAME_HEADER
+from tests.support.polling import eventually_async
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -78,13 +79,7 @@ async def collect_acks(communicator: WebsocketCommunicator, expected: int) -> se
 
 async def wait_for_rows(session: ParticipantSession, expected: int, timeout: float = 30) -> list[FrameResult]:
     query = database_sync_to_async(lambda: list(FrameResult.objects.filter(session=session).order_by("seq")))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = await query()
-        if len(rows) >= expected:
-            return rows
-        await asyncio.sleep(0.2)
-    return await query()
+    return await eventually_async(query, until=lambda rows: len(rows) >= expected, timeout_s=timeout)
 
 
 async def test_frames_are_acked_analysed_and_stored(acme, viewing_session, face_jpegs):

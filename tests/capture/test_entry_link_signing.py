@@ -152,7 +152,7 @@ def test_one_browser_keeps_several_sessions_of_a_study(acme):
 
 
 def test_preview_sessions_cannot_be_reached_through_the_study_link(acme):
-    from research_portal.studies.services import do_start_preview
+    from research_portal.capture.participation import do_start_preview
 
     preview = do_start_preview(acme.study, "en")
     response = Client().get(entry(acme.study), {"pid": preview.external_participant_id, "c": "US"})

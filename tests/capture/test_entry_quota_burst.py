@@ -9,7 +9,6 @@ over_quota, which the study overview counts.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -23,6 +22,8 @@ from research_portal.analytics.services import Filters
 from research_portal.capture.models import FrameResult, ParticipantSession
 from research_portal.capture.validation import do_validate_due_sessions, do_validate_session
 from research_portal.studies.models import CountryQuota, Study
+from tests.support.polling import eventually
+from tests.support.readings import reading
 
 PARALLEL = 10
 
@@ -54,19 +55,18 @@ def at_once(count: int, work: Callable[[int], object]) -> list[object]:
 def wait_for_lock_waiters(count: int, timeout_s: float = 30) -> None:
     """Until `count` other connections of this test database wait on a lock (asked on this connection,
     which may be inside a transaction: the activity snapshot is refreshed each time)."""
-    deadline = time.monotonic() + timeout_s
     with connection.cursor() as cursor:
-        while True:
+
+        def waiting() -> int:
             cursor.execute("SELECT pg_stat_clear_snapshot()")
             cursor.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
             )
-            waiting = cursor.fetchone()[0]
-            if waiting >= count:
-                return
-            assert time.monotonic() < deadline, f"only {waiting} of {count} connections queued on a lock"
-            time.sleep(0.05)
+            return cursor.fetchone()[0]
+
+        queued = eventually(waiting, until=lambda n: n >= count, timeout_s=timeout_s, interval_s=0.05)
+    assert queued >= count, f"only {queued} of {count} connections queued on a lock"
 
 
 def in_threads(count: int, work: Callable[[int], object]) -> Callable[[], list[object]]:
@@ -155,17 +155,7 @@ def viewed_session(study: Study, pid: str, usable: bool = True, **fields) -> Par
     ParticipantSession.objects.filter(pk=session.pk).update(created_at=created_at)
     ad = study.ads.get()
     FrameResult.objects.bulk_create(
-        FrameResult(
-            session=session,
-            ad=ad,
-            seq=seq,
-            media_time_ms=seq * 200,
-            captured_at=now,
-            face_found=usable,
-            quality=0.9 if usable else None,
-            model_version="test",
-        )
-        for seq in range(20)
+        reading(session, ad, seq, seq * 200, face=usable, model="test", start=now) for seq in range(20)
     )
     return session
 
@@ -269,7 +259,7 @@ def test_a_session_with_too_few_frames_fails_and_never_takes_a_complete(panel_st
 
 @pytest.mark.django_db
 def test_previews_never_take_seats_nor_become_over_quota(panel_study):
-    from research_portal.studies.services import do_start_preview
+    from research_portal.capture.participation import do_start_preview
 
     CountryQuota.objects.filter(study=panel_study).update(target=1)
     preview = do_start_preview(panel_study, "en", "DE")

@@ -23,6 +23,7 @@ from research_portal.capture.models import FrameResult, ParticipantSession
 from research_portal.capture.queueing import analysis_backend, enqueue_frames
 from research_portal.capture.routing import capture_socket_path, websocket_urlpatterns
 from research_portal.capture.wire import FRAME_HEADER, Frame
+from tests.support.polling import eventually
 
 application = URLRouter(websocket_urlpatterns)
 
@@ -109,13 +110,12 @@ def test_a_real_worker_says_it_is_alive_and_counts_what_it_stores(
             for i, jpeg in enumerate(face_jpegs[:6])
         ]
     )
-    deadline = time.monotonic() + 60
-    current = read_capture_load(analysis_backend())
-    while time.monotonic() < deadline:
-        current = read_capture_load(analysis_backend())
-        if current.workers >= 1 and FrameResult.objects.filter(session=session).count() == 6:
-            break
-        time.sleep(0.5)
+    current = eventually(
+        lambda: read_capture_load(analysis_backend()),
+        until=lambda load: load.workers >= 1 and FrameResult.objects.filter(session=session).count() == 6,
+        timeout_s=60,
+        interval_s=0.5,
+    )
     assert current.workers >= 1 and current.worker_processes >= 1, celery_worker.log()[-2000:]
     time.sleep(1.1)  # the second in which the batch was stored must end to enter the window
     assert read_capture_load(analysis_backend()).stored_fps > 0

@@ -32,6 +32,7 @@ from research_portal.capture.failures import is_transient
 from research_portal.capture.models import FrameResult, ParticipantSession
 from research_portal.capture.routing import capture_socket_path, websocket_urlpatterns
 from research_portal.capture.wire import FRAME_HEADER, MAX_WIRE_INT, SEQ_HEADROOM, Frame, QueuedFrame
+from tests.support.polling import eventually, eventually_async
 
 application = URLRouter(websocket_urlpatterns)
 
@@ -116,12 +117,15 @@ class Socket:
         return next(m for m in self.messages if m["type"] == "hello")
 
     async def wait_for(self, condition, timeout: float = 30) -> bool:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline or (self.reader.done() and not condition()):
-                return condition()
-            await asyncio.sleep(0.05)
-        return True
+        """Until `condition()` holds, the socket is closed (nothing more will arrive) or `timeout` passes."""
+
+        async def check() -> bool:
+            return condition()
+
+        await eventually_async(
+            check, lambda met: met or self.reader.done(), timeout_s=timeout, interval_s=0.05
+        )
+        return condition()
 
     async def closed(self, timeout: float = 20) -> int | None:
         await asyncio.wait_for(asyncio.shield(self.reader), timeout)
@@ -140,10 +144,9 @@ def stored_seqs(session: ParticipantSession) -> list[int]:
 
 
 def wait_for_stored(session: ParticipantSession, expected: int, timeout: float = 60) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while len(seqs := stored_seqs(session)) < expected and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return seqs
+    return eventually(
+        lambda: stored_seqs(session), until=lambda seqs: len(seqs) >= expected, timeout_s=timeout
+    )
 
 
 # ---- the repro, on the production path ---------------------------------------------------------------------
@@ -412,7 +415,7 @@ async def test_frames_are_kept_and_retried_while_the_broker_refuses_connections_
 ):
     """The one kind of failure that holds frames back: the broker unreachable (a real refused connection).
     Once it answers, the kept frames are queued, stored and acked; none is lost or refused."""
-    from tests.conftest import free_port
+    from tests.support.processes import free_port
 
     deployment_mode.production(redis_url)
     settings.CAPTURE_FLUSH_INTERVAL_S = 0.1

@@ -27,7 +27,8 @@ from research_portal.capture.socket_limits import (
 )
 from research_portal.capture.wire import FrameRejected
 from tests.capture.test_frame_path_hardening import Socket, new_viewer, open_socket, wait_for_stored
-from tests.conftest import free_port, service_env, start_daphne
+from tests.support.processes import free_port
+from tests.support.services import service_env, start_daphne
 
 
 @pytest.fixture

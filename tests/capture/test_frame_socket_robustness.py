@@ -27,7 +27,8 @@ from tests.capture.test_frame_path_hardening import (
     new_viewer,
     open_socket,
 )
-from tests.conftest import free_port, service_env, start_daphne
+from tests.support.processes import free_port
+from tests.support.services import service_env, start_daphne
 
 METRICS_TOKEN = "robustness-metrics-7d2e"
 HOSTILE_TEXTS = [

@@ -21,7 +21,8 @@ from research_portal.capture.participation import validated_completes
 from research_portal.capture.validation import MAX_VALIDATION_WAIT, STORE_GRACE
 from research_portal.ops import periodic
 from research_portal.studies.models import CountryQuota
-from tests.conftest import service_env, start_celery_worker
+from tests.support.readings import reading
+from tests.support.services import service_env, start_celery_worker
 
 # What the issue promises: every finished session is validated within a minute of its viewing's end.
 VALIDATION_BOUND_S = 60
@@ -46,17 +47,7 @@ def finished_viewer(study, pid: str, country: str = "DE") -> ParticipantSession:
         last_enqueued_at=now,
     )
     FrameResult.objects.bulk_create(
-        FrameResult(
-            session=session,
-            ad=ad,
-            seq=seq,
-            media_time_ms=seq * 200,
-            captured_at=now,
-            face_found=True,
-            quality=0.9,
-            model_version="test",
-        )
-        for seq in range(20)
+        reading(session, ad, seq, seq * 200, model="test", start=now) for seq in range(20)
     )
     return session
 

@@ -13,12 +13,14 @@ from research_portal.analytics.dashboard import ad_facets
 from research_portal.analytics.rollups import do_rebuild_rollups
 from research_portal.capture.models import FrameResult
 from research_portal.capture.readings import READING_LABELS, ModelLabelsError, check_model_labels
+from tests.model_files import FER2013_LABELS
 
 BEFORE = [
     ("capture", "0004_preview_sessions"),
     ("analytics", "0003_organization_analyst_replaced_by_membership"),
 ]
-SEVEN = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+# The columns before contempt: FER2013's seven labels.
+SEVEN = tuple(FER2013_LABELS)
 
 
 def migrate(targets):

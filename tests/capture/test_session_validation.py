@@ -14,6 +14,7 @@ from research_portal.capture.validation import (
     is_ready_to_validate,
     longest_run_without_face,
 )
+from tests.support.readings import reading
 
 pytestmark = pytest.mark.django_db
 
@@ -40,17 +41,9 @@ def validated(session: ParticipantSession) -> ParticipantSession:
 
 
 def store_frames(session, ad, faces: list[bool], quality: float = 0.8):
+    start = timezone.now()
     FrameResult.objects.bulk_create(
-        FrameResult(
-            session=session,
-            ad=ad,
-            seq=seq,
-            media_time_ms=seq * 200,
-            captured_at=timezone.now(),
-            face_found=face,
-            quality=quality if face else None,
-            model_version="test",
-        )
+        reading(session, ad, seq, seq * 200, face=face, quality=quality, model="test", start=start)
         for seq, face in enumerate(faces)
     )
 
@@ -92,16 +85,7 @@ def test_validation_waits_for_the_last_queued_frame(acme):
     )
     store_frames(session, acme.ad, [True] * 19)
     assert not is_ready_to_validate(session, now + timedelta(seconds=5))  # seq 19 not stored yet
-    FrameResult.objects.create(
-        session=session,
-        ad=acme.ad,
-        seq=19,
-        media_time_ms=3800,
-        captured_at=now,
-        face_found=True,
-        quality=0.9,
-        model_version="test",
-    )
+    reading(session, acme.ad, 19, 3800, model="test", start=now).save()
     assert not is_ready_to_validate(session, now + timedelta(seconds=1))  # grace for batch-mates
     assert is_ready_to_validate(session, now + timedelta(seconds=3))
     assert is_ready_to_validate(session, now + MAX_VALIDATION_WAIT)
@@ -163,16 +147,7 @@ def test_a_finished_session_is_validated_once_its_last_reading_is_in(acme):
     )
     store_frames(session, acme.ad, [True] * 19)
     assert do_validate_due_sessions(now + timedelta(seconds=5)) == 0  # seq 19 is not stored yet
-    FrameResult.objects.create(
-        session=session,
-        ad=acme.ad,
-        seq=19,
-        media_time_ms=3800,
-        captured_at=now,
-        face_found=True,
-        quality=0.9,
-        model_version="test",
-    )
+    reading(session, acme.ad, 19, 3800, model="test", start=now).save()
     assert do_validate_due_sessions(now + timedelta(seconds=3)) == 1
     session.refresh_from_db()
     assert session.state == "completed"

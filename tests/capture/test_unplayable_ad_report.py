@@ -30,6 +30,7 @@ from research_portal.capture.validation import ReportRefused, do_fail_unplayable
 from research_portal.capture.wire import MAX_TEXT_CHARS, MAX_WIRE_INT
 from research_portal.studies.models import Ad
 from tests.capture.test_capture_consumer import connect, frame, receive_until_closed
+from tests.support.readings import reading
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -95,15 +96,7 @@ def events_of(session: ParticipantSession) -> list[tuple]:
 
 
 def store_frame(session: ParticipantSession, seq: int, ad: Ad | None) -> None:
-    FrameResult.objects.create(
-        session=session,
-        ad=ad,
-        seq=seq,
-        media_time_ms=0,
-        captured_at=datetime.now(UTC),
-        face_found=True,
-        model_version="test",
-    )
+    reading(session, ad, seq, 0, model="test", start=datetime.now(UTC)).save()
 
 
 # ---- the report that holds ---------------------------------------------------------------------------------

@@ -55,7 +55,8 @@ PORTAL_IMAGE = "facecode-portal:smoke"
 # 127.0.0.1 ports beside the machine's Postgres (5432), Redis (6379) and `make run` (8000).
 WEB_PORT, POSTGRES_PORT, REDIS_PORT = 58000, 55432, 56379
 POSTGRES_PASSWORD = "portal-smoke"
-# Beat sends the retention job this often, so that the run sees it delete the frames it kept.
+# Beat sends the retention job this often, so that the run sees it delete the frames it kept (--load-only:
+# the production interval, 6 hours).
 RETENTION_INTERVAL_S = 3
 READY_TIMEOUT_S = 180
 RETENTION_TIMEOUT_S = 45
@@ -88,6 +89,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--participants", "-n", type=int, default=4, help="simulated participants (4)")
     parser.add_argument("--seconds", "-s", type=float, default=10, help="capture time (10)")
     parser.add_argument("--fps", type=float, default=5, help="frames per second per participant (5)")
+    parser.add_argument(
+        "--load-only",
+        action="store_true",
+        help="measure the capture path as deployed (frames not kept, retention at its production interval): "
+        "skips the kept-frames and retention checks (docs/scaling.md)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.workers <= 32:
         parser.error("--workers must be within 1..32")
@@ -146,7 +153,9 @@ def port_taken(port: int) -> bool:
 class Deployment:
     """The compose project: commands, containers, and what the checks read from them."""
 
-    def __init__(self, engine: Engine, compose: list[str], images: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, engine: Engine, compose: list[str], images: dict[str, str], log_dir: Path, retention_s: int
+    ) -> None:
         self.engine = engine
         self.log_dir = log_dir
         files = ["-f", str(DOCKER_DIR / "compose.host.yaml")]
@@ -171,7 +180,7 @@ class Deployment:
             "PORTAL_HTTPS": "0",
             "PORTAL_BEHIND_PROXY": "0",
             "PORTAL_TRUSTED_PROXY_HOPS": "0",
-            "RETENTION_INTERVAL_S": str(RETENTION_INTERVAL_S),
+            "RETENTION_INTERVAL_S": str(retention_s),
             "PORTAL_SHARED_HOST_DIR": str(shared),
         }
 
@@ -267,8 +276,10 @@ def run_load(deployment: Deployment, args: argparse.Namespace, log_dir: Path) ->
         "--url", f"http://127.0.0.1:{WEB_PORT}", "--workers", "0",
         "--database-url", deployment.database_url, "--redis-url", deployment.redis_url,
         "--participants", str(args.participants), "--seconds", str(args.seconds), "--fps", str(args.fps),
-        "--store-frames", "--keep-data", "--json", str(report_path),
+        "--json", str(report_path),
     ]  # fmt: skip
+    if not args.load_only:
+        command += ["--store-frames", "--keep-data"]
     env = {key: value for key, value in os.environ.items() if key not in {"DATABASE_URL", "REDIS_URL"}}
     done = run(command, env=env, timeout=args.seconds + 240, check=False, log=log_dir / "load.out")
     if done.returncode != 0:
@@ -443,6 +454,7 @@ def smoke(args: argparse.Namespace) -> int:
     summary: dict = {
         "tool": "python -m tests.docker_smoke",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "options": vars(args),
     }
     before = HostState.capture()
     engine = Engine(log_dir)
@@ -461,7 +473,9 @@ def smoke(args: argparse.Namespace) -> int:
         with phases.phase("base images"):
             bases = resolve_base_images(engine, log_dir)
             summary["base_images"] = bases
-            deployment = Deployment(engine, compose, {k: v["image"] for k, v in bases.items()}, log_dir)
+            images = {variable: row["image"] for variable, row in bases.items()}
+            retention_s = 6 * 3600 if args.load_only else RETENTION_INTERVAL_S
+            deployment = Deployment(engine, compose, images, log_dir, retention_s)
             summary["shared_material_mounted"] = deployment.uses_shared
             # A run killed midway left its containers: they go before anything else.
             if deployment.containers():
@@ -499,11 +513,13 @@ def smoke(args: argparse.Namespace) -> int:
             }
         with phases.phase("checks: frames stored once, by every worker"):
             check_load(load, tasks_accounting_for(deployment, load), args.workers, failures)
-        with phases.phase("checks: kept frames in the shared volume"):
-            summary["stored_frames"] = check_frames_kept(deployment, failures)
-        with phases.phase("checks: retention deletes them"):
-            summary["stored_frames"].update(check_retention(deployment, failures))
-            summary["workers"] = worker_tasks(deployment)
+        if not args.load_only:
+            with phases.phase("checks: kept frames in the shared volume"):
+                summary["stored_frames"] = check_frames_kept(deployment, failures)
+            with phases.phase("checks: retention deletes them"):
+                summary["stored_frames"].update(check_retention(deployment, failures))
+        summary["workers"] = worker_tasks(deployment)
+        if not args.load_only:
             purged_by = [name for name, row in summary["workers"].items() if row["frame_folders_deleted"]]
             summary["stored_frames"]["deleted_by"] = purged_by
             if not purged_by:

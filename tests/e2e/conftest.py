@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from inference.resources import shared_dir
-from tests.conftest import require_file
+from tests.support.services import require_file
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from inference.resources import REPO_ROOT
-from tests.conftest import free_port, start_daphne
 from tests.e2e.conftest import walk_through_study
+from tests.support.processes import free_port
+from tests.support.services import start_daphne
 
 pytestmark = pytest.mark.e2e
 

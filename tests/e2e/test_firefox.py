@@ -10,8 +10,9 @@ import pytest
 from django.utils import timezone
 
 from research_portal.capture.models import FrameResult, ParticipantSession
-from tests.conftest import free_port, skip_or_fail
 from tests.e2e.marionette import Firefox
+from tests.support.processes import free_port
+from tests.support.services import skip_or_fail
 
 pytestmark = pytest.mark.e2e
 

@@ -3,8 +3,6 @@ against a real daphne server, Redis, a Celery worker and Postgres. The readings 
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from inference.model import EmotionModel
@@ -12,6 +10,7 @@ from inference.resources import REPO_ROOT, default_model_path
 from research_portal.capture.models import FrameResult, ParticipantSession
 from research_portal.capture.readings import READING_LABELS
 from tests.e2e.conftest import walk_through_study
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -19,13 +18,12 @@ ARTIFACTS = REPO_ROOT / "test-artifacts"
 
 
 def wait_for_rows(session: ParticipantSession, expected: int, timeout: float = 60) -> list[FrameResult]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = list(FrameResult.objects.filter(session=session).order_by("seq"))
-        if len(rows) >= expected:
-            return rows
-        time.sleep(0.5)
-    return rows
+    return eventually(
+        lambda: list(FrameResult.objects.filter(session=session).order_by("seq")),
+        until=lambda rows: len(rows) >= expected,
+        timeout_s=timeout,
+        interval_s=0.5,
+    )
 
 
 def test_participant_link_to_stored_readings(acme, celery_worker, asgi_server, browser):

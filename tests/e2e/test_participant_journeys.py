@@ -7,8 +7,9 @@ import pytest
 
 from inference.resources import REPO_ROOT
 from research_portal.capture.models import FrameResult, ParticipantSession, SessionEvent
-from tests.conftest import free_port, service_env, start_daphne
 from tests.e2e.conftest import screenshot
+from tests.support.processes import free_port
+from tests.support.services import service_env, start_daphne
 
 pytestmark = pytest.mark.e2e
 

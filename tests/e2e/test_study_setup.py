@@ -10,8 +10,8 @@ from research_portal.accounts.models import Organization, Role
 from research_portal.capture.models import ParticipantSession
 from research_portal.studies.demo import render_demo_ad
 from research_portal.studies.models import Study
-from tests.accounts.helpers import PASSWORD, member
 from tests.e2e.conftest import screenshot
+from tests.support.people import PASSWORD, member
 
 pytestmark = pytest.mark.e2e
 

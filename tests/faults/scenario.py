@@ -29,6 +29,7 @@ from tests.load.frames import load_frames
 from tests.load.participant import Participant
 from tests.load.runner import ws_url
 from tests.load.stack import Stack, service_env
+from tests.support.polling import eventually
 
 PARTICIPANTS = 3
 FPS = 5.0
@@ -109,17 +110,13 @@ def stored_rows(database_url: str, session_ids: list[int]) -> list[tuple[int, in
 
 
 def wait_for_rows(database_url: str, session_ids: list[int], expected: int, timeout_s: float) -> list:
-    deadline = time.monotonic() + timeout_s
-    rows: list = []
-    while time.monotonic() < deadline:
+    def rows() -> list:
         try:
-            rows = stored_rows(database_url, session_ids)
-        except psycopg2.Error:
-            rows = []
-        if len(rows) >= expected:
-            return rows
-        time.sleep(0.5)
-    return rows
+            return stored_rows(database_url, session_ids)
+        except psycopg2.Error:  # the fault may have the database away
+            return []
+
+    return eventually(rows, until=lambda found: len(found) >= expected, timeout_s=timeout_s, interval_s=0.5)
 
 
 async def drive(study: dict, url: str, frames_of: Callable[[int], list[bytes]], fault: Fault | None, stack):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg2
 
-from tests.load.stack import free_port
+from tests.support.processes import free_port
 
 
 class ServiceUnavailable(RuntimeError):

@@ -12,10 +12,10 @@ import psycopg2
 import pytest
 
 from inference.resources import REPO_ROOT
-from tests.conftest import skip_or_fail
 from tests.faults import scenario
 from tests.faults.services import PrivatePostgres, PrivateRedis, ServiceUnavailable
 from tests.load.frames import load_frames
+from tests.support.services import skip_or_fail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -4,7 +4,6 @@ shipped model, and small synthetic ONNX models that follow the metadata contract
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import cv2
@@ -13,33 +12,24 @@ import pytest
 
 from inference.resources import YUNET_FILENAME, default_model_path, shared_dir
 from tests.model_files import FER2013_LABELS, FERPLUS_LABELS, Head, build_contract_model
+from tests.support.services import require_file
 
 __all__ = ["FER2013_LABELS", "FERPLUS_LABELS", "Head", "build_contract_model"]
 
 
-def require(path: Path, what: str) -> Path:
-    """`path` if it exists; otherwise skip, or fail under CI where the material must be present."""
-    if path.exists():
-        return path
-    message = f"{what} not found at {path} (set PORTAL_SHARED_DIR / PORTAL_MODEL_PATH)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def shared() -> Path:
-    return require(shared_dir(), "shared material directory")
+    return require_file(shared_dir(), "shared material directory")
 
 
 @pytest.fixture(scope="session")
 def yunet_path(shared: Path) -> Path:
-    return require(shared / "models" / YUNET_FILENAME, "YuNet face detector")
+    return require_file(shared / "models" / YUNET_FILENAME, "YuNet face detector")
 
 
 @pytest.fixture(scope="session")
 def face_video_path(shared: Path) -> Path:
-    return require(shared / "media" / "liveportrait_d3.mp4", "face video")
+    return require_file(shared / "media" / "liveportrait_d3.mp4", "face video")
 
 
 @pytest.fixture(scope="session")
@@ -60,13 +50,13 @@ def face_frames(face_video_path: Path) -> list[np.ndarray]:
 
 @pytest.fixture(scope="session")
 def fer2013(shared: Path) -> dict[str, np.ndarray]:
-    with np.load(require(shared / "data" / "fer2013.npz", "FER2013")) as data:
+    with np.load(require_file(shared / "data" / "fer2013.npz", "FER2013")) as data:
         return {"images": data["images"], "labels": data["labels"], "usage": data["usage"]}
 
 
 @pytest.fixture(scope="session")
 def real_model_path() -> Path:
-    return require(default_model_path(), "shipped emotion model (inference/models/emotion.onnx)")
+    return require_file(default_model_path(), "shipped emotion model (inference/models/emotion.onnx)")
 
 
 # Model label order deliberately differs from FER2013's; "happy" rises with brightness, "sad" falls.

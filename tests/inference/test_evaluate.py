@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from inference.model import EmotionModel, ModelContractError
+from tests.support.services import require_file
 
 from .conftest import (
     EIGHT_LABELS,
@@ -19,7 +20,6 @@ from .conftest import (
     FERPLUS_LABELS,
     SHUFFLED_LABELS,
     build_contract_model,
-    require,
 )
 from .evaluation_contract import HAPPY_KEYS, assert_real_faces, assert_report, ferplus_majority_counts
 
@@ -54,8 +54,8 @@ def test_the_training_label_sets_use_fer2013s_names() -> None:
 @pytest.fixture(scope="module")
 def small_fer(shared: Path) -> FerData:
     """600 PrivateTest and 300 PublicTest rows of the real FER2013 + FER+ data (fast to evaluate)."""
-    require(shared / "data" / "fer2013.npz", "FER2013")
-    require(shared / "data" / "ferplus_votes.npz", "FER+ votes")
+    require_file(shared / "data" / "fer2013.npz", "FER2013")
+    require_file(shared / "data" / "ferplus_votes.npz", "FER+ votes")
     data = load_data(shared / "data")
     rows = np.concatenate([data.split(PRIVATE)[:600], data.split(PUBLIC)[:300]])
     return FerData(data.images[rows], data.labels[rows], data.usage[rows], data.votes[rows])
@@ -163,7 +163,7 @@ MINI_FPS, MINI_FRAMES = 10.0, 40  # 3 s relaxed (30 frames) + 1 s
 @pytest.fixture(scope="module")
 def mini_shared(shared: Path, face_video_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A shared folder with a few of the real-face photos and a short cut of the face video."""
-    photos = require(shared / PHOTOS_DIR / "labels.csv", "real-face photos").parent
+    photos = require_file(shared / PHOTOS_DIR / "labels.csv", "real-face photos").parent
     root = tmp_path_factory.mktemp("mini_shared")
     (root / PHOTOS_DIR).mkdir(parents=True)
     with (photos / "labels.csv").open(newline="") as handle:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from inference.resources import REPO_ROOT
+from tests.support.services import require_file
 
 from .conftest import (
     EIGHT_LABELS,
@@ -20,7 +21,6 @@ from .conftest import (
     FERPLUS_LABELS,
     SHUFFLED_LABELS,
     build_contract_model,
-    require,
 )
 from .evaluation_contract import assert_real_faces, assert_report, ferplus_majority_counts
 
@@ -144,8 +144,8 @@ def test_human_readable_output(cli_env: dict, face_image: Path) -> None:
 @pytest.fixture(scope="module")
 def fer_data(shared: Path) -> Path:
     pytest.importorskip("inference.training.evaluate")
-    require(shared / "data" / "fer2013.npz", "FER2013")
-    require(shared / "data" / "ferplus_votes.npz", "FER+ votes")
+    require_file(shared / "data" / "fer2013.npz", "FER2013")
+    require_file(shared / "data" / "ferplus_votes.npz", "FER+ votes")
     return shared / "data"
 
 
@@ -230,8 +230,8 @@ def test_evaluate_reports_the_shipped_model(
     real_model_path: Path, fer_data: Path, private_counts: dict, shared: Path, output: str | None
 ) -> None:
     """The shipped model, its default output or `--output probabilities` (whatever its label set)."""
-    require(shared / "data" / "realfaces_dev" / "labels.csv", "real-face photos")
-    require(shared / "media" / "liveportrait_d3.mp4", "face video")
+    require_file(shared / "data" / "realfaces_dev" / "labels.csv", "real-face photos")
+    require_file(shared / "media" / "liveportrait_d3.mp4", "face video")
     name, labels, valence = _shipped_labels(real_model_path, output)
     args = ["--no-speed", "--model", str(real_model_path)] + (["--output", output] if output else [])
     report = evaluate_cli(*args)

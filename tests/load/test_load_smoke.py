@@ -13,8 +13,8 @@ from urllib.parse import urlparse, urlunparse
 import pytest
 
 from inference.resources import REPO_ROOT
-from tests.conftest import reachable_redis_url, skip_or_fail
 from tests.load.frames import clip_path
+from tests.support.services import reachable_redis_url, skip_or_fail
 
 pytestmark = pytest.mark.e2e
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from inference.resources import REPO_ROOT
-from tests.conftest import reachable_redis_url
 from tests.load.cli import parse_args
 from tests.load.cpu import CpuSampler, celery_worker_pids, is_celery_worker, redis_endpoint
+from tests.support.services import reachable_redis_url
 
 CELERY = str(Path(sys.executable).parent / "celery")
 # Nothing listens on port 1: a worker given this broker keeps retrying, alive, and takes no one's tasks.

@@ -19,7 +19,7 @@ from django.db import connection
 from django.test import AsyncClient
 
 from research_portal.capture.models import ParticipantSession
-from research_portal.ops.checks import check_capture
+from research_portal.ops.checks import probe_capture
 from tests.capture.test_frame_path_hardening import frame_message, new_viewer, open_socket
 
 METRICS_TOKEN = "capture-health-3b9c"
@@ -85,6 +85,6 @@ async def test_a_stuck_batch_fails_readyz_and_shows_in_metrics_until_it_goes_thr
 
 def test_a_process_without_capture_sockets_is_ready():
     started = time.monotonic()
-    result = check_capture()
+    result = probe_capture()
     assert result.ok and result.extra == {"oldest_frame_age_s": 0.0, "buffered_frames": 0}
     assert time.monotonic() - started < 0.1

@@ -15,7 +15,7 @@ import pytest
 from django.test import Client
 
 from inference.resources import REPO_ROOT
-from research_portal.ops.logging import JsonFormatter, PlainFormatter, hash_token
+from research_portal.log_format import JsonFormatter, PlainFormatter, hash_token
 
 TOKEN = "Zq3xW9-kLp0_vR7sT2uY5aB8cD1eF4gH6iJ0kL3mN5o"  # the shape of secrets.token_urlsafe(32)
 
@@ -192,7 +192,8 @@ def test_the_server_process_output_never_shows_a_participant_token(postgres, red
     from research_portal.accounts.models import Organization
     from research_portal.capture.models import ParticipantSession
     from research_portal.studies.models import Study
-    from tests.conftest import free_port, service_env, start_daphne
+    from tests.support.processes import free_port
+    from tests.support.services import service_env, start_daphne
 
     study = Study.objects.create(
         organization=Organization.objects.create(name="Acme Research"), name="Spring campaign", status="live"

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from research_portal.accounts.models import Organization, Role
 from research_portal.capture import flow
 from research_portal.ops.metrics import prometheus_text
-from tests.accounts.helpers import member
+from tests.support.people import member
 
 METRICS_TOKEN = "scrape-me-7c1f"
 GAUGES = (
@@ -49,7 +49,7 @@ def staff(db):
 def test_anonymous_and_analysts_are_refused(client, db, settings):
     settings.PORTAL_METRICS_TOKEN = METRICS_TOKEN
     assert client.get("/metrics").status_code == 403
-    client.force_login(member(Organization.objects.create(name="Acme Research"), Role.ADMIN))
+    client.force_login(member(Organization.objects.create(name="Acme Research"), Role.ADMIN, "alice"))
     assert client.get("/metrics").status_code == 403  # an organisation admin is not an operator
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 403
 
@@ -167,7 +167,7 @@ def test_each_scrape_is_its_own_snapshot(client, redis_counters, staff):
 
 
 def test_redis_away_is_a_503_not_a_crash(client, db, deployment_mode, staff):
-    from tests.conftest import free_port
+    from tests.support.processes import free_port
 
     deployment_mode.production(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     client.force_login(staff)

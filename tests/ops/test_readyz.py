@@ -18,8 +18,9 @@ from django.test import override_settings
 
 from inference.pipeline import get_pipeline, reset_pipeline
 from research_portal.ops.checks import DATABASE_CONNECT_TIMEOUT_S, READY_DEADLINE_S, REDIS_TIMEOUT_S
-from tests.conftest import free_port, start_daphne
 from tests.model_files import build_contract_model
+from tests.support.processes import free_port
+from tests.support.services import start_daphne
 
 CHECKS = {"database", "redis", "model", "capture"}
 

@@ -14,18 +14,19 @@ from django.utils import timezone
 
 from research_portal.accounts.models import Role
 from research_portal.analytics.models import SecondCell, SecondRollup, SessionRollup
-from research_portal.capture.models import FrameResult, ParticipantSession, SessionEvent
-from research_portal.capture.storage import store_frame_images, stored_frames_dir
-from research_portal.capture.wire import QueuedFrame
-from research_portal.privacy.models import AuditLog
-from research_portal.privacy.services import (
+from research_portal.capture.erasure import (
     do_apply_retention,
     do_delete_participant,
     panel_id_fingerprint,
 )
-from research_portal.privacy.tasks import apply_retention_task
+from research_portal.capture.models import FrameResult, ParticipantSession, SessionEvent
+from research_portal.capture.storage import store_frame_images, stored_frames_dir
+from research_portal.capture.tasks import apply_retention_task
+from research_portal.capture.wire import QueuedFrame
+from research_portal.privacy.models import AuditLog
 from research_portal.studies.models import Ad, Study
-from tests.accounts.helpers import member, session_with_frames
+from tests.support.people import member
+from tests.support.readings import session_with_frames
 
 pytestmark = pytest.mark.django_db
 
@@ -152,7 +153,7 @@ def test_retention_purges_raw_frames_and_stored_frames_but_keeps_aggregates(
 
 def test_retention_runs_from_beat_and_from_a_management_command(settings, acme, capsys):
     schedule = settings.CELERY_BEAT_SCHEDULE["apply-retention"]
-    assert schedule["task"] == "research_portal.privacy.tasks.apply_retention_task"
+    assert schedule["task"] == "research_portal.capture.tasks.apply_retention_task"
     assert schedule["schedule"] <= 24 * 3600
     old = session_with_frames(acme.study, "old", acme.ad)
     ParticipantSession.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=400))

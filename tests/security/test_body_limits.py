@@ -26,9 +26,9 @@ from django.test import Client
 from research_portal.accounts.models import Organization, Role
 from research_portal.capture.models import ParticipantSession
 from research_portal.studies.models import Study
-from tests.accounts.helpers import member
-from tests.conftest import service_env, start_daphne
-from tests.load.stack import Service, free_port
+from tests.support.people import member
+from tests.support.processes import Service, free_port
+from tests.support.services import service_env, start_daphne
 
 MiB = 1024 * 1024
 FORM_LIMIT = 16 * 1024  # BODY_LIMIT_FORM_BYTES's default

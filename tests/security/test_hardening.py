@@ -20,7 +20,7 @@ from django.test import Client, override_settings
 from inference.resources import REPO_ROOT
 from research_portal.accounts.models import Role
 from research_portal.capture.models import ParticipantSession
-from tests.accounts.helpers import PASSWORD, member
+from tests.support.people import PASSWORD, member
 
 PRODUCTION = {
     "SECRET_KEY": secrets.token_urlsafe(64),

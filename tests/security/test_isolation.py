@@ -14,7 +14,8 @@ from django.db import connections
 from research_portal.accounts.models import Organization, Role
 from research_portal.analytics.exports import EXPORTERS
 from research_portal.capture.models import ParticipantSession
-from tests.accounts.helpers import member, session_with_frames
+from tests.support.people import member
+from tests.support.readings import session_with_frames
 
 SECRETS = [b"Spring campaign", b"Spring ad", b"panelist-42"]
 

@@ -21,9 +21,9 @@ from django.test import Client, RequestFactory, override_settings
 from research_portal.accounts.models import Role
 from research_portal.accounts.ratelimit import LoginThrottled, do_start_login_attempt
 from research_portal.accounts.services import do_invite
-from tests.accounts.helpers import PASSWORD, member
-from tests.conftest import service_env, start_daphne
-from tests.load.stack import free_port
+from tests.support.people import PASSWORD, member, staff_user
+from tests.support.processes import free_port
+from tests.support.services import service_env, start_daphne
 
 LIMITS = {"login": "3/300", "login_address": "8/300", "entry": "30/60", "check_frame": "40/10"}
 
@@ -48,7 +48,7 @@ def signed_in(client: Client) -> bool:
 
 @pytest.fixture
 def root(db):
-    return get_user_model().objects.create_superuser("root", "root@x.test", PASSWORD)
+    return staff_user("root")
 
 
 @pytest.mark.django_db
@@ -202,7 +202,7 @@ class Browser:
 
 def test_on_a_real_server_admin_sign_in_is_locked_with_the_portal(postgres, redis_url, tmp_path):
     username = f"root{secrets.token_hex(4)}"  # the server's address is 127.0.0.1: a name of this run
-    get_user_model().objects.create_superuser(username, f"{username}@x.test", PASSWORD)
+    staff_user(username)
     env = {**service_env(postgres, redis_url), "RATE_LIMIT_LOGIN": "3/300"}
     port = free_port()
     server = start_daphne(env, port, tmp_path / "daphne.log")
@@ -215,7 +215,7 @@ def test_on_a_real_server_admin_sign_in_is_locked_with_the_portal(postgres, redi
         assert browser.request("/admin/")[0] == 302  # not signed in: sent to the admin's sign-in page
         # Another user on the same address is not locked out, and signs in to admin.
         colleague = f"staff{secrets.token_hex(4)}"
-        get_user_model().objects.create_superuser(colleague, f"{colleague}@x.test", PASSWORD)
+        staff_user(colleague)
         other = Browser(f"http://127.0.0.1:{port}")
         signed = {"username": colleague, "password": PASSWORD, "next": "/admin/"}
         assert other.post_form("/admin/login/?next=/admin/", signed) == 302

@@ -75,7 +75,7 @@ from research_portal.analytics.services import SCALARS
 from research_portal.capture.models import ParticipantSession
 from research_portal.privacy.models import AuditLog
 from research_portal.studies.models import Ad, CountryQuota, Study
-from tests.analytics.conftest import FrameWriter
+from tests.support.readings import FrameWriter
 
 State = ParticipantSession.State
 FAST_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -15,7 +15,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from inference.resources import shared_dir
 from research_portal.studies.models import Ad, Study
 from research_portal.studies.services import MIN_AD_DURATION_MS, probe_video
-from tests.conftest import require_file
+from tests.support.services import require_file
 
 
 def write_video(path: Path, fourcc: str, seconds: float, fps: int = 10) -> Path:

@@ -13,9 +13,9 @@ from django.test import Client
 from research_portal.accounts.models import Role
 from research_portal.capture.models import ParticipantSession
 from research_portal.studies.models import Study
-from tests.accounts.helpers import member
 from tests.studies.test_ad_upload import study_form
 from tests.studies.test_setup_pages import study_form_data, valid_study
+from tests.support.people import member
 
 pytestmark = pytest.mark.django_db
 
@@ -136,10 +136,9 @@ def test_analysts_never_see_the_secret(client, acme):
         assert response.status_code == 200 and SECRET.encode() not in response.content
 
 
-def test_django_admin_sets_the_options_with_the_same_checks(acme, django_user_model):
-    staff = django_user_model.objects.create_superuser("root", password="pw-root-12345")
+def test_django_admin_sets_the_options_with_the_same_checks(acme, sam):
     admin = Client()
-    admin.force_login(staff)
+    admin.force_login(sam)
     form = study_form(
         acme.organization, link_signing_secret=SECRET, link_max_age_minutes=60, quota_seat_minutes=0
     )

@@ -15,7 +15,7 @@ from research_portal.capture.participation import validated_completes
 from research_portal.privacy.models import AuditLog
 from research_portal.studies.models import Ad, CountryQuota, Study
 from research_portal.studies.services import ChangeRefused, check_study_change_allowed
-from tests.accounts.helpers import member
+from tests.support.people import member
 
 pytestmark = pytest.mark.django_db
 

@@ -12,16 +12,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from research_portal.accounts.permissions import (
-    organizations_managed_by,
-    studies_managed_by,
-    studies_visible_to,
-    study_for_manager,
-)
+from research_portal.accounts.permissions import organizations_managed_by
+from research_portal.capture.erasure import do_delete_participant, do_delete_study
 from research_portal.capture.models import REFUSED_AT_ENTRY, ParticipantSession
-from research_portal.capture.views import video_content_type
+from research_portal.capture.participation import do_start_preview
+from research_portal.media import video_response
 from research_portal.privacy.models import AuditLog
-from research_portal.privacy.services import do_delete_participant, do_delete_study
 from research_portal.studies.forms import (
     AdUploadForm,
     DeleteParticipantForm,
@@ -30,6 +26,7 @@ from research_portal.studies.forms import (
     StudyForm,
 )
 from research_portal.studies.models import Study
+from research_portal.studies.permissions import studies_managed_by, studies_visible_to, study_for_manager
 from research_portal.studies.services import (
     ChangeRefused,
     check_study_change_allowed,
@@ -38,7 +35,6 @@ from research_portal.studies.services import (
     do_move_ad,
     do_remove_ad,
     do_save_study,
-    do_start_preview,
     has_started,
     participant_links,
 )
@@ -220,17 +216,8 @@ def ad_remove(request: HttpRequest, study_id: int, ad_id: int) -> HttpResponse:
 @login_required
 def ad_video(request: HttpRequest, study_id: int, ad_id: int) -> HttpResponse:
     """The ad for its study's admins to check on the set-up page (never from a public media path)."""
-    from django.http import FileResponse
-
     study = study_for_manager(request.user, study_id)
-    ad = get_object_or_404(study.ads, pk=ad_id)
-    try:
-        handle = ad.video.open("rb")
-    except (OSError, ValueError) as missing:
-        raise Http404("The video file is missing.") from missing
-    response = FileResponse(handle, content_type=video_content_type(ad.video.name))
-    response["Cache-Control"] = "private, no-store"
-    return response
+    return video_response(request, get_object_or_404(study.ads, pk=ad_id).video)
 
 
 @require_POST

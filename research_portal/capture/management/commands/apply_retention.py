@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from research_portal.privacy.services import do_apply_retention
+from research_portal.capture.erasure import do_apply_retention
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from research_portal.studies import views
+from research_portal.setup import views
 
 app_name = "studies"
 
