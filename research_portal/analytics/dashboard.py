@@ -473,7 +473,7 @@ def build_study_overview(study: Study, filters: Filters) -> dict:
             started=Count("id", filter=~REFUSED_AT_ENTRY),
             consented=Count("id", filter=Q(consent_at__isnull=False)),
             checks_passed=Count("id", filter=Q(checks_passed_at__isnull=False)),
-            viewed=Count("id", filter=Q(completed_at__isnull=False)),
+            viewed=Count("id", filter=Q(viewing_ended_at__isnull=False)),
             validated=Count("id", filter=Q(state=State.COMPLETED)),
             failed=Count("id", filter=Q(state=State.FAILED)),
             declined=Count("id", filter=Q(state=State.DECLINED)),

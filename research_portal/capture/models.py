@@ -60,8 +60,9 @@ class ParticipantSession(models.Model):
     is_preview = models.BooleanField(default=False)
     exclusion_reason = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
-    # When viewing ended (every ad played); the session may still fail validation after that.
-    completed_at = models.DateTimeField(null=True, blank=True)
+    # When viewing ended (every ad played, or the session ended before): validation comes after it, and only
+    # validation makes a session State.COMPLETED.
+    viewing_ended_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [
@@ -82,7 +83,7 @@ class ParticipantSession(models.Model):
 
     @property
     def is_capturing(self) -> bool:
-        return self.state in self.CAPTURING_STATES and self.completed_at is None
+        return self.state in self.CAPTURING_STATES and self.viewing_ended_at is None
 
     @property
     def has_ended(self) -> bool:

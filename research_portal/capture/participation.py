@@ -542,9 +542,9 @@ def do_end_session(session: ParticipantSession, state: str, reason: str = "") ->
         return
     session.state = state
     session.exclusion_reason = reason[:200]
-    if session.completed_at is None and state in (State.COMPLETED, State.FAILED):
-        session.completed_at = timezone.now()
-    session.save(update_fields=["state", "exclusion_reason", "completed_at"])
+    if session.viewing_ended_at is None and state in (State.COMPLETED, State.FAILED):
+        session.viewing_ended_at = timezone.now()
+    session.save(update_fields=["state", "exclusion_reason", "viewing_ended_at"])
 
 
 def do_record_event(

@@ -57,17 +57,17 @@ class ReportRefused(Exception):
 def do_finish_viewing(session: ParticipantSession) -> None:
     """The browser played every ad; the socket stops taking frames and validation can begin."""
     if session.is_capturing and session.checks_passed_at is not None:
-        session.completed_at = timezone.now()
-        session.save(update_fields=["completed_at"])
+        session.viewing_ended_at = timezone.now()
+        session.save(update_fields=["viewing_ended_at"])
 
 
 def is_ready_to_validate(session: ParticipantSession, now: datetime | None = None) -> bool:
     """Whether a session whose viewing ended can be validated now: the reading of its last queued frame is
     stored (and STORE_GRACE has passed for its batch-mates), or MAX_VALIDATION_WAIT has passed."""
     now = now or timezone.now()
-    if session.has_ended or session.completed_at is None:
+    if session.has_ended or session.viewing_ended_at is None:
         return False
-    if now - session.completed_at >= MAX_VALIDATION_WAIT or session.last_enqueued_seq is None:
+    if now - session.viewing_ended_at >= MAX_VALIDATION_WAIT or session.last_enqueued_seq is None:
         return True
     last_stored = FrameResult.objects.filter(session=session, seq=session.last_enqueued_seq).exists()
     return last_stored and now - session.last_enqueued_at >= STORE_GRACE
@@ -133,13 +133,13 @@ def sessions_due_for_validation(now: datetime) -> QuerySet[ParticipantSession]:
     """Sessions not yet ended whose viewing ended (validated once their readings are in: is_ready_to_validate)
     or that are abandoned (ABANDONED_AFTER), oldest first."""
     abandoned = Q(
-        completed_at__isnull=True, checks_passed_at__isnull=False, last_seen__lt=now - ABANDONED_AFTER
+        viewing_ended_at__isnull=True, checks_passed_at__isnull=False, last_seen__lt=now - ABANDONED_AFTER
     )
     return (
         ParticipantSession.objects.filter(state__in=ParticipantSession.CAPTURING_STATES)
         .alias(last_seen=last_sign_of_life())
-        .filter(Q(completed_at__isnull=False) | abandoned)
-        .order_by(Coalesce("completed_at", "last_seen"), "pk")
+        .filter(Q(viewing_ended_at__isnull=False) | abandoned)
+        .order_by(Coalesce("viewing_ended_at", "last_seen"), "pk")
     )
 
 
@@ -150,7 +150,7 @@ def do_end_abandoned_session(session: ParticipantSession, now: datetime | None =
     now = now or timezone.now()
     session = ParticipantSession.objects.select_for_update().get(pk=session.pk)
     last_seen = session.last_enqueued_at or session.checks_passed_at
-    if session.has_ended or session.completed_at is not None or last_seen is None:
+    if session.has_ended or session.viewing_ended_at is not None or last_seen is None:
         return
     if now - last_seen < ABANDONED_AFTER:
         return
@@ -169,7 +169,7 @@ def do_validate_due_sessions(now: datetime | None = None) -> int:
     done = 0
     for session in sessions_due_for_validation(now)[:VALIDATIONS_PER_RUN]:
         try:
-            if session.completed_at is None:
+            if session.viewing_ended_at is None:
                 do_end_abandoned_session(session, now)
             elif is_ready_to_validate(session, now):
                 do_validate_session(session)
@@ -212,7 +212,7 @@ def check_unplayable_ad(session: ParticipantSession, ad_id: int, taken: tuple[in
     """The ad a report says cannot be played, when the report holds: the session is viewing (not ended, its
     viewing not finished: a repeated report finds it ended) and the ad is its own current one. ReportRefused
     (`not_viewing`, `wrong_ad`) otherwise."""
-    if session.state != State.VIEWING or session.completed_at is not None:
+    if session.state != State.VIEWING or session.viewing_ended_at is not None:
         status = "done viewing" if session.state == State.VIEWING else session.state
         raise ReportRefused("not_viewing", f"This session is {status}; it is not viewing an ad.")
     ad = Ad.objects.filter(study_id=session.study_id, pk=ad_id).first()

@@ -23,7 +23,7 @@ def seed(acme) -> None:
     for country, shape in SHAPES.items():
         for index in range(4):
             state = "completed" if index < 3 else "viewing"
-            done = {"checks_passed_at": T0, "completed_at": T0 if index < 3 else None}
+            done = {"checks_passed_at": T0, "viewing_ended_at": T0 if index < 3 else None}
             writer = FrameWriter(new_participant(acme.study, country, state=state, **done))
             rows = writer.frames(None, 0, [0.1, 0.12, 0.1])
             for second, level in enumerate(shape):
@@ -36,7 +36,7 @@ def seed(acme) -> None:
             store_results(rows)
     failed = "not enough usable frames: Spring ad: 4 usable of 20 expected frames"
     new_participant(
-        acme.study, "US", state="failed", checks_passed_at=T0, completed_at=T0, exclusion_reason=failed
+        acme.study, "US", state="failed", checks_passed_at=T0, viewing_ended_at=T0, exclusion_reason=failed
     )
     new_participant(acme.study, "JP", state="declined", consent_at=None, exclusion_reason="declined consent")
     for country, target in (("DE", 6), ("US", 6), ("JP", 4)):

@@ -118,11 +118,16 @@ def test_study_overview_funnel_exclusions_and_quotas(client, analysts, acme):
     from tests.support.readings import new_participant
 
     now = timezone.now()
-    new_participant(acme.study, "DE", state="completed", checks_passed_at=now, completed_at=now)
+    new_participant(acme.study, "DE", state="completed", checks_passed_at=now, viewing_ended_at=now)
     for usable in (3, 5):
         reason = f"not enough usable frames: Spring ad: {usable} usable of 20 expected frames"
         new_participant(
-            acme.study, "DE", state="failed", checks_passed_at=now, completed_at=now, exclusion_reason=reason
+            acme.study,
+            "DE",
+            state="failed",
+            checks_passed_at=now,
+            viewing_ended_at=now,
+            exclusion_reason=reason,
         )
     new_participant(acme.study, "US", state="declined", consent_at=None, exclusion_reason="declined consent")
     new_participant(acme.study, "US", state="over_quota", consent_at=None, exclusion_reason="")

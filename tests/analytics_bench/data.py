@@ -207,7 +207,7 @@ def do_generate_bench_data(
                     external_participant_id=f"bench-{index}",
                     consent_at=timezone.now(),
                     checks_passed_at=timezone.now() if state != "started" else None,
-                    completed_at=timezone.now() if state in ("completed", "failed") else None,
+                    viewing_ended_at=timezone.now() if state in ("completed", "failed") else None,
                     exclusion_reason=reason,
                 )
                 for index, (country, device, state, reason) in enumerate(states)

@@ -321,7 +321,7 @@ async def test_frames_are_discarded_unless_the_study_opts_in(acme, viewing_sessi
 
 
 async def test_a_finished_viewing_takes_no_more_frames(acme, viewing_session):
-    viewing_session.completed_at = timezone.now()
+    viewing_session.viewing_ended_at = timezone.now()
     await database_sync_to_async(viewing_session.save)()
     communicator, error = await connect(viewing_session.token)
     assert error["code"] == "session_closed"

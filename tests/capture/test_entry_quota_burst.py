@@ -148,7 +148,7 @@ def viewed_session(study: Study, pid: str, usable: bool = True, **fields) -> Par
         "ad_sequence": list(study.ads.values_list("id", flat=True)),
         "consent_at": now,
         "checks_passed_at": now,
-        "completed_at": now - timedelta(minutes=1),
+        "viewing_ended_at": now - timedelta(minutes=1),
         **fields,
     }
     session = ParticipantSession.objects.create(study=study, external_participant_id=pid, **values)

@@ -21,6 +21,7 @@ from research_portal.capture.participation import validated_completes
 from research_portal.capture.validation import MAX_VALIDATION_WAIT, STORE_GRACE
 from research_portal.ops import periodic
 from research_portal.studies.models import CountryQuota
+from tests.support.polling import eventually
 from tests.support.readings import reading
 from tests.support.services import service_env, start_celery_worker
 
@@ -42,7 +43,7 @@ def finished_viewer(study, pid: str, country: str = "DE") -> ParticipantSession:
         ad_sequence=[ad.pk],
         consent_at=now,
         checks_passed_at=now - timedelta(seconds=10),
-        completed_at=now,
+        viewing_ended_at=now,
         last_enqueued_seq=19,
         last_enqueued_at=now,
     )
@@ -55,11 +56,12 @@ def finished_viewer(study, pid: str, country: str = "DE") -> ParticipantSession:
 def wait_until_ended(session: ParticipantSession, timeout_s: float) -> tuple[ParticipantSession, float]:
     """Watch the database (not the participant's /outcome) until the session has ended; (session, seconds)."""
     started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
+
+    def has_ended() -> bool:
         session.refresh_from_db()
-        if session.has_ended:
-            break
-        time.sleep(0.2)
+        return session.has_ended
+
+    eventually(has_ended, timeout_s=timeout_s)
     return session, time.monotonic() - started
 
 

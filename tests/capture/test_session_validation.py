@@ -29,7 +29,7 @@ def viewed(acme) -> ParticipantSession:
         external_participant_id="v-1",
         ad_sequence=[acme.ad.pk],
         checks_passed_at=now,
-        completed_at=now - timedelta(minutes=1),
+        viewing_ended_at=now - timedelta(minutes=1),
     )
 
 
@@ -79,7 +79,7 @@ def test_validation_waits_for_the_last_queued_frame(acme):
         state="viewing",
         ad_sequence=[acme.ad.pk],
         checks_passed_at=now,
-        completed_at=now,
+        viewing_ended_at=now,
         last_enqueued_seq=19,
         last_enqueued_at=now,
     )
@@ -98,7 +98,7 @@ def test_a_lost_batch_cannot_hold_a_participant_forever(acme):
         state="viewing",
         ad_sequence=[acme.ad.pk],
         checks_passed_at=past,
-        completed_at=past,
+        viewing_ended_at=past,
         last_enqueued_seq=99,
         last_enqueued_at=past,
     )
@@ -109,7 +109,7 @@ def test_finish_before_the_check_changes_nothing(acme):
     session = ParticipantSession.objects.create(study=acme.study, state="consented")
     do_finish_viewing(session)
     session.refresh_from_db()
-    assert session.completed_at is None
+    assert session.viewing_ended_at is None
 
 
 def test_end_page_shows_the_outcome_and_the_complete_redirect(client, viewed, acme):
@@ -141,7 +141,7 @@ def test_a_finished_session_is_validated_once_its_last_reading_is_in(acme):
         state="viewing",
         ad_sequence=[acme.ad.pk],
         checks_passed_at=now,
-        completed_at=now,
+        viewing_ended_at=now,
         last_enqueued_seq=19,
         last_enqueued_at=now,
     )
@@ -197,7 +197,7 @@ def test_a_session_that_cannot_be_validated_holds_up_no_other(acme, viewed, monk
         external_participant_id="v-2",
         ad_sequence=[acme.ad.pk],
         checks_passed_at=viewed.checks_passed_at,
-        completed_at=viewed.completed_at,
+        viewing_ended_at=viewed.viewing_ended_at,
     )
     store_frames(viewed, acme.ad, [True] * 20)
     original = validation.ad_usability_failures

@@ -256,7 +256,7 @@ def end_page_while_saving(client, acme, language):
         language,
         state="viewing",
         checks_passed_at=now - timedelta(seconds=10),
-        completed_at=now,
+        viewing_ended_at=now,
         last_enqueued_seq=40,
         last_enqueued_at=now,
     )

@@ -112,7 +112,7 @@ async def test_a_report_of_the_current_ad_ends_the_session_failed_with_the_faile
     assert messages == [{"type": "ended", "state": "failed", "reason": "ad_unplayable"}]
     assert code == 4003  # the session takes no more frames
     ended = await reload(session)
-    assert ended.state == "failed" and ended.completed_at is not None
+    assert ended.state == "failed" and ended.viewing_ended_at is not None
     assert ended.exclusion_reason == f"ad_unplayable: ad {playlist[0].pk} (decode): Spring ad"
     assert await events_of(session) == [("ad_unplayable", playlist[0].pk, 1200, "decode")]
     # The page then goes to the end page, which says why and sends the participant back with the Failed
@@ -206,7 +206,7 @@ async def test_a_report_after_viewing_finished_or_the_session_ended_is_refused(a
     # The page posted `finish` in another tab: viewing is over, validation decides.
     finished_at = timezone.now()
     await database_sync_to_async(ParticipantSession.objects.filter(pk=session.pk).update)(
-        completed_at=finished_at
+        viewing_ended_at=finished_at
     )
     await communicator.send_to(text_data=report(playlist[0].pk))
     refused = await answer(communicator)
@@ -220,7 +220,7 @@ async def test_a_report_after_viewing_finished_or_the_session_ended_is_refused(a
     assert refused["code"] == "not_viewing" and refused["detail"].startswith("This session is completed")
     await communicator.disconnect()
     ended = await reload(session)
-    assert (ended.state, ended.exclusion_reason, ended.completed_at) == ("completed", "", finished_at)
+    assert (ended.state, ended.exclusion_reason, ended.viewing_ended_at) == ("completed", "", finished_at)
     assert await events_of(session) == []
 
 

@@ -56,4 +56,4 @@ def test_firefox_runs_the_camera_check_and_streams_frames(acme, asgi_server, cel
     assert {row.ad_id for row in rows} == {None, acme.ad.pk}  # baseline and ad frames
     assert max(row.media_time_ms for row in rows if row.ad_id) >= acme.ad.duration_ms - 1000
     viewing.refresh_from_db()
-    assert viewing.completed_at is not None
+    assert viewing.viewing_ended_at is not None
