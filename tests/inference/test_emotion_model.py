@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from inference.model import EmotionModel, ModelContractError
+from inference.model import EmotionModel, ModelContractError, has_int8_dot_product
 
 from .conftest import FER2013_LABELS, SHUFFLED_LABELS, build_contract_model
 
@@ -148,3 +148,15 @@ def test_every_output_of_the_shipped_model_names_its_classes_like_fer2013(real_m
     for name, spec in model.metadata.outputs.items():
         assert not {"happiness", "sadness", "anger"} & set(spec.labels), f"{name}: {spec.labels}"
         assert "happy" in spec.labels, f"{name}: {spec.labels}"
+
+
+def test_int8_kernels_follow_the_cpu_and_both_paths_read_alike(real_model_path: Path, fer2013: dict) -> None:
+    """Fused int8 kernels only where the CPU has VNNI (they saturate without it); either way the shipped
+    model reads FER2013 faces alike, and the unfused path is the model's own quantized arithmetic."""
+    assert EmotionModel(real_model_path).fused_int8 == has_int8_dot_product()
+    crops = fer2013["images"][:128]
+    unfused = EmotionModel(real_model_path, fused_int8=False).predict(crops)
+    fused = EmotionModel(real_model_path, fused_int8=True).predict(crops)
+    assert unfused.shape == fused.shape and np.allclose(unfused.sum(1), 1, atol=1e-4)
+    if has_int8_dot_product():
+        assert (unfused.argmax(1) == fused.argmax(1)).mean() > 0.97

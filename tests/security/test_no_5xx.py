@@ -75,6 +75,7 @@ from research_portal.analytics.services import SCALARS
 from research_portal.capture.models import ParticipantSession
 from research_portal.privacy.models import AuditLog
 from research_portal.studies.models import Ad, CountryQuota, Study
+from tests.support.people import cast_of
 from tests.support.readings import FrameWriter
 
 State = ParticipantSession.State
@@ -261,7 +262,8 @@ if not FULL_WALK:
 
 @dataclass
 class World:
-    """Acme Research (its admin `ada`, analyst `ana`), Rival Insights' admin `rival`, staff `root`; Acme's
+    """The cast (tests/support/people.py) under the walk's identity names: Acme's admin Alice (`ada`), its
+    analyst Bob (`ana`), Rival Insights' admin Charlie (`rival`), staff Sam (`root`); Acme's
     live study (one ad), another live one and a draft with two ads; a participant session in every state;
     an open invitation."""
 
@@ -281,16 +283,9 @@ class World:
 
 def build_world(acme, ad_video_file: Path, django_user_model) -> World:
     organization = acme.organization
-    users = {
-        "ada": django_user_model.objects.create_user("ada", password="pw-ada-1234567", email="ada@x.test"),
-        "ana": django_user_model.objects.create_user("ana", password="pw-ana-1234567", email="ana@x.test"),
-        "rival": django_user_model.objects.create_user("rival", password="pw-rival-1234567"),
-        "root": django_user_model.objects.create_superuser("root", password="pw-root-1234567"),
-    }
-    Membership.objects.create(user=users["ada"], organization=organization, role=Role.ADMIN)
-    membership = Membership.objects.create(user=users["ana"], organization=organization, role=Role.ANALYST)
-    rival = Organization.objects.create(name="Rival Insights")
-    Membership.objects.create(user=users["rival"], organization=rival, role=Role.ADMIN)
+    cast = cast_of(organization)
+    users = {"ada": cast.alice, "ana": cast.bob, "rival": cast.charlie, "root": cast.sam}
+    membership = Membership.objects.get(user=cast.bob)
     CountryQuota.objects.create(study=acme.study, country="DE", target=50)
     draft = Study.objects.create(organization=organization, name="Draft study", allowed_countries=["DE"])
     draft_ads = []
