@@ -220,8 +220,8 @@ ADMIN = Lists(
     files=3,
     post_hostile_paths=False,
 )
-# `make test` walks with one or two values of each kind of trouble (about a minute on two cores);
-# PORTAL_HOSTILE_WALK=full walks every value above (`make test-hostile`, about five minutes).
+# `make test` walks with one or two values of each kind of trouble (about 140 s on two cores);
+# PORTAL_HOSTILE_WALK=full walks every value above (`make test-hostile`, several minutes).
 FULL_WALK = os.environ.get("PORTAL_HOSTILE_WALK") == "full"
 if not FULL_WALK:
     PORTAL = replace(
