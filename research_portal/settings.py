@@ -199,7 +199,7 @@ CELERY_DB_REUSE_MAX = int(os.environ.get("CELERY_DB_REUSE_MAX", "1000"))
 # Periodic work, never done by a page view. Production: `celery -A research_portal beat` runs this schedule
 # (`make run` starts its worker with --beat, docker/compose.yaml a beat service). Embedded mode: a thread of
 # the web process runs the EMBEDDED_PERIODIC_JOBS at the same intervals (research_portal/ops/periodic.py);
-# retention there is `manage.py apply_retention` from cron.
+# retention among them (no cron needed; `manage.py apply_retention` runs it by hand).
 SESSION_VALIDATION_INTERVAL_S = float(os.environ.get("SESSION_VALIDATION_INTERVAL_S", "5"))
 ROLLUP_RECONCILE_INTERVAL_S = float(os.environ.get("ROLLUP_RECONCILE_INTERVAL_S", "60"))
 CELERY_BEAT_SCHEDULE = {
@@ -225,7 +225,7 @@ CELERY_BEAT_SCHEDULE = {
 }
 # The schedule's entries that embedded mode runs in its web process; its thread starts with the process's
 # first request. Off: run them some other way (tests call them, tests/conftest.py).
-EMBEDDED_PERIODIC_JOBS = ("validate-sessions", "reconcile-rollups")
+EMBEDDED_PERIODIC_JOBS = ("apply-retention", "validate-sessions", "reconcile-rollups")
 EMBEDDED_PERIODIC_LOOP = env_bool("PORTAL_EMBEDDED_PERIODIC_LOOP", True)
 
 AUTH_PASSWORD_VALIDATORS = [

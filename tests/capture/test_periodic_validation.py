@@ -69,7 +69,8 @@ def test_the_shipped_schedule_keeps_the_bound():
     interval = settings.CELERY_BEAT_SCHEDULE["validate-sessions"]["schedule"]
     assert interval == settings.SESSION_VALIDATION_INTERVAL_S
     assert MAX_VALIDATION_WAIT.total_seconds() + interval <= VALIDATION_BOUND_S
-    assert set(settings.EMBEDDED_PERIODIC_JOBS) == {"validate-sessions", "reconcile-rollups"}
+    jobs = {"apply-retention", "validate-sessions", "reconcile-rollups"}
+    assert set(settings.EMBEDDED_PERIODIC_JOBS) == jobs
 
 
 # ---- embedded mode: a thread of the web process ------------------------------------------------------------
@@ -89,6 +90,24 @@ def embedded_loop(postgres, embedded_mode) -> Iterator[periodic.PeriodicLoop]:
     loop = periodic.start_embedded_loop()
     yield loop
     assert loop.stop() and not loop.running
+
+
+def test_the_embedded_loop_applies_retention_without_cron(acme, postgres, embedded_mode):
+    """Retention is one of the loop's jobs: a preview session past its day goes, with nothing else run."""
+    old_preview = ParticipantSession.objects.create(
+        study=acme.study, external_participant_id="preview-old", is_preview=True, ad_sequence=[acme.ad.pk]
+    )
+    ParticipantSession.objects.filter(pk=old_preview.pk).update(created_at=timezone.now() - timedelta(days=2))
+    fresh_preview = ParticipantSession.objects.create(
+        study=acme.study, external_participant_id="preview-new", is_preview=True, ad_sequence=[acme.ad.pk]
+    )
+    loop = periodic.start_embedded_loop()
+    try:
+        old = ParticipantSession.objects.filter(pk=old_preview.pk)
+        gone = eventually(lambda: not old.exists(), timeout_s=10)
+    finally:
+        assert loop.stop()
+    assert gone and ParticipantSession.objects.filter(pk=fresh_preview.pk).exists()
 
 
 def test_the_embedded_loop_validates_a_finished_session_nobody_polls(acme, embedded_loop):
