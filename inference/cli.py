@@ -16,7 +16,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inference.bench import run_bench
+from inference.detect import fetch_detector, file_sha256
+from inference.model import ModelContractError
 from inference.pipeline import FrameReading, Pipeline, get_pipeline
+from inference.resources import YUNET_SHA256, YUNET_URL, default_detector_path, default_model_path, shared_dir
 
 VIDEO_BATCH = 32  # frames per model call when analysing a video
 
@@ -152,9 +156,6 @@ def command_analyze(args: argparse.Namespace) -> int:
 
 
 def command_fetch_detector(args: argparse.Namespace) -> int:
-    from inference.detect import fetch_detector, file_sha256
-    from inference.resources import YUNET_SHA256, default_detector_path
-
     available = default_detector_path()
     if not args.force and args.output is None and available is not None and available.is_file():
         # `make run` calls this every time: nothing to download when a verified YuNet is already configured.
@@ -194,16 +195,13 @@ EVALUATION_PROTOCOL = {
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    try:
+    try:  # inference/training is development material: an installation may leave it out
         from inference.training.evaluate import evaluate_model
         from inference.training.real_faces import evaluate_real_faces
     except ImportError as error:
         message = f"error: `evaluate` is not available: inference/training cannot be imported ({error})"
         print(message, file=sys.stderr)
         return 2
-    from inference.model import ModelContractError
-    from inference.resources import default_model_path, shared_dir
-
     model = args.model or str(default_model_path())
     try:
         result = evaluate_model(model, args.data_dir, speed=not args.no_speed, output=args.output)
@@ -221,8 +219,6 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 
 def command_bench(args: argparse.Namespace) -> int:
-    from inference.bench import run_bench
-
     return run_bench(args)
 
 
@@ -246,8 +242,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=command_bench)
 
     fetch = commands.add_parser("fetch-detector", help="download YuNet into var/models (Haar if offline)")
-    from inference.resources import YUNET_URL
-
     fetch.add_argument("--url", default=YUNET_URL)
     fetch.add_argument("--output", help="destination file (default var/models/<name>.onnx)")
     fetch.add_argument("--timeout", type=float, default=30.0)

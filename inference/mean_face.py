@@ -16,6 +16,8 @@ from functools import cache
 
 import numpy as np
 
+from inference.resources import shared_dir
+
 SIZE = 48
 _MEAN_FACE_B64 = (
     "eNpVlemCqjgQhZ+3Xdg32UMABUTbBVQEdbw9/ZxzKmj33PrBUnwVKknViWNq8nw2nUxnkqpbCz+ME55mWZ5nWcqTOPQXlq5KApjL"
@@ -58,8 +60,6 @@ def encode(face: np.ndarray) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from inference.resources import shared_dir
-
     args = sys.argv[1:] if argv is None else argv
     path = args[0] if args else str(shared_dir() / "data" / "fer2013.npz")
     with np.load(path) as data:

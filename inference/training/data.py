@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.pipeline import Pipeline
 from inference.resources import shared_dir
+
+from .real_faces import photo_crops
 
 USAGES: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")
 TRAIN, PUBLIC, PRIVATE = 0, 1, 2
@@ -147,9 +150,6 @@ def real_selection_crops(data: FerData, shared_data_dir: Path | None = None) -> 
     `shared_data_dir/realfaces_dev`."""
     if data.real_crops is not None and data.real_labels is not None:
         return data.real_crops, data.real_labels
-    from inference.pipeline import Pipeline
-
-    from .real_faces import photo_crops
 
     photos = (shared_data_dir or default_data_dir()) / "realfaces_dev"
     crops, labels = photo_crops(Pipeline(), photos)

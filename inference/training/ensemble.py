@@ -18,6 +18,9 @@ from typing import Any
 import onnx
 from onnx import helper
 
+from .data import TRAIN, load_data
+from .export import calibration_batch, quantize_int8
+
 OUTPUTS = ("probabilities", "ferplus_probabilities")
 
 
@@ -98,9 +101,6 @@ def build(
     work: Path,
 ) -> dict[str, Any]:
     """Merge fp32 members, quantize per cfg (calibrated on Training rows), return summary."""
-
-    from .data import TRAIN, load_data
-    from .export import calibration_batch, quantize_int8
 
     summary = combine_summaries([s for _, s in member_files])
     merged = work / "ensemble.fp32.onnx"

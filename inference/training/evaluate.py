@@ -7,6 +7,7 @@ metadata_props (docs/architecture.md, "Inference contract").
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 
 from inference.model import EmotionModel
 
@@ -23,8 +25,6 @@ from .data import PRIVATE, FerData, ferplus_majority, load_data
 
 
 def _session(onnx_path: str | os.PathLike[str], threads: int = 1) -> Any:
-    import onnxruntime as ort
-
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -201,8 +201,6 @@ def evaluate_model(
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
     ap = argparse.ArgumentParser(description="Evaluate an emotion ONNX model (no torch needed).")
     ap.add_argument(
         "model", nargs="?", default=str(Path(__file__).resolve().parents[1] / "models" / "emotion.onnx")

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
 def export_onnx(net: EmotionNet, path: str | Path, *, flip_tta: bool, t_fer: float, t_ferplus: float) -> Path:
     """Write the inference graph: input `input` [N,1,48,48] -> `probabilities` [N,7] (+FER+)."""
-    import torch
+    import torch  # training-only dependency (the `train` extra): the CPU-side tools import this module
 
-    from .model import ExportWrapper
+    from .model import ExportWrapper  # imports torch
 
     wrapper = ExportWrapper(net.cpu().float().eval(), flip_tta, t_fer, t_ferplus).eval()
     path = Path(path)
@@ -211,6 +211,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray
     file is ~4x smaller, which buys a wider student within the one-core speed budget. The
     graph's input/outputs stay float32, so the loader contract is unchanged.
     """
+    # onnxruntime.quantization takes about 1.1 s to import; only quantizing needs it
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,

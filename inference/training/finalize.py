@@ -22,22 +22,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from .pipeline import finalize
+from .data import TRAIN, load_data
+from .evaluate import read_metadata
+from .export import add_flip_tta, calibration_batch, quantize_int8
+from .pipeline import finalize, restamp, restamp_default_output
 
 
 def add_flip_tta_cli(
     src: str, out: str, average: str, version: str | None, data: str | None, speed: bool
 ) -> dict[str, Any]:
     """`export.add_flip_tta` + `pipeline.restamp`: the flip file, measured (Private-/PublicTest, speed)."""
-    import tempfile
-
-    from .evaluate import read_metadata
-    from .export import add_flip_tta
-    from .pipeline import restamp
-
     old_version = read_metadata(src)["version"]
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,8 +82,6 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
     if a.restamp:
-        from .pipeline import restamp_default_output
-
         if not (a.out and a.version and a.training_notes):
             ap.error("--restamp needs --out, --version and --training-notes")
         metrics = restamp_default_output(
@@ -106,9 +102,6 @@ def main(argv: list[str] | None = None) -> None:
         cfg = json.loads(Path(a.config).read_text())
         s["config_path"] = a.config
     if a.from_fp32:
-        from .data import TRAIN, load_data
-        from .export import calibration_batch, quantize_int8
-
         data = load_data(a.data)
         calib = calibration_batch(data.images, data.split(TRAIN), cfg, summary["normalization"])
         quantize_int8(a.from_fp32, a.onnx, calib)

@@ -26,11 +26,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
+
+from .data import load_data
+from .pipeline import save_weights
 
 log = logging.getLogger("inference.training")
 
@@ -47,9 +52,7 @@ def seed_config(cfg: dict[str, Any], seed: int, teacher_weights: Path | None) ->
 
 def train_teacher(cfg: dict[str, Any], data_path: str, device: str, out: Path) -> Path:
     """Fit the config's teacher and save it (fp32) for the students to load."""
-    from .data import load_data
-    from .pipeline import save_weights
-    from .train import fit_teacher, prepare
+    from .train import fit_teacher, prepare  # imports torch (the `train` extra); --help and the tests don't
 
     prepared = prepare(cfg, load_data(data_path), device)
     net, summary = fit_teacher(cfg, prepared)
@@ -82,9 +85,6 @@ def best_seed(out: Path, seeds: list[int]) -> dict[str, Any]:
 def deliver(out: Path, to: Path, best: dict[str, Any], config_path: str) -> list[Path]:
     """Copy what must come back into `to`: the selected student's weights, fp32 ONNX and summary (its config
     path pointing at the repo's config), best.json, and every log, config and summary as one archive."""
-    import shutil
-    import tarfile
-
     to.mkdir(parents=True, exist_ok=True)
     name = f"emotion.s{best['best']['seed']}"
     shutil.copyfile(out / f"{name}.pt", to / "emotion.pt")

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import platform
+import shutil
 from pathlib import Path
 from typing import Any
 
-from .card import write_card
-from .data import PUBLIC, load_data
+import onnx
+
+from inference.model import EmotionModel
+from inference.resources import shared_dir
+
+from .card import training_section, write_card
+from .data import PUBLIC, TRAIN, load_data, repo_root
 from .ensemble import build
 from .evaluate import evaluate_model, read_metadata
-from .export import contract_metadata, set_metadata
+from .export import calibration_batch, contract_metadata, export_onnx, quantize_int8, set_metadata
+from .real_faces import evaluate_real_faces
 
 log = logging.getLogger("inference.training")
 
@@ -67,11 +75,6 @@ DEFAULT_OUTPUT_WEIGHTS = {"public_ferplus_acc": 0.5, "public_fer_acc": 0.2, "rea
 
 def choose_default_output(onnx_path: Path, data: Any) -> dict[str, Any]:
     """Score every head the file's metadata describes on PublicTest and realfaces_dev; the best is chosen."""
-    from inference.model import EmotionModel
-    from inference.resources import shared_dir
-
-    from .real_faces import evaluate_real_faces
-
     rows = []
     for name in EmotionModel(onnx_path).metadata.outputs:
         public = evaluate_model(onnx_path, data=data, split=PUBLIC, speed=False, output=name)
@@ -117,8 +120,6 @@ def restamp(
 
     For a graph changed after export (e.g. `export.add_flip_tta`) when the training summary is gone.
     """
-    import onnx
-
     meta: dict[str, Any] = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
     meta.update(updates)
     return _measure_into(onnx_path, load_data(data_path), meta, speed)
@@ -127,11 +128,6 @@ def restamp(
 def _measure_into(onnx_path: Path, data: Any, meta: dict[str, Any], speed: bool) -> dict[str, Any]:
     """PrivateTest (+speed), PublicTest and real-face metrics of the file's default output, stamped as
     `metrics` into `meta`; every other output is measured the same way, under `other_outputs`."""
-    from inference.model import EmotionModel
-    from inference.resources import shared_dir
-
-    from .real_faces import evaluate_real_faces
-
     set_metadata(onnx_path, {**meta, "metrics": {}})
 
     def measured(output: str | None, with_speed: bool) -> dict[str, Any]:
@@ -171,9 +167,6 @@ def finalize(
 ) -> dict[str, Any]:
     """Measure the exported file (PrivateTest, PublicTest, real faces; every output), choose and stamp its
     default output and metadata, write the card."""
-    from .card import training_section
-    from .data import repo_root
-
     selected_on = "PublicTest + realfaces_dev" if cfg["train"].get("real_faces") else "PublicTest"
     trained_on = (
         f"FER2013 Training + FER+ votes; selected on {selected_on}; {hardware}; "
@@ -212,10 +205,6 @@ def restamp_default_output(
 ) -> dict[str, Any]:
     """An exported file whose training run is gone (same weights), its default output chosen again by
     `choose_default_output`: the full metadata contract, a new `version` (its readings differ), its card."""
-    import shutil
-
-    from .evaluate import read_metadata
-
     old = read_metadata(onnx_path)
     if out.resolve() != onnx_path.resolve():
         shutil.copyfile(onnx_path, out)
@@ -245,7 +234,7 @@ def save_weights(net: Any, model_cfg: dict[str, Any], path: Path, **record: Any)
     """fp32 weights (BatchNorm unfolded) with the `model` config that rebuilds them and `record` (JSON-able:
     normalization, temperatures, version, summary), so a later run fine-tunes from here
     (`init.from_weights`, `teacher.from_weights`) instead of from the int8 file or from scratch."""
-    import torch
+    import torch  # training-only dependency (the `train` extra), as in main below
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().float() for k, v in net.state_dict().items()}
@@ -265,8 +254,6 @@ def member_config(cfg: dict[str, Any], k: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
     ap = argparse.ArgumentParser(
         prog="python -m inference.training",
         description="Train, select, export and document the emotion model.",
@@ -295,10 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     a = ap.parse_args(argv)
 
+    # torch is a training-only dependency (the `train` extra); finalize/restamp run without it
     import torch
 
-    from .data import repo_root
-    from .export import contract_metadata, export_onnx, set_metadata
     from .train import load_config, train
 
     torch.set_num_threads(a.threads)
@@ -370,9 +356,6 @@ def main(argv: list[str] | None = None) -> None:
             t_ferplus=summary["temperature_ferplus"],
         )
         if quant == "int8":
-            from .data import TRAIN
-            from .export import calibration_batch, quantize_int8
-
             calib = calibration_batch(data.images, data.split(TRAIN), cfg, summary["normalization"])
             quantize_int8(fp32_path, onnx_path, calib)
         elif quant:

@@ -104,6 +104,7 @@ def architecture_of(weights: ExportedWeights) -> dict:
 def recover_net(path: str | Path, calibration: np.ndarray, dropout: float = 0.3):
     """An `EmotionNet` carrying the exported weights, BN re-inserted from `calibration` (normalised training
     crops float32 [N, 1, 48, 48]); returns (net, architecture config, {output: temperature})."""
+    # torch is a training-only dependency (the `train` extra); reading the int8 file needs only onnx
     import torch
 
     from .model import ConvBNReLU, EmotionNet

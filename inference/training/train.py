@@ -24,8 +24,10 @@ import torch.nn.functional as F
 
 from . import FER_LABELS, FERPLUS_LABELS
 from .augment import augment_pair
-from .data import PUBLIC, TRAIN, FerData, ferplus_soft_targets, load_data, real_selection_crops
+from .data import PUBLIC, TRAIN, FerData, ferplus_soft_targets, load_data, real_selection_crops, repo_root
+from .evaluate import read_metadata
 from .model import EmotionNet, build_model
+from .recover import recover_net
 
 log = logging.getLogger("inference.training")
 
@@ -364,8 +366,6 @@ def source_normalization(source: Path) -> tuple[float, float]:
     if source.suffix == ".pt":
         normalization = torch.load(source, map_location="cpu", weights_only=True)["normalization"]
     else:
-        from .evaluate import read_metadata
-
         normalization = json.loads(read_metadata(source)["normalization"])
     return float(normalization["mean"]), float(normalization["std"])
 
@@ -430,8 +430,6 @@ def _initial_model(cfg: dict[str, Any], prepared: Prepared) -> EmotionNet:
         cfg["model"].update(saved["model"], dropout=dropout)
         log.info("fine-tuning %s", source)
     else:
-        from .recover import recover_net
-
         rng = np.random.default_rng(int(cfg["seed"]))
         rows = torch.from_numpy(rng.choice(len(p.tr.y), 2048, replace=False)).to(p.dev)
         model, architecture, _ = recover_net(source, p.tr.x[rows].float().cpu().numpy(), dropout=dropout)
@@ -484,8 +482,6 @@ def train(cfg: dict[str, Any], data: FerData, device: str) -> tuple[EmotionNet, 
 
 
 def _repo_path(value: str) -> Path:
-    from .data import repo_root
-
     path = Path(value)
     return path if path.is_absolute() else repo_root() / path
 
