@@ -23,7 +23,7 @@ from research_portal.capture.models import FrameResult, ParticipantSession
 from research_portal.capture.queueing import analysis_backend, enqueue_frames
 from research_portal.capture.routing import capture_socket_path, websocket_urlpatterns
 from research_portal.capture.wire import FRAME_HEADER, Frame
-from tests.support.polling import eventually
+from tests.support.polling import eventually, eventually_async
 
 application = URLRouter(websocket_urlpatterns)
 
@@ -193,13 +193,9 @@ async def test_stalled_workers_slow_the_client_then_refuse_frames_and_nothing_is
         header = FRAME_HEADER.pack(seq, acme.ad.pk, seq * 200, time.time() * 1000)
         await communicator.send_to(bytes_data=header + face_jpegs[seq % len(face_jpegs)])
         await drain(0.1)
-    deadline = time.monotonic() + 30
-    while acked != set(sent) and time.monotonic() < deadline:
-        await drain(0.5)
+    await eventually_async(lambda: drain(0.5), until=lambda _: acked == set(sent), timeout_s=30, interval_s=0)
     # Drained: the rate grows back to the study's.
-    deadline = time.monotonic() + 10
-    while throttles[-1] < 5 and time.monotonic() < deadline:
-        await drain(0.3)
+    await eventually_async(lambda: drain(0.3), until=lambda _: throttles[-1] >= 5, timeout_s=10, interval_s=0)
     await communicator.disconnect()
 
     assert refused, "some frames should have been refused while the queue was full"

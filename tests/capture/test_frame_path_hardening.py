@@ -33,23 +33,12 @@ from research_portal.capture.models import FrameResult, ParticipantSession
 from research_portal.capture.routing import capture_socket_path, websocket_urlpatterns
 from research_portal.capture.wire import FRAME_HEADER, MAX_WIRE_INT, SEQ_HEADROOM, Frame, QueuedFrame
 from tests.support.polling import eventually, eventually_async
+from tests.support.readings import new_viewer
 
 application = URLRouter(websocket_urlpatterns)
 
 
 # ---- helpers (also used by the other test_frame_* files) ---------------------------------------------------
-
-
-def new_viewer(acme, pid: str) -> ParticipantSession:
-    """A participant who passed the camera check just now."""
-    return ParticipantSession.objects.create(
-        study=acme.study,
-        country="DE",
-        external_participant_id=pid,
-        state=ParticipantSession.State.CONSENTED,
-        checks_passed_at=timezone.now(),
-        ad_sequence=[acme.ad.pk],
-    )
 
 
 def viewer_of_another_organisation() -> tuple[ParticipantSession, int]:
@@ -155,7 +144,7 @@ def wait_for_stored(session: ParticipantSession, expected: int, timeout: float =
 def test_seq_0xffffffff_is_refused_and_every_other_socket_of_the_process_keeps_getting_acks(
     acme, celery_worker, asgi_server, face_jpegs
 ):
-    attacker, honest = new_viewer(acme, "attacker"), new_viewer(acme, "honest")
+    attacker, honest = new_viewer(acme.study, "attacker"), new_viewer(acme.study, "honest")
     late, late_ad = viewer_of_another_organisation()
     ad = acme.ad.pk
 
@@ -228,7 +217,7 @@ async def replies(communicator: WebsocketCommunicator, count: int, timeout: floa
 
 @pytest.mark.django_db(transaction=True)
 async def test_after_seq_2_31_minus_1_and_a_reconnect_the_next_seq_is_accepted(acme, face_jpegs, embedded):
-    session = await database_sync_to_async(new_viewer)(acme, "p-1")
+    session = await database_sync_to_async(new_viewer)(acme.study, "p-1")
     ad = acme.ad.pk
     communicator, hello = await open_socket(session.token)
     assert hello["next_seq"] == 0
@@ -289,8 +278,8 @@ async def test_a_data_error_refuses_only_that_sessions_frames_and_the_rest_of_th
     deployment_mode.production(redis_url)
     settings.CAPTURE_FLUSH_INTERVAL_S = 0.5  # every frame below leaves in one batch
     monkeypatch.setattr("research_portal.capture.consumers.parse_frame", lenient_parse_frame)
-    bad_session = await database_sync_to_async(new_viewer)(acme, "bad")
-    good_session = await database_sync_to_async(new_viewer)(acme, "good")
+    bad_session = await database_sync_to_async(new_viewer)(acme.study, "bad")
+    good_session = await database_sync_to_async(new_viewer)(acme.study, "good")
     ad = acme.ad.pk
     bad, _ = await open_socket(bad_session.token)
     good, _ = await open_socket(good_session.token)
@@ -346,8 +335,8 @@ async def test_in_embedded_mode_a_row_the_database_refuses_is_refused_to_its_soc
     acme, face_jpegs, embedded, monkeypatch
 ):
     monkeypatch.setattr("research_portal.capture.consumers.parse_frame", lenient_parse_frame)
-    bad_session = await database_sync_to_async(new_viewer)(acme, "bad")
-    good_session = await database_sync_to_async(new_viewer)(acme, "good")
+    bad_session = await database_sync_to_async(new_viewer)(acme.study, "bad")
+    good_session = await database_sync_to_async(new_viewer)(acme.study, "good")
     bad, _ = await open_socket(bad_session.token)
     good, _ = await open_socket(good_session.token)
     await bad.send_to(bytes_data=frame_message(0, acme.ad.pk, face_jpegs[0], media_ms=0xFFFFFFFF))
@@ -367,8 +356,8 @@ def test_the_worker_stores_a_batch_around_rows_the_database_refuses(
     foreign key violation), in one batch with good frames: the good ones are stored and acked, the others
     refused to their sockets through the ack inbox."""
     deployment_mode.production(redis_url)
-    good, other = new_viewer(acme, "good"), new_viewer(acme, "other")
-    gone = new_viewer(acme, "gone")
+    good, other = new_viewer(acme.study, "good"), new_viewer(acme.study, "other")
+    gone = new_viewer(acme.study, "gone")
     gone_id = gone.pk
     gone.delete()
     now_ms = time.time() * 1000
@@ -419,7 +408,7 @@ async def test_frames_are_kept_and_retried_while_the_broker_refuses_connections_
 
     deployment_mode.production(redis_url)
     settings.CAPTURE_FLUSH_INTERVAL_S = 0.1
-    session = await database_sync_to_async(new_viewer)(acme, "p-1")
+    session = await database_sync_to_async(new_viewer)(acme.study, "p-1")
     communicator, _ = await open_socket(session.token)
     await asyncio.sleep(0.5)  # the batcher's ack listener connects to the working Redis first
     # Batches cannot be written: refused at once (the listener keeps its connection to the working Redis).

@@ -26,8 +26,9 @@ from research_portal.capture.socket_limits import (
     TokenBucket,
 )
 from research_portal.capture.wire import FrameRejected
-from tests.capture.test_frame_path_hardening import Socket, new_viewer, open_socket, wait_for_stored
+from tests.capture.test_frame_path_hardening import Socket, open_socket, wait_for_stored
 from tests.support.processes import free_port
+from tests.support.readings import new_viewer
 from tests.support.services import service_env, start_daphne
 
 
@@ -43,7 +44,7 @@ async def test_an_event_flood_writes_a_bounded_number_of_rows_and_the_socket_goe
     """The report: 2000 events in 10 s wrote 2000 rows."""
     settings.CAPTURE_EVENT_BURST = 20
     settings.CAPTURE_EVENTS_PER_S = 0.5
-    session = await database_sync_to_async(new_viewer)(acme, "p-1")
+    session = await database_sync_to_async(new_viewer)(acme.study, "p-1")
     communicator, _ = await open_socket(session.token)
     event = json.dumps({"type": "event", "name": "tab_hidden", "ad_id": acme.ad.pk, "media_time_ms": 100})
     started = time.monotonic()
@@ -75,7 +76,7 @@ def test_connects_are_limited_per_token_and_per_client_address(acme, postgres, r
     port = free_port()
     server = start_daphne(env, port, tmp_path / "daphne.log")
     base = f"http://127.0.0.1:{port}"
-    session = new_viewer(acme, "p-1")
+    session = new_viewer(acme.study, "p-1")
 
     async def attempt(token: str) -> tuple[Socket, int | None]:
         """The socket, and its close code when the server refused it (an error is then its first word)."""
@@ -111,8 +112,8 @@ def test_one_sockets_burst_does_not_lower_the_capture_rate_of_the_others(
     """The report: one socket's 300-frame burst throttled every socket of the process for 3-5 s. Now the
     burst is the flooder's alone: most of it is refused to it (rate_limited, seq null: it may resend later),
     the frames it may send are stored, and the honest sockets are never asked to slow down."""
-    honest = [new_viewer(acme, f"honest-{i}") for i in range(2)]
-    flooder = new_viewer(acme, "flooder")
+    honest = [new_viewer(acme.study, f"honest-{i}") for i in range(2)]
+    flooder = new_viewer(acme.study, "flooder")
     ad = acme.ad.pk
 
     async def stream(socket: Socket, frames: int) -> None:

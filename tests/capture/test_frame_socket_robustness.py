@@ -24,10 +24,10 @@ from tests.capture.test_frame_path_hardening import (
     Socket,
     application,
     frame_message,
-    new_viewer,
     open_socket,
 )
 from tests.support.processes import free_port
+from tests.support.readings import new_viewer
 from tests.support.services import service_env, start_daphne
 
 METRICS_TOKEN = "robustness-metrics-7d2e"
@@ -61,7 +61,7 @@ def test_hostile_text_and_a_flood_never_leave_a_dead_socket_or_an_error_in_the_l
     port = free_port()
     server = start_daphne(env, port, tmp_path / "daphne.log")
     base = f"http://127.0.0.1:{port}"
-    calm, flooder = new_viewer(acme, "calm"), new_viewer(acme, "flooder")
+    calm, flooder = new_viewer(acme.study, "calm"), new_viewer(acme.study, "flooder")
     odd_event = json.dumps(
         {"type": "event", "name": "tab_hidden", "ad_id": [acme.ad.pk], "media_time_ms": True}
     )
@@ -128,7 +128,7 @@ def broken(*args, **kwargs):
 async def test_an_exception_inside_the_consumer_closes_the_socket_with_1011_and_cleans_up(
     acme, embedded, monkeypatch, caplog
 ):
-    session = await database_sync_to_async(new_viewer)(acme, "p-1")
+    session = await database_sync_to_async(new_viewer)(acme.study, "p-1")
     communicator, _ = await open_socket(session.token)
     batcher = frame_batcher()
     assert len(batcher.sockets) == 1 and web_process_state()["capture_sockets"] == 1
@@ -144,7 +144,7 @@ async def test_an_exception_inside_the_consumer_closes_the_socket_with_1011_and_
 
 @pytest.mark.django_db(transaction=True)
 async def test_an_exception_while_connecting_closes_with_1011(acme, embedded, monkeypatch):
-    session = await database_sync_to_async(new_viewer)(acme, "p-1")
+    session = await database_sync_to_async(new_viewer)(acme.study, "p-1")
     monkeypatch.setattr("research_portal.capture.consumers.open_capture", broken)
     communicator = WebsocketCommunicator(application, capture_socket_path(session.token))
     connected, _ = await communicator.connect()
@@ -155,7 +155,7 @@ async def test_an_exception_while_connecting_closes_with_1011(acme, embedded, mo
 
 @pytest.mark.django_db(transaction=True)
 async def test_messages_after_the_server_closed_the_socket_are_dropped(acme, face_jpegs, embedded, caplog):
-    session = await database_sync_to_async(new_viewer)(acme, "p-1")
+    session = await database_sync_to_async(new_viewer)(acme.study, "p-1")
     communicator, _ = await open_socket(session.token)
     await communicator.send_to(text_data=json.dumps({"type": "finish"}))
     await communicator.send_to(text_data="[" * 1000)

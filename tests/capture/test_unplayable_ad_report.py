@@ -30,7 +30,7 @@ from research_portal.capture.validation import ReportRefused, do_fail_unplayable
 from research_portal.capture.wire import MAX_TEXT_CHARS, MAX_WIRE_INT
 from research_portal.studies.models import Ad
 from tests.capture.test_capture_consumer import connect, frame, receive_until_closed
-from tests.support.readings import reading
+from tests.support.readings import new_viewer, reading
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -59,18 +59,6 @@ def playlist(acme) -> list[Ad]:
         for n, title in ((1, "Summer ad"), (2, "Winter ad"))
     ]
     return [acme.ad, *extra]
-
-
-def new_viewer(acme, playlist: list[Ad], pid: str = "p-1") -> ParticipantSession:
-    """A participant who passed the camera check just now (the socket makes the session `viewing`)."""
-    return ParticipantSession.objects.create(
-        study=acme.study,
-        country="DE",
-        external_participant_id=pid,
-        state=ParticipantSession.State.CONSENTED,
-        checks_passed_at=timezone.now(),
-        ad_sequence=[ad.pk for ad in playlist],
-    )
 
 
 def report(ad_id: object, error: object = "not_supported", media_time_ms: object = 0, **extra) -> str:
@@ -103,7 +91,7 @@ def store_frame(session: ParticipantSession, seq: int, ad: Ad | None) -> None:
 
 
 async def test_a_report_of_the_current_ad_ends_the_session_failed_with_the_failed_redirect(acme, playlist):
-    session = await database_sync_to_async(new_viewer)(acme, playlist)
+    session = await database_sync_to_async(new_viewer)(acme.study, "p-1", playlist)
     communicator, hello = await connect(session.token)
     assert hello["session"] == "viewing"
     await communicator.send_to(text_data=report(playlist[0].pk, "decode", 1200))
@@ -132,7 +120,7 @@ async def test_the_current_ad_follows_the_newest_frame_stored_or_taken_by_the_so
     acme, playlist, face_jpegs, settings
 ):
     first, second, third = (ad.pk for ad in playlist)
-    session = await database_sync_to_async(new_viewer)(acme, playlist)
+    session = await database_sync_to_async(new_viewer)(acme.study, "p-1", playlist)
     communicator, _ = await connect(session.token)
     # Before any ad frame (only the baseline's): the first ad, nothing else.
     await communicator.send_to(bytes_data=frame(0, 0, face_jpegs[0]))
@@ -166,7 +154,7 @@ async def test_the_current_ad_follows_the_newest_frame_stored_or_taken_by_the_so
 def test_stored_frames_say_where_the_participant_is_after_a_reload(acme, playlist):
     """A reloaded page opens a new socket that took no frame yet: the stored ones tell."""
     first, second, third = playlist
-    session = new_viewer(acme, playlist)
+    session = new_viewer(acme.study, "p-1", playlist)
     session.state = ParticipantSession.State.VIEWING
     session.save()
     store_frame(session, 0, None)
@@ -184,7 +172,7 @@ def test_stored_frames_say_where_the_participant_is_after_a_reload(acme, playlis
 
 
 async def test_reports_of_ads_that_are_not_the_sessions_current_one_are_refused(acme, playlist):
-    session = await database_sync_to_async(new_viewer)(acme, playlist)
+    session = await database_sync_to_async(new_viewer)(acme.study, "p-1", playlist)
     not_in_sequence = await database_sync_to_async(Ad.objects.create)(
         study=acme.study, title="Dropped ad", video=acme.ad.video.name, duration_ms=1000
     )
@@ -201,7 +189,7 @@ async def test_reports_of_ads_that_are_not_the_sessions_current_one_are_refused(
 
 
 async def test_a_report_after_viewing_finished_or_the_session_ended_is_refused(acme, playlist):
-    session = await database_sync_to_async(new_viewer)(acme, playlist)
+    session = await database_sync_to_async(new_viewer)(acme.study, "p-1", playlist)
     communicator, _ = await connect(session.token)
     # The page posted `finish` in another tab: viewing is over, validation decides.
     finished_at = timezone.now()
@@ -226,7 +214,7 @@ async def test_a_report_after_viewing_finished_or_the_session_ended_is_refused(a
 
 @pytest.mark.parametrize("state", ["started", "consented", "completed", "failed", "declined", "over_quota"])
 def test_only_a_viewing_session_can_end_for_an_unplayable_ad(acme, playlist, state):
-    session = new_viewer(acme, playlist)
+    session = new_viewer(acme.study, "p-1", playlist)
     ParticipantSession.objects.filter(pk=session.pk).update(state=state, exclusion_reason="as it was")
     with pytest.raises(ReportRefused) as refused:
         do_fail_unplayable_ad(session.pk, playlist[0].pk, "decode")
@@ -239,7 +227,7 @@ def test_only_a_viewing_session_can_end_for_an_unplayable_ad(acme, playlist, sta
 def test_a_repeated_report_finds_the_session_ended_even_when_both_arrive_at_once(acme, playlist):
     """Two tabs (or a resent report) at the same moment take turns on the session's row lock: one ends
     the session, the other is refused, and there is one event."""
-    session = new_viewer(acme, playlist)
+    session = new_viewer(acme.study, "p-1", playlist)
     ParticipantSession.objects.filter(pk=session.pk).update(state="viewing")
     start = threading.Barrier(2)
     results: list[str] = []
@@ -307,7 +295,7 @@ def hostile_reports(ad: int) -> list[str]:
 
 
 async def test_hostile_reports_get_a_clear_error_and_change_nothing(acme, playlist, caplog):
-    session = await database_sync_to_async(new_viewer)(acme, playlist)
+    session = await database_sync_to_async(new_viewer)(acme.study, "p-1", playlist)
     communicator, _ = await connect(session.token)
     caplog.set_level(logging.INFO)
     for text in hostile_reports(playlist[0].pk):
@@ -336,7 +324,7 @@ async def test_reports_beyond_the_event_limit_are_rate_limited_and_a_flood_is_cl
     acme, playlist, settings
 ):
     settings.CAPTURE_EVENT_BURST = 5
-    session = await database_sync_to_async(new_viewer)(acme, playlist)
+    session = await database_sync_to_async(new_viewer)(acme.study, "p-1", playlist)
     communicator, _ = await connect(session.token)
     for _ in range(8):
         await communicator.send_to(text_data=report(playlist[2].pk))  # never the current ad

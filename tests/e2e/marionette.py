@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
+
+from tests.support.polling import eventually
 
 # Firefox's own fake camera (a moving test pattern) and no permission prompt; autoplay allowed because the
 # tests click through scripts rather than real user gestures.
@@ -48,15 +49,18 @@ class Firefox:
         self.command("WebDriver:NewSession", {"capabilities": {}})
 
     def _connect(self, port: int, timeout_s: float = 60) -> socket.socket:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def attempt() -> socket.socket | None:
             try:
                 return socket.create_connection(("127.0.0.1", port), timeout=60)
             except OSError:
                 if self.process.poll() is not None:
                     raise MarionetteError(f"firefox exited with {self.process.returncode}") from None
-                time.sleep(0.3)
-        raise MarionetteError("firefox's marionette port never opened")
+                return None
+
+        connection = eventually(attempt, timeout_s=timeout_s, interval_s=0.3)
+        if connection is None:
+            raise MarionetteError("firefox's marionette port never opened")
+        return connection
 
     def _read(self) -> Any:
         length = b""
@@ -88,16 +92,17 @@ class Firefox:
 
     def wait_for(self, body: str, timeout_s: float = 30) -> Any:
         """Poll a script until it returns something truthy."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+
+        def run() -> Any:
             try:
-                value = self.script(body)
+                return self.script(body)
             except MarionetteError:
-                value = None  # the page was navigating
-            if value:
-                return value
-            time.sleep(0.25)
-        raise MarionetteError(f"timed out waiting for: {body}")
+                return None  # the page was navigating
+
+        value = eventually(run, timeout_s=timeout_s, interval_s=0.25)
+        if not value:
+            raise MarionetteError(f"timed out waiting for: {body}")
+        return value
 
     def quit(self) -> None:
         try:

@@ -20,7 +20,8 @@ from django.test import AsyncClient
 
 from research_portal.capture.models import ParticipantSession
 from research_portal.ops.checks import probe_capture
-from tests.capture.test_frame_path_hardening import frame_message, new_viewer, open_socket
+from tests.capture.test_frame_path_hardening import frame_message, open_socket
+from tests.support.readings import new_viewer
 
 METRICS_TOKEN = "capture-health-3b9c"
 
@@ -51,7 +52,7 @@ async def test_a_stuck_batch_fails_readyz_and_shows_in_metrics_until_it_goes_thr
     settings.CAPTURE_FLUSH_INTERVAL_S = 0.05
     settings.CAPTURE_STUCK_AFTER_S = 1.0
     settings.PORTAL_METRICS_TOKEN = METRICS_TOKEN
-    session = await database_sync_to_async(new_viewer)(acme, "p-1")
+    session = await database_sync_to_async(new_viewer)(acme.study, "p-1")
     communicator, _ = await open_socket(session.token)
     client = AsyncClient()
     locker = await asyncio.to_thread(lock_session_row, session.pk)

@@ -1295,13 +1295,11 @@ SOCKET_WALKS: dict[str, SocketWalk] = {
 }
 
 
-def socket_world(acme, django_user_model) -> SocketWorld:
+def socket_world(acme, bob) -> SocketWorld:
     sessions = participant_sessions(acme.study, [acme.ad.pk])
     viewing = [sessions["viewing"], sessions["checked"], sessions["preview"]]
-    analyst = django_user_model.objects.create_user("ana", password="pw-ana-1234567")
-    Membership.objects.create(user=analyst, organization=acme.organization, role=Role.ANALYST)
     client = Client()
-    client.force_login(analyst)
+    client.force_login(bob)
     return SocketWorld(viewing, acme.ad.pk, acme.study.pk, client.cookies["sessionid"].value)
 
 
@@ -1380,16 +1378,14 @@ async def receive_all(
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_sockets_answer_hostile_input_with_errors_or_4xxx_closes(
-    acme, django_user_model, postgres, settings
-):
+async def test_sockets_answer_hostile_input_with_errors_or_4xxx_closes(acme, bob, postgres, settings):
     """Every socket route with hostile path values and query strings, hostile text and binary messages, on the
     real ASGI application and the Redis channel layer: an error message or a 4xxx close, never an exception
     or 1011."""
     settings.PASSWORD_HASHERS = FAST_HASHERS
     settings.CAPTURE_CONNECTS_PER_TOKEN = "1000/60"
     assert type(get_channel_layer()).__name__ == "RedisChannelLayer"
-    world = await database_sync_to_async(socket_world)(acme, django_user_model)
+    world = await database_sync_to_async(socket_world)(acme, bob)
     conversations: list[Conversation] = []
 
     async def talk(path: str, cookie: str = "", messages=(), origin: bytes = b"http://localhost") -> None:
@@ -1438,12 +1434,11 @@ def raw_request(base_url: str, request: bytes) -> tuple[int, bytes]:
     return int(answer.split(b" ", 2)[1]), answer
 
 
-def test_the_production_server_answers_hostile_requests_with_4xx(acme, asgi_server, django_user_model):
+def test_the_production_server_answers_hostile_requests_with_4xx(acme, asgi_server, sam):
     """Raw bytes through daphne, as deployed: NUL and invalid escapes in queries, bytes that are not UTF-8 in
     the request line, a NUL session cookie, a hostile admin filter, socket handshakes to hostile paths."""
-    staff = django_user_model.objects.create_superuser("root", password="pw-root-1234567")
     client = Client()
-    client.force_login(staff)
+    client.force_login(sam)
     staff_cookie = client.cookies["sessionid"].value.encode()
     session = participant_sessions(acme.study, [acme.ad.pk])["started"]
     token = session.token.encode()

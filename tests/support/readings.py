@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+from django.utils import timezone
+
 from research_portal.analytics.debounce import do_update_rollups
 from research_portal.capture.models import FrameResult, ParticipantSession, SessionEvent
 from research_portal.capture.readings import READING_LABELS
@@ -87,6 +89,20 @@ def new_participant(
 ) -> ParticipantSession:
     return ParticipantSession.objects.create(
         study=study, country=country, state=state, device_type=device, consent_at=consent_at, **extra
+    )
+
+
+def new_viewer(study, panel_id: str, playlist: Sequence | None = None) -> ParticipantSession:
+    """A participant of `study` (DE) who passed the camera check just now, to watch `playlist` (default: the
+    study's first ad); opening the frame socket makes the session `viewing`."""
+    ads = list(playlist) if playlist is not None else [study.ads.order_by("pk").first()]
+    return ParticipantSession.objects.create(
+        study=study,
+        country="DE",
+        external_participant_id=panel_id,
+        state=ParticipantSession.State.CONSENTED,
+        checks_passed_at=timezone.now(),
+        ad_sequence=[ad.pk for ad in ads],
     )
 
 
