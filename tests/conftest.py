@@ -31,6 +31,7 @@ from tests.support.services import (
     start_celery_worker,
     start_daphne,
 )
+from tests.support.shared_subset import build_shared_subset
 
 # ---- test data -------------------------------------------------------------------------------------------
 
@@ -180,6 +181,16 @@ def face_jpegs() -> list[bytes]:
         frames.append(jpeg.tobytes())
     capture.release()
     return frames
+
+
+@pytest.fixture(scope="session")
+def shared_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared folder with a few real-face photos per label and a short cut of the face video
+    (tests/support/shared_subset.py), for tests of the real-face evaluation's shape."""
+    shared = require_file(shared_dir(), "shared material directory")
+    require_file(shared / "data" / "realfaces_dev" / "labels.csv", "real-face photos")
+    require_file(shared / "media" / "liveportrait_d3.mp4", "face video")
+    return build_shared_subset(shared, tmp_path_factory.mktemp("shared_subset"))
 
 
 # ---- real services ---------------------------------------------------------------------------------------

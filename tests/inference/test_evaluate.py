@@ -4,7 +4,6 @@ against accuracy figures."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import cv2
@@ -13,6 +12,7 @@ import pytest
 
 from inference.model import EmotionModel, ModelContractError
 from tests.support.services import require_file
+from tests.support.shared_subset import SUBSET_FPS, SUBSET_FRAMES, SUBSET_PHOTOS
 
 from .conftest import (
     EIGHT_LABELS,
@@ -156,54 +156,13 @@ def test_another_split(contract_model_path: Path, small_fer: FerData) -> None:
 
 # --- real faces ---------------------------------------------------------------------------------------------
 
-MINI_PHOTOS = 12  # per class
-MINI_FPS, MINI_FRAMES = 10.0, 40  # 3 s relaxed (30 frames) + 1 s
-
-
-@pytest.fixture(scope="module")
-def mini_shared(shared: Path, face_video_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A shared folder with a few of the real-face photos and a short cut of the face video."""
-    photos = require_file(shared / PHOTOS_DIR / "labels.csv", "real-face photos").parent
-    root = tmp_path_factory.mktemp("mini_shared")
-    (root / PHOTOS_DIR).mkdir(parents=True)
-    with (photos / "labels.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    chosen = [
-        row for name in ("happy", "neutral") for row in [r for r in rows if r["label"] == name][:MINI_PHOTOS]
-    ]
-    with (root / PHOTOS_DIR / "labels.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["filename", "label"])
-        writer.writeheader()
-        for row in chosen:
-            writer.writerow({"filename": str((photos / row["filename"]).resolve()), "label": row["label"]})
-    capture = cv2.VideoCapture(str(face_video_path))
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    wanted = set(np.linspace(0, total - 1, MINI_FRAMES).astype(int).tolist())
-    (root / VIDEO_FILE).parent.mkdir(parents=True)
-    writer = None
-    index = 0
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        if index in wanted:
-            if writer is None:
-                size = (frame.shape[1], frame.shape[0])
-                writer = cv2.VideoWriter(
-                    str(root / VIDEO_FILE), cv2.VideoWriter_fourcc(*"mp4v"), MINI_FPS, size
-                )
-            writer.write(frame)
-        index += 1
-    capture.release()
-    assert writer is not None
-    writer.release()
-    return root
+MINI_PHOTOS, MINI_FPS, MINI_FRAMES = SUBSET_PHOTOS, SUBSET_FPS, SUBSET_FRAMES
 
 
 def test_real_faces_of_an_eight_label_output(
-    eight_label_model_path: Path, mini_shared: Path, yunet_path: Path
+    eight_label_model_path: Path, shared_subset: Path, yunet_path: Path
 ) -> None:
-    real = evaluate_real_faces(eight_label_model_path, mini_shared, detector_path=yunet_path)
+    real = evaluate_real_faces(eight_label_model_path, shared_subset, detector_path=yunet_path)
     assert_real_faces(real, output="probabilities", labels=EIGHT_LABELS, valence=True, photos=2 * MINI_PHOTOS)
     assert real["detector"] == "yunet"
     video = real["video"]
@@ -213,10 +172,10 @@ def test_real_faces_of_an_eight_label_output(
 
 
 def test_real_faces_read_the_output_they_are_told_to(
-    two_head_model_path: Path, mini_shared: Path, yunet_path: Path
+    two_head_model_path: Path, shared_subset: Path, yunet_path: Path
 ) -> None:
-    default = evaluate_real_faces(two_head_model_path, mini_shared, detector_path=yunet_path)
-    second = evaluate_real_faces(two_head_model_path, mini_shared, output=SECOND, detector_path=yunet_path)
+    default = evaluate_real_faces(two_head_model_path, shared_subset, detector_path=yunet_path)
+    second = evaluate_real_faces(two_head_model_path, shared_subset, output=SECOND, detector_path=yunet_path)
     assert_real_faces(default, output="probabilities", labels=SHUFFLED_LABELS, valence=True)
     assert_real_faces(second, output=SECOND, labels=FERPLUS_LABELS, valence=True)
     # same faces found whichever output is read
@@ -227,13 +186,13 @@ def test_real_faces_read_the_output_they_are_told_to(
         )
     assert default["video"]["all"]["frames"] == second["video"]["all"]["frames"]
     with pytest.raises(ModelContractError, match="nosuch"):
-        evaluate_real_faces(two_head_model_path, mini_shared, output="nosuch", detector_path=yunet_path)
+        evaluate_real_faces(two_head_model_path, shared_subset, output="nosuch", detector_path=yunet_path)
 
 
 def test_real_faces_without_valence_weights(
-    contract_model_path: Path, mini_shared: Path, yunet_path: Path
+    contract_model_path: Path, shared_subset: Path, yunet_path: Path
 ) -> None:
-    real = evaluate_real_faces(contract_model_path, mini_shared, detector_path=yunet_path)
+    real = evaluate_real_faces(contract_model_path, shared_subset, detector_path=yunet_path)
     assert_real_faces(real, output="probabilities", labels=SHUFFLED_LABELS, valence=False)
 
 
@@ -272,12 +231,12 @@ def test_sets_without_faces_give_nulls_not_errors(
 
 
 def test_photo_crops_are_the_pipelines_crops(
-    contract_model_path: Path, mini_shared: Path, yunet_path: Path
+    contract_model_path: Path, shared_subset: Path, yunet_path: Path
 ) -> None:
     from inference.pipeline import Pipeline
 
     pipeline = Pipeline(contract_model_path, yunet_path)
-    crops, labels = photo_crops(pipeline, mini_shared / PHOTOS_DIR)
+    crops, labels = photo_crops(pipeline, shared_subset / PHOTOS_DIR)
     size = pipeline.model.input_size
     assert crops.dtype == np.uint8 and crops.shape[1:] == (size, size)
     assert len(crops) == len(labels) and 0 < len(labels) <= 2 * MINI_PHOTOS
@@ -285,8 +244,8 @@ def test_photo_crops_are_the_pipelines_crops(
     assert EmotionModel(contract_model_path).predict(crops).shape == (len(crops), 7)
 
 
-def test_video_jpegs_are_what_a_browser_sends(mini_shared: Path) -> None:
-    blobs, fps = video_jpegs(mini_shared / VIDEO_FILE)
+def test_video_jpegs_are_what_a_browser_sends(shared_subset: Path) -> None:
+    blobs, fps = video_jpegs(shared_subset / VIDEO_FILE)
     assert len(blobs) == MINI_FRAMES and fps == pytest.approx(MINI_FPS)
     assert all(blob[:2] == b"\xff\xd8" for blob in blobs)
     assert cv2.imdecode(np.frombuffer(blobs[0], np.uint8), cv2.IMREAD_COLOR) is not None

@@ -14,6 +14,7 @@ import pytest
 
 from inference.resources import REPO_ROOT
 from tests.support.services import require_file
+from tests.support.shared_subset import SUBSET_FRAMES, photo_count
 
 from .conftest import (
     EIGHT_LABELS,
@@ -227,26 +228,19 @@ def _shipped_labels(path: Path, output: str | None = None) -> tuple[str, list[st
 
 @pytest.mark.parametrize("output", [None, "probabilities"], ids=["default-output", "probabilities"])
 def test_evaluate_reports_the_shipped_model(
-    real_model_path: Path, fer_data: Path, private_counts: dict, shared: Path, output: str | None
+    real_model_path: Path, fer_data: Path, private_counts: dict, shared_subset: Path, output: str | None
 ) -> None:
     """The shipped model, its default output or `--output probabilities` (whatever its label set)."""
-    require_file(shared / "data" / "realfaces_dev" / "labels.csv", "real-face photos")
-    require_file(shared / "media" / "liveportrait_d3.mp4", "face video")
     name, labels, valence = _shipped_labels(real_model_path, output)
     args = ["--no-speed", "--model", str(real_model_path)] + (["--output", output] if output else [])
-    report = evaluate_cli(*args)
+    report = evaluate_cli(*args, env={"PORTAL_SHARED_DIR": str(shared_subset)})
     assert_report(report, output=name, labels=labels, **private_counts)
     assert report["version"] == _metadata(real_model_path)["version"]
     assert_real_faces(report["real_faces"], output=name, labels=labels, valence=valence)
     photos = report["real_faces"]["photos"]
-    assert photos["n"] == _photo_count(shared) and photos["face_found_rate"] > 0.9
-    assert report["real_faces"]["video"]["frames"] > 100
+    assert photos["n"] == photo_count(shared_subset) and photos["face_found_rate"] > 0.9
+    assert report["real_faces"]["video"]["frames"] == SUBSET_FRAMES
     assert_protocol(report)
-
-
-def _photo_count(shared: Path) -> int:
-    with (shared / "data" / "realfaces_dev" / "labels.csv").open() as handle:
-        return len(handle.read().strip().splitlines()) - 1
 
 
 def test_evaluate_an_unknown_output_is_a_clear_error(real_model_path: Path) -> None:

@@ -24,9 +24,10 @@ def fer_data(shared_data: Path):
 
 
 @pytest.fixture(scope="session")
-def small_pack(tmp_path_factory: pytest.TempPathFactory, fer_data) -> Path:
-    """A pack as `python -m inference.training.pack` writes it (with the real-face selection crops), of 3000
-    Training and 600 PublicTest rows, so a whole training run takes seconds."""
+def small_pack(tmp_path_factory: pytest.TempPathFactory, fer_data, shared_subset: Path) -> Path:
+    """A pack as `python -m inference.training.pack` writes it (with the real-face selection crops, of the
+    photos in `shared_subset`), of 3000 Training and 600 PublicTest rows, so a whole training run takes
+    seconds."""
     from inference.training.data import PUBLIC, TRAIN, FerData, pack, real_selection_crops
 
     rng = np.random.default_rng(0)
@@ -37,5 +38,5 @@ def small_pack(tmp_path_factory: pytest.TempPathFactory, fer_data) -> Path:
         ]
     )
     subset = FerData(fer_data.images[rows], fer_data.labels[rows], fer_data.usage[rows], fer_data.votes[rows])
-    real = real_selection_crops(fer_data)
+    real = real_selection_crops(fer_data, shared_subset / "data")
     return pack(subset, tmp_path_factory.mktemp("pack") / "fer_pack.npz", real=real)

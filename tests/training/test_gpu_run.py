@@ -6,6 +6,7 @@ PublicTest + realfaces_dev, stamps its metadata and writes its card."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from inference.training.train import load_weights
 SMOKE = Path("inference/training/configs/smoke.json")
 
 
-def test_gpu_run_then_finalize(small_pack: Path, tmp_path: Path):
+def test_gpu_run_then_finalize(small_pack: Path, shared_subset: Path, tmp_path: Path):
     out = tmp_path / "out"
     command = [
         sys.executable,
@@ -32,7 +33,9 @@ def test_gpu_run_then_finalize(small_pack: Path, tmp_path: Path):
     delivered = tmp_path / "delivered"
     command += ["--out", str(out), "--deliver", str(delivered), "--seeds", "0", "1", "--device", "cpu"]
     command += ["--threads", "1"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    # The real-face figures (selection, finalize) over a few photos: the run's shape is what is checked here.
+    env = {**os.environ, "PORTAL_SHARED_DIR": str(shared_subset)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     best = json.loads((out / "best.json").read_text())
     assert {row["seed"] for row in best["students"]} == {0, 1}
@@ -60,7 +63,7 @@ def test_gpu_run_then_finalize(small_pack: Path, tmp_path: Path):
     command = [sys.executable, "-m", "inference.training.finalize", "--onnx", str(shipped), "--no-speed"]
     command += ["--from-fp32", str(delivered / "emotion.fp32.onnx"), "--summary"]
     command += [str(delivered / "emotion.summary.json")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     model = EmotionModel(shipped)
     assert model.version == saved["version"] and model.output_name in (
