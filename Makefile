@@ -69,9 +69,13 @@ lint: setup
 	$(VENV)/bin/lint-imports --no-cache
 
 # Under CI the Docker deployment is tested too (docker-smoke, after the suite) unless PORTAL_SKIP_DOCKER=1.
+# The suite runs in TEST_WORKERS pytest-xdist processes, a test file each at a time (most tests wait on
+# servers and workers they started: on 2 cores, 2 workers); each has its own test database and Redis
+# database (tests/support/parallel.py). TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 2
 test: setup $(TRAIN_STAMP) services browser lint
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
-		$(PY) -m pytest
+		$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 	@if [ "$$CI" = "true" ] && [ "$${PORTAL_SKIP_DOCKER:-0}" != "1" ]; then \
 		$(MAKE) --no-print-directory docker-smoke; fi
 

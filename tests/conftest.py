@@ -22,6 +22,7 @@ from django.db import connection
 
 from inference.resources import shared_dir
 from research_portal import deployment
+from tests.support.parallel import give_this_worker_its_own_redis
 from tests.support.processes import Service, free_port
 from tests.support.services import (
     reachable_redis_url,
@@ -32,6 +33,8 @@ from tests.support.services import (
     start_daphne,
 )
 from tests.support.shared_subset import build_shared_subset
+
+give_this_worker_its_own_redis()  # before anything connects to Redis
 
 # ---- test data -------------------------------------------------------------------------------------------
 
