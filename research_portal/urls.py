@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
@@ -6,6 +7,8 @@ from research_portal.ops import views as ops
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/studies/", permanent=False)),
+    # Pages link their icon (static/favicon.*); this answers browsers and tools that ask at the root anyway.
+    path("favicon.ico", RedirectView.as_view(url=f"{settings.STATIC_URL}favicon.ico", permanent=True)),
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),
     path("metrics", ops.metrics, name="metrics"),

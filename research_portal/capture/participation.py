@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import random
 import re
 import secrets
@@ -28,6 +29,7 @@ from research_portal.studies.models import ConsentVersion, CountryQuota, Study
 from research_portal.studies.services import ChangeRefused
 
 State = ParticipantSession.State
+logger = logging.getLogger(__name__)
 
 PARTICIPANT_ID = re.compile(r"^[\w.\-:@]{1,128}$")
 # What `secrets.token_urlsafe` makes (session tokens) and `new_public_id` (study links); anything else in
@@ -113,6 +115,19 @@ def invalid_link() -> EntryRefused:
     return EntryRefused(400, _("This link is not valid"), _("Please check the link you were given."))
 
 
+def participant_id_missing() -> EntryRefused:
+    # The study requires the panel's id (Study.require_participant_id): without it the panel could not be told
+    # who finished, so the participant is sent back to open the study from the panel.
+    return EntryRefused(
+        400,
+        _("This link is incomplete"),
+        _(
+            "The link is missing your participant id. Please go back to your panel and open the study from "
+            "there."
+        ),
+    )
+
+
 def link_not_signed() -> EntryRefused:
     return EntryRefused(403, _("This link is not valid"), _("Please check the link you were given."))
 
@@ -136,7 +151,9 @@ def link_already_used() -> EntryRefused:
 
 
 def panel_redirect_url(study: Study, state: str, participant_id: str) -> str:
-    """The study's redirect for an ended state with the panel id filled in; "" when none is set."""
+    """The study's redirect for an ended state with the panel id filled in; "" when none is set. A session
+    without a panel id (possible only where the study does not require one, and logged at its entry) gets an
+    empty {pid}: the panel cannot tell who it was, which the set-up page counts and warns about."""
     field = REDIRECT_FIELD_BY_STATE.get(state)
     template = getattr(study, field) if field else ""
     return template.replace("{pid}", quote(participant_id, safe="")) if template else ""
@@ -217,6 +234,8 @@ def read_entry_link(study: Study, params: QueryDict, raw_query: str) -> EntryLin
         participant_id and not PARTICIPANT_ID.match(participant_id)
     ):
         raise invalid_link()
+    if not participant_id and study.require_participant_id:
+        raise participant_id_missing()
     signature, timestamp = "", None
     if study.signs_links:
         signature = single_parameter(params, study.link_signature_param)
@@ -437,9 +456,20 @@ def do_enter_study(
             return Entry(returning)
         check_entry(study, link, now)
         try:
-            return do_admit_participant(study, link, language, device_type)
+            entry = do_admit_participant(study, link, language, device_type)
         except IntegrityError:
             continue  # the same link opened twice at once: the other request made the session
+        if not link.participant_id:
+            # Allowed (the study does not require an id), but never silent: the panel cannot tell who this
+            # was, the session cannot be resumed, and its redirect's {pid} is empty.
+            logger.warning(
+                "study %s: session %s entered without a panel id (no %r parameter); its redirects carry an "
+                "empty {pid} (the set-up option 'Refuse links without a participant id' refuses such links)",
+                study.pk,
+                entry.session.pk,
+                study.participant_id_param,
+            )
+        return entry
     raise link_already_used()
 
 

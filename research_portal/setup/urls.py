@@ -12,6 +12,7 @@ urlpatterns = [
     path("<int:study_id>/ads/<int:ad_id>/move/<str:direction>/", views.ad_move, name="ad-move"),
     path("<int:study_id>/ads/<int:ad_id>/remove/", views.ad_remove, name="ad-remove"),
     path("<int:study_id>/ads/<int:ad_id>/video", views.ad_video, name="ad-video"),
+    path("<int:study_id>/launch/", views.launch, name="launch"),
     path("<int:study_id>/status/<str:action>/", views.change_status, name="status"),
     path("<int:study_id>/preview/", views.preview, name="preview"),
     path("<int:study_id>/delete-participant/", views.delete_participant, name="delete-participant"),

@@ -24,11 +24,14 @@ from research_portal.studies.forms import (
     DeleteStudyForm,
     PreviewForm,
     StudyForm,
+    locked_settings,
+    settings_editable_after_launch,
 )
 from research_portal.studies.models import Study
 from research_portal.studies.permissions import studies_managed_by, studies_visible_to, study_for_manager
 from research_portal.studies.services import (
     ChangeRefused,
+    check_launch_ready,
     check_study_change_allowed,
     do_add_ad,
     do_change_status,
@@ -76,7 +79,9 @@ def study_create(request: HttpRequest) -> HttpResponse:
         if organizations.count() == 1:
             owner_data["organization"] = str(organizations.get().pk)
     owner = OrganizationChoiceForm(owner_data, user=request.user)
-    form = StudyForm(request.POST or None, instance=Study())
+    # New studies refuse links without a panel id unless the admin unticks it (the model's default, off, is
+    # what studies made before the option keep).
+    form = StudyForm(request.POST or None, instance=Study(), initial={"require_participant_id": True})
     if request.method == "POST" and owner.is_valid() and form.is_valid():
         study = form.instance
         study.organization = owner.cleaned_data["organization"]
@@ -102,6 +107,7 @@ def setup_context(request: HttpRequest, study: Study, **extra) -> dict:
         "ads": list(study.ads.order_by("position", "id")),
         "quotas": list(study.quotas.all()),
         "links": participant_links(study, request.build_absolute_uri("/")),
+        "sessions_without_panel_id": sessions.filter(is_preview=False, external_participant_id="").count(),
         "started": has_started(study),
         "ads_locked": ads_locked_reason(study),
         "counts": {
@@ -184,6 +190,13 @@ def ad_upload(request: HttpRequest, study_id: int) -> HttpResponse:
     return render(request, "studies/setup.html", context, status=400)
 
 
+def refused_page(request: HttpRequest, study: Study, refused: ChangeRefused) -> HttpResponse:
+    """The set-up page with the reason a change was refused (409: the study's state does not allow it)."""
+    messages.error(request, str(refused))
+    context = setup_context(request, study, form=StudyForm(instance=study))
+    return render(request, "studies/setup.html", context, status=409)
+
+
 @require_POST
 @login_required
 def ad_move(request: HttpRequest, study_id: int, ad_id: int, direction: str) -> HttpResponse:
@@ -194,7 +207,7 @@ def ad_move(request: HttpRequest, study_id: int, ad_id: int, direction: str) -> 
     try:
         do_move_ad(study, ad, -1 if direction == "up" else 1)
     except ChangeRefused as refused:
-        messages.error(request, str(refused))
+        return refused_page(request, study, refused)
     return redirect(reverse("studies:setup", args=[study.pk]) + "#ads")
 
 
@@ -206,9 +219,8 @@ def ad_remove(request: HttpRequest, study_id: int, ad_id: int) -> HttpResponse:
     try:
         do_remove_ad(study, ad, request.user)
     except ChangeRefused as refused:
-        messages.error(request, str(refused))
-    else:
-        messages.success(request, f"Ad “{ad.title}” removed.")
+        return refused_page(request, study, refused)
+    messages.success(request, f"Ad “{ad.title}” removed.")
     return redirect(reverse("studies:setup", args=[study.pk]) + "#ads")
 
 
@@ -224,6 +236,9 @@ def ad_video(request: HttpRequest, study_id: int, ad_id: int) -> HttpResponse:
 @login_required
 def change_status(request: HttpRequest, study_id: int, action: str) -> HttpResponse:
     study = study_for_manager(request.user, study_id)
+    if action == "launch":
+        # Launching locks the ads and the capture settings for good: only the confirmation page launches.
+        return redirect("studies:launch", study.pk)
     try:
         study = do_change_status(study, action, request.user)
     except ChangeRefused as refused:
@@ -231,6 +246,43 @@ def change_status(request: HttpRequest, study_id: int, action: str) -> HttpRespo
     else:
         messages.success(request, f"The study is now {study.get_status_display().lower()}.")
     return redirect("studies:setup", study.pk)
+
+
+def launch_context(study: Study, **extra) -> dict:
+    form = StudyForm(instance=study)
+    try:
+        check_launch_ready(study)
+        not_ready = ""
+    except ChangeRefused as refused:
+        not_ready = str(refused)
+    return {
+        "study": study,
+        "ads": list(study.ads.order_by("position", "id")),
+        "quotas": list(study.quotas.all()),
+        "locked_settings": locked_settings(form),
+        "editable_settings": settings_editable_after_launch(form),
+        "not_ready": not_ready,
+        "section": "studies",
+        **extra,
+    }
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def launch(request: HttpRequest, study_id: int) -> HttpResponse:
+    """GET: what launching will lock, to confirm. POST: the confirmation; launches the study (a draft whose
+    ads are ready), else 409 with the reason."""
+    study = study_for_manager(request.user, study_id)
+    if request.method == "POST":
+        try:
+            study = do_change_status(study, "launch", request.user)
+        except ChangeRefused as refused:
+            study = Study.objects.get(pk=study.pk)
+            context = launch_context(study, refused=str(refused))
+            return render(request, "studies/launch.html", context, status=409)
+        messages.success(request, "The study is now live; its ads and capture settings are locked.")
+        return redirect("studies:setup", study.pk)
+    return render(request, "studies/launch.html", launch_context(study))
 
 
 @require_POST

@@ -6,7 +6,13 @@ from django.db import models
 from django.forms.fields import InvalidJSONInput
 
 from research_portal.studies.models import Ad, ConsentVersion, CountryQuota, Study
-from research_portal.studies.services import check_ad_video, participant_link_template
+from research_portal.studies.services import (
+    ChangeRefused,
+    check_ad_video,
+    check_study_change_allowed,
+    has_started,
+    participant_link_template,
+)
 
 
 class JSONTextField(forms.JSONField):
@@ -38,12 +44,52 @@ class AdForm(forms.ModelForm):
             self.instance.duration_ms = check_ad_video(video, settings.AD_MAX_UPLOAD_BYTES)
         return video
 
+    def clean(self):
+        """A launched study's ads are locked here as on the set-up page: no ad added, replaced, moved or
+        reordered (a title may still be corrected)."""
+        data = super().clean()
+        changes_playlist = not self.instance.pk or bool(set(self.changed_data) - {"title"})
+        if changes_playlist:
+            # The study it goes to and the one it leaves (a study being created in the same form has no pk).
+            chosen = data.get("study")
+            study_ids = {getattr(chosen, "pk", None), self.instance.study_id} - {None}
+            for study in Study.objects.filter(pk__in=study_ids):
+                try:
+                    check_study_change_allowed(study, ads=True)
+                except ChangeRefused as refused:
+                    raise ValidationError(str(refused)) from refused
+        return data
+
+
+class StudyAdminForm(forms.ModelForm):
+    """A launched study's locked settings are refused here as on the set-up page
+    (services.check_study_change_allowed); the status itself is staff's to change."""
+
+    def clean(self):
+        data = super().clean()
+        if self.instance.pk:
+            before = Study.objects.get(pk=self.instance.pk)
+            for name in self.changed_data:
+                if name == "status":
+                    continue
+                try:
+                    check_study_change_allowed(before, [name])
+                except ChangeRefused as refused:
+                    self.add_error(name if name in self.fields else None, str(refused))
+        return data
+
 
 class AdInline(admin.TabularInline):
     model = Ad
     form = AdForm
     extra = 1
     readonly_fields = ["duration_ms"]
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # obj is the study: a launched one keeps its ads (the set-up page's rule).
+        if obj is not None and has_started(obj):
+            return False
+        return super().has_delete_permission(request, obj)
 
 
 class CountryQuotaInline(admin.TabularInline):
@@ -65,6 +111,7 @@ class ConsentVersionInline(admin.TabularInline):
 
 @admin.register(Study)
 class StudyAdmin(admin.ModelAdmin):
+    form = StudyAdminForm
     list_display = ["name", "organization", "status", "created_at"]
     list_filter = ["status", "organization"]
     search_fields = ["name"]
@@ -84,6 +131,7 @@ class StudyAdmin(admin.ModelAdmin):
                     "allowed_countries",
                     "participant_id_param",
                     "country_param",
+                    "require_participant_id",
                     "consent_text",
                     "consent_translations",
                 ]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +23,38 @@ from research_portal.studies.models import Ad, Study
 from research_portal.studies.services import probe_video_duration_ms
 
 DEMO_COUNTRIES = ["US", "GB", "DE", "FR", "ES", "BR", "JP"]
+# FFmpeg's WebM muxer lists no FourCC tags, so OpenCV's writer says "tag 0x30385056/'VP80' is not supported
+# with codec id 139 and format 'webm / WebM'" for every WebM it opens, and writes valid VP8 all the same. It
+# prints that with a plain fprintf to stderr, which neither OPENCV_LOG_LEVEL, OPENCV_FFMPEG_LOGLEVEL nor
+# cv2.utils.logging.setLogLevel reach (OpenCV 4.14), and no FourCC avoids it for WebM (-1 lists formats).
+HARMLESS_WRITER_NOTICE = re.compile(rb"^OpenCV: FFMPEG: tag 0x30385056/'VP80' is not supported ")
+
+
+@contextmanager
+def native_stderr_without(notice: re.Pattern[bytes]) -> Iterator[None]:
+    """While inside, what native code prints to the process's stderr (file descriptor 2) goes to a temporary
+    file; afterwards every line of it but those matching `notice` is passed on to stderr, so nothing else is
+    lost."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().splitlines(keepends=True):
+                if not notice.search(line):
+                    os.write(2, line)
 
 
 def render_demo_ad(path: Path, seconds: int = 10, fps: int = 25, size: tuple[int, int] = (640, 360)) -> None:
     """Write a small VP8 WebM (plays in Chromium and Firefox): a colour sweep with a countdown."""
     width, height = size
-    # FFmpeg prints a harmless "tag 'VP80' is not supported" notice here and writes valid VP8 anyway.
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP80"), fps, size)
+    with native_stderr_without(HARMLESS_WRITER_NOTICE):
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP80"), fps, size)
     if not writer.isOpened():
         raise RuntimeError("OpenCV cannot write WebM/VP8 here; upload an ad video in the admin instead.")
     hue_row = np.linspace(0, 179, width, dtype=np.float32)

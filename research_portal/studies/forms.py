@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.forms.utils import pretty_name
 
 from research_portal.countries import UnknownCountry, check_country_code
 from research_portal.studies.models import PARAM_NAME, PARAM_NAME_MESSAGE, Study
@@ -99,6 +100,7 @@ class StudyForm(forms.ModelForm):
             "consent_text",
             "participant_id_param",
             "country_param",
+            "require_participant_id",
             "link_signing_secret",
             "link_signature_param",
             "link_timestamp_param",
@@ -124,6 +126,7 @@ class StudyForm(forms.ModelForm):
             "consent_text": "Consent text (default language)",
             "participant_id_param": "Participant id parameter",
             "country_param": "Country parameter",
+            "require_participant_id": "Refuse links without a participant id",
             "link_signing_secret": "Link signing secret (shared with the panel)",
             "link_signature_param": "Signature parameter",
             "link_timestamp_param": "Time parameter",
@@ -147,6 +150,9 @@ class StudyForm(forms.ModelForm):
             "consent_text": "Empty: the portal's standard text, translated into each participant's language.",
             "retention_days": "Per-frame readings go; the per-second aggregates of the dashboards stay.",
             "store_frames": "Off by default: frames are analysed and discarded.",
+            "require_participant_id": "On: a link without the participant id parameter is refused with "
+            "“This link is incomplete”. Off: it starts a session without an id, which cannot be resumed and "
+            "whose redirects carry an empty {pid}.",
             "link_signing_secret": "Blank: links are not signed. With a secret, every link must carry the "
             "panel's HMAC-SHA256 signature, and a returning participant resumes in another browser only with "
             "one. 32-128 printable characters, e.g. 64 hex digits.",
@@ -349,3 +355,43 @@ class DeleteStudyForm(forms.Form):
         if value != self.study.name:
             raise ValidationError("The name does not match; nothing was deleted.")
         return value
+
+
+# ---- what launching locks (the launch confirmation) --------------------------------------------------------
+
+
+def setting_display(study: Study, name: str) -> str:
+    """A study setting as the set-up page shows it: a choice's label, yes/no, else the value."""
+    field = Study._meta.get_field(name)
+    value = getattr(study, name)
+    if field.choices:
+        return str(dict(field.flatchoices).get(value, value))
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def locked_settings(form: StudyForm) -> list[tuple[str, str]]:
+    """(label, saved value) of each setting that launching locks (LOCKED_AFTER_LAUNCH), in form order."""
+    study = form.instance
+    return [
+        (str(field.label or pretty_name(name)), setting_display(study, name))
+        for name, field in form.fields.items()
+        if name in LOCKED_AFTER_LAUNCH
+    ]
+
+
+def settings_editable_after_launch(form: StudyForm) -> list[str]:
+    """The labels of the form's settings that a launched study can still change (until it is closed)."""
+    translations = {f"consent_{code}" for code, _name in TRANSLATED_LANGUAGES}
+    labels = []
+    for name, field in form.fields.items():
+        if name in LOCKED_AFTER_LAUNCH or name in translations:
+            continue
+        label = str(field.label or pretty_name(name))
+        if name.startswith("redirect_"):
+            label = f"{label} redirect"
+        elif name == "countries":
+            label = "Countries and their quotas"
+        labels.append(label)
+    return [*labels, "Consent texts per language"]

@@ -97,6 +97,10 @@ class Study(models.Model):
     # How the panel passes its participant id and country in the study link, e.g. ?pid=...&c=DE.
     participant_id_param = models.CharField(max_length=32, default="pid")
     country_param = models.CharField(max_length=32, default="c")
+    # On: a link without a panel participant id is refused at entry (400), so every session has one and every
+    # redirect's {pid} is filled. Off (what studies made before this option do): such a link still starts a
+    # session, without an id, which cannot be resumed and whose redirects carry an empty {pid}.
+    require_participant_id = models.BooleanField(default=False)
     # Panel link signing (docs/architecture.md, "A participant's way through a study"): with a secret, every
     # link must carry HMAC-SHA256(secret, canonical query) in `link_signature_param`; blank: links unsigned.
     link_signing_secret = models.CharField(max_length=128, blank=True, validators=[validate_link_secret])
@@ -183,6 +187,11 @@ class Ad(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+    @property
+    def duration_s(self) -> float:
+        """The length pages show (in seconds; stored in ms, as the player and the frames count time)."""
+        return self.duration_ms / 1000
 
 
 class CountryQuota(models.Model):

@@ -211,19 +211,24 @@ def check_status_change(study: Study, action: str) -> str:
     if study.status not in allowed_from:
         raise ChangeRefused(f"A {study.get_status_display().lower()} study cannot {action}.")
     if action == "launch":
-        # Only a draft's ads can still be replaced; a live study's unplayable ad (uploaded before this check
-        # existed) is handled where it shows: the participant's session ends Failed, `ad_unplayable`.
-        problems = []
-        if not study.ads.exists():
-            problems.append("upload at least one ad")
-        for ad in study.ads.order_by("position", "id"):
-            try:
-                check_stored_ad_playable(ad)
-            except ValidationError as error:
-                problems.append("replace " + " ".join(error.messages))
-        if problems:
-            raise ChangeRefused("Before launching, " + "; ".join(problems) + ".")
+        check_launch_ready(study)
     return new_status
+
+
+def check_launch_ready(study: Study) -> None:
+    """ChangeRefused naming what to do first unless the study's ads let it launch: at least one, each one
+    playable. Only a draft's ads can still be replaced; a live study's unplayable ad (uploaded before this
+    check existed) is handled where it shows: the participant's session ends Failed, `ad_unplayable`."""
+    problems = []
+    if not study.ads.exists():
+        problems.append("upload at least one ad")
+    for ad in study.ads.order_by("position", "id"):
+        try:
+            check_stored_ad_playable(ad)
+        except ValidationError as error:
+            problems.append("replace " + " ".join(error.messages))
+    if problems:
+        raise ChangeRefused("Before launching, " + "; ".join(problems) + ".")
 
 
 def participant_link_template(study: Study, base_url: str, country: str) -> str:

@@ -1,5 +1,7 @@
 // Camera and face check: sends a frame every half second; the server answers with problems in words
-// and decides when the check has passed (three good frames in a row).
+// and decides when the check has passed (three good frames in a row). The feedback line always says what is
+// happening: "Starting camera…" from the press of Start, "Checking…" while the camera's rate is measured, then
+// the server's words; once passed, "All set!" stays with a Continue button until the page moves on.
 (() => {
   "use strict";
 
@@ -7,11 +9,15 @@
   const csrfToken = document.querySelector("input[name=csrfmiddlewaretoken]").value;
   const messages = config.messages;
   const CHECK_INTERVAL_MS = 500;
+  // How long "All set!" stays before the page moves on by itself (Continue moves on at once), so that it can
+  // be read: the same pattern as the end page's automatic return to the panel.
+  const PASSED_PAUSE_MS = 3000;
 
   const camera = document.getElementById("camera");
   const canvas = document.getElementById("check-canvas");
   const feedback = document.getElementById("feedback");
   const startButton = document.getElementById("start-check");
+  const continueLink = document.getElementById("check-continue");
   let stream = null;
   let cameraFps = 0;
 
@@ -62,9 +68,19 @@
     return response.json();
   }
 
+  function showPassed() {
+    say(messages.passed);
+    document.body.dataset.checkPassed = "true";
+    continueLink.hidden = false;
+    continueLink.focus();
+    setTimeout(() => { location.href = config.watchUrl; }, PASSED_PAUSE_MS);
+  }
+
   async function runAttempt() {
     startButton.hidden = true;
+    say(feedback.dataset.starting);  // getUserMedia and the rate measurement take a second or more
     if (!(await startCamera())) { startButton.hidden = false; return; }
+    say(feedback.dataset.checking);
     cameraFps = await measureFps();
     const deadline = Date.now() + config.attemptSeconds * 1000;
     let problems = [];
@@ -73,12 +89,7 @@
       const answer = await postJson(`${config.frameUrl}?fps=${cameraFps.toFixed(1)}`, blob, "image/jpeg");
       if (answer.next) { location.href = answer.next; return; }
       if (answer.error) { await sleep(CHECK_INTERVAL_MS); continue; }  // throttled or refused: try the next frame
-      if (answer.passed) {
-        say(messages.passed);
-        document.body.dataset.checkPassed = "true";
-        location.href = config.watchUrl;
-        return;
-      }
+      if (answer.passed) { showPassed(); return; }
       problems = answer.problems || [];
       say(problems.length ? answer.messages[0] : messages.good);
       document.body.dataset.checkProblems = problems.join(",");

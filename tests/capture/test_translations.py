@@ -218,6 +218,7 @@ def with_panel_redirects(study: Study) -> None:
 
 def enter(client, acme, language: str, **params):
     params = {"pid": f"panel-{language}", "c": COUNTRY_OF[language], **params}
+    params = {name: value for name, value in params.items() if value is not None}
     return client.get(f"/s/{acme.study.public_id}/", params, HTTP_ACCEPT_LANGUAGE=language)
 
 
@@ -273,6 +274,19 @@ def ended_page(state: str, redirects: bool):
     return page
 
 
+def failed_after_viewing(client, acme, language):
+    with_panel_redirects(acme.study)
+    session = new_session(
+        acme,
+        language,
+        state="failed",
+        external_participant_id=f"p-{language}",
+        checks_passed_at=timezone.now(),
+        exclusion_reason="too few usable frames",
+    )
+    return client.get(f"/p/{session.token}/end/")
+
+
 def ended_for_an_unplayable_ad(client, acme, language):
     with_panel_redirects(acme.study)
     session = new_session(
@@ -287,6 +301,12 @@ def ended_for_an_unplayable_ad(client, acme, language):
 
 def refused_invalid_link(client, acme, language):
     return enter(client, acme, language, pid="<script>")
+
+
+def refused_without_a_panel_id(client, acme, language):
+    acme.study.require_participant_id = True
+    acme.study.save()
+    return enter(client, acme, language, pid=None)
 
 
 def refused_closed_study(client, acme, language):
@@ -327,7 +347,11 @@ PAGES = {
         ["this study keeps the webcam pictures taken while you watch, for its research team only."],
     ),
     "consent, no decision": (consent_without_a_decision, 400, ["Please accept or decline to continue."]),
-    "check": (check_page, 200, ["Camera check", "Start camera check", "Your camera picture"]),
+    "check": (
+        check_page,
+        200,
+        ["Camera check", "Start camera check", "Your camera picture", "Starting camera…", "Checking…"],
+    ),
     "watch": (
         watch_page,
         200,
@@ -343,8 +367,16 @@ PAGES = {
         ["You chose not to take part. Nothing was recorded."],
     ),
     "end, over quota": (ended_page("over_quota", True), 200, ["This study is full"]),
-    "end, failed": (
+    "end, failed at the camera check": (
         ended_page("failed", True),
+        200,
+        [
+            "Unfortunately the camera check did not succeed, so the study ended before the video. Nothing "
+            "from your camera was stored."
+        ],
+    ),
+    "end, failed after viewing": (
+        failed_after_viewing,
         200,
         ["Unfortunately we could not record enough of your session to use it."],
     ),
@@ -358,6 +390,15 @@ PAGES = {
         ],
     ),
     "refused, invalid link": (refused_invalid_link, 400, ["This link is not valid"]),
+    "refused, no panel id": (
+        refused_without_a_panel_id,
+        400,
+        [
+            "This link is incomplete",
+            "The link is missing your participant id. Please go back to your panel and open the study from "
+            "there.",
+        ],
+    ),
     "refused, closed": (refused_closed_study, 410, ["This study is closed", "Continue"]),
     "refused, other country": (refused_other_country, 403, ["This study is not available in your country"]),
     "refused, quota full": (

@@ -71,12 +71,17 @@ def test_admin_sets_up_launches_and_opens_a_study(postgres, asgi_server, browser
     assert page.evaluate("document.querySelector('.ad-list video').duration") == pytest.approx(3, abs=0.5)
     screenshot(page, ARTIFACTS, "04-setup-with-ad")
 
-    page.click("#launch")
+    page.click("#launch")  # asks first, naming what launching locks
+    page.wait_for_url(f"**/studies/{study.pk}/launch/")
+    assert "Summer ad" in page.inner_text("#locked-ads")
+    assert "Frames per second" in page.inner_text("#locked-settings")
+    screenshot(page, ARTIFACTS, "05-launch-confirmation")
+    page.click("#confirm-launch")
     page.wait_for_selector("#study-status:has-text('Live')")
     study.refresh_from_db()
     assert study.status == Study.Status.LIVE
     assert "capture settings and ads are locked" in page.inner_text("#study-form")
-    screenshot(page, ARTIFACTS, "05-live")
+    screenshot(page, ARTIFACTS, "06-live")
 
     link = page.get_attribute("input.link[data-country='DE']", "value")
     assert link == f"{asgi_server}/s/{study.public_id}/?pid=PARTICIPANT_ID&c=DE"
@@ -84,7 +89,7 @@ def test_admin_sets_up_launches_and_opens_a_study(postgres, asgi_server, browser
     participant.goto(link.replace("PARTICIPANT_ID", "panel-777"))
     participant.wait_for_selector("#accept")
     assert "We read your facial expressions" in participant.inner_text("body")
-    screenshot(participant, ARTIFACTS, "06-participant-consent")
+    screenshot(participant, ARTIFACTS, "07-participant-consent")
     session = ParticipantSession.objects.get(study=study)
     assert (session.external_participant_id, session.country, session.is_preview) == (
         "panel-777",

@@ -3,19 +3,36 @@
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from research_portal.studies.models import Ad
+from research_portal.studies.models import Ad, Study
 
 pytestmark = pytest.mark.django_db
 
 
 def test_admin_uploads_an_ad_and_its_duration_is_probed(admin_client, acme, ad_video_file):
+    draft = Study.objects.create(organization=acme.organization, name="Draft")
     upload = SimpleUploadedFile("launch.webm", ad_video_file.read_bytes(), content_type="video/webm")
     response = admin_client.post(
-        "/admin/studies/ad/add/", {"study": acme.study.pk, "title": "Launch", "video": upload, "position": 1}
+        "/admin/studies/ad/add/", {"study": draft.pk, "title": "Launch", "video": upload, "position": 1}
     )
     assert response.status_code == 302, response.content.decode()[:2000]
     ad = Ad.objects.get(title="Launch")
     assert 3500 <= ad.duration_ms <= 4500
+
+
+def test_admin_keeps_a_launched_studys_ads_locked(admin_client, acme, ad_video_file):
+    upload = SimpleUploadedFile("extra.webm", ad_video_file.read_bytes(), content_type="video/webm")
+    response = admin_client.post(
+        "/admin/studies/ad/add/", {"study": acme.study.pk, "title": "Extra", "video": upload, "position": 1}
+    )
+    assert response.status_code == 200 and b"would mix sessions that saw different ads" in response.content
+    assert not Ad.objects.filter(title="Extra").exists()
+    ad = acme.ad
+    moved = {"study": acme.study.pk, "title": ad.title, "position": 3}
+    assert b"would mix sessions" in admin_client.post(f"/admin/studies/ad/{ad.pk}/change/", moved).content
+    renamed = {"study": acme.study.pk, "title": "Spring ad (final cut)", "position": ad.position}
+    assert admin_client.post(f"/admin/studies/ad/{ad.pk}/change/", renamed).status_code == 302
+    ad.refresh_from_db()
+    assert (ad.title, ad.position) == ("Spring ad (final cut)", 0)
 
 
 def test_admin_upload_of_a_non_video_is_refused(admin_client, acme):

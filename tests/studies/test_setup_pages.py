@@ -215,7 +215,10 @@ def test_launch_pause_resume_close(admin_client, acme, ad_video_file):
     assert study.status == Study.Status.DRAFT
     with ad_video_file.open("rb") as video:
         admin_client.post(f"/studies/{study.pk}/ads/", {"title": "Only ad", "video": video})
-    for action, status in [("launch", "live"), ("pause", "paused"), ("resume", "live"), ("close", "closed")]:
+    assert admin_client.post(f"/studies/{study.pk}/launch/").status_code == 302  # the launch confirmation
+    study.refresh_from_db()
+    assert study.status == "live"
+    for action, status in [("pause", "paused"), ("resume", "live"), ("close", "closed")]:
         assert admin_client.post(f"/studies/{study.pk}/status/{action}/").status_code == 302
         study.refresh_from_db()
         assert study.status == status
