@@ -48,27 +48,79 @@ def roll_angles(detections: Sequence[Detection]) -> np.ndarray:
 
 
 # Depth of the nose tip in front of the eyes, relative to the eye distance, in a generic head model
-# (x_nose - x_eyes_mid = ratio * eye_distance * tan(yaw)); 0.5 reads the most turned frame of the shared
-# LivePortrait clip (visibly ~20-25 degrees) as 24 degrees. Rough, but good enough to flag turned faces.
+# (x_nose - x_midline = ratio * eye_distance * tan(yaw)); 0.5 reads the most turned frame of the shared
+# LivePortrait clip (visibly ~20-25 degrees) as 24-27 degrees. Rough, but good enough to flag turned faces.
 NOSE_DEPTH_RATIO = 0.5
+# Pitch, from the nose tip's height between the eye line and the mouth line (along the face's own vertical,
+# so roll does not count): `nose_height` = (nose - eyes) / (mouth - eyes) measured perpendicular to the eye
+# line. In a frontal face it is `FRONTAL_NOSE_HEIGHT`: the median of YuNet's landmarks on 400 frontal-ish
+# news photographs of ../shared/data/realfaces_dev (interquartile range 0.547-0.594, i.e. +-2.5 degrees).
+# Nodding the head by `pitch` moves the protruding nose tip along the face's vertical by depth * sin(pitch)
+# while the eye-to-mouth distance shrinks by cos(pitch): nose_height = FRONTAL - depth / eye_to_mouth *
+# tan(pitch). The depth is the yaw model's (0.5 eye distances) and the eye-to-mouth distance is 0.93 eye
+# distances in the same photographs, hence PITCH_DEPTH_RATIO = 0.5 / 0.93.
+FRONTAL_NOSE_HEIGHT = 0.57
+PITCH_DEPTH_RATIO = 0.54
+
+
+def _landmark_points(detections: Sequence[Detection]) -> tuple[list[int], np.ndarray]:
+    """The indices of the detections with landmarks and their points [M, 5, 2] as float64."""
+    with_landmarks = [i for i, d in enumerate(detections) if d.landmarks is not None]
+    if not with_landmarks:
+        return [], np.zeros((0, 5, 2))
+    return with_landmarks, np.stack([detections[i].landmarks for i in with_landmarks]).astype(np.float64)
+
+
+def pose_angles(detections: Sequence[Detection]) -> tuple[np.ndarray, np.ndarray]:
+    """Rough head (yaw, pitch) in degrees per detection from YuNet's five landmarks; NaN where there are
+    none (Haar). All faces at once (numpy). Positive yaw: the nose points towards image right; positive
+    pitch: the face turns up, negative: down.
+
+    Measured in the face's own axes (the eye line and its perpendicular, so roll does not count), for a head
+    that nods (pitch) and turns (yaw) like a neck does, the nose tip protruding `NOSE_DEPTH_RATIO` eye
+    distances in front of the face plane:
+    - pitch: the nose tip's height between the eye line and the mouth line is `FRONTAL_NOSE_HEIGHT -
+      PITCH_DEPTH_RATIO * tan(pitch)`;
+    - yaw: the nose tip's sideways offset from the face's midline (the eye midpoint -> mouth midpoint line)
+      at the nose's height, per eye distance, is `NOSE_DEPTH_RATIO * tan(yaw) / cos(pitch)`. Taking the offset
+      from the midline rather than straight below the eye midpoint keeps a lowered or raised head from
+      reading as less (or more) turned: a nod swings the nose sideways too when the head is turned.
+    Exact for that head model; expressions move the mouth corners a little (a wide-open mouth reads up to
+    ~+10 degrees of pitch, a broad smile a few degrees down), and YuNet's landmarks regress towards a frontal
+    face, so large angles read smaller than they are, pitch by far the most (inference/attention.py).
+    """
+    yaw = np.full(len(detections), np.nan, np.float32)
+    pitch = np.full(len(detections), np.nan, np.float32)
+    with_landmarks, points = _landmark_points(detections)
+    if with_landmarks:
+        eyes = (points[:, 0] + points[:, 1]) / 2
+        eye_vector = points[:, 1] - points[:, 0]  # image-left eye -> image-right eye
+        eye_distance = np.maximum(np.linalg.norm(eye_vector, axis=1), 1e-6)
+        across = eye_vector / eye_distance[:, None]
+        down = np.stack([-across[:, 1], across[:, 0]], axis=1)  # the face's vertical, towards the chin
+        nose = points[:, 2] - eyes
+        mouth = (points[:, 3] + points[:, 4]) / 2 - eyes
+        mouth_down = np.maximum((mouth * down).sum(axis=1), 1e-6)
+        nose_height = (nose * down).sum(axis=1) / mouth_down
+        tan_pitch = (FRONTAL_NOSE_HEIGHT - nose_height) / PITCH_DEPTH_RATIO
+        midline = (mouth * across).sum(axis=1) * nose_height  # the midline's sideways position at the nose
+        offset = ((nose * across).sum(axis=1) - midline) / eye_distance
+        tan_yaw = offset / NOSE_DEPTH_RATIO / np.sqrt(1.0 + tan_pitch**2)  # * cos(pitch)
+        yaw[with_landmarks] = np.degrees(np.arctan(tan_yaw))
+        pitch[with_landmarks] = np.degrees(np.arctan(tan_pitch))
+    return yaw, pitch
 
 
 def yaw_angles(detections: Sequence[Detection]) -> np.ndarray:
-    """Rough head yaw in degrees per detection from YuNet's landmarks (0 where there are none).
+    """Rough head yaw in degrees per detection from YuNet's landmarks (0 where there are none; see
+    `pose_angles`). Positive: the nose points towards image right."""
+    return np.nan_to_num(pose_angles(detections)[0], nan=0.0)
 
-    The nose tip's offset from the eye midpoint along the eye line (so roll does not count), divided by the
-    eye distance, is `NOSE_DEPTH_RATIO * tan(yaw)`. Positive: the nose points towards image right.
-    """
-    angles = np.zeros(len(detections), np.float32)
-    with_landmarks = [i for i, d in enumerate(detections) if d.landmarks is not None]
-    if with_landmarks:
-        points = np.stack([detections[i].landmarks for i in with_landmarks]).astype(np.float64)  # [M, 5, 2]
-        eye_vector = points[:, 1] - points[:, 0]
-        eye_distance = np.maximum(np.linalg.norm(eye_vector, axis=1), 1e-6)
-        direction = eye_vector / eye_distance[:, None]
-        offset = ((points[:, 2] - (points[:, 0] + points[:, 1]) / 2) * direction).sum(axis=1) / eye_distance
-        angles[with_landmarks] = np.degrees(np.arctan(offset / NOSE_DEPTH_RATIO))
-    return angles
+
+def pitch_angles(detections: Sequence[Detection]) -> np.ndarray:
+    """Rough head pitch in degrees per detection (NaN where there are no landmarks; see `pose_angles`).
+    Positive: the face turns up; negative: down."""
+    return pose_angles(detections)[1]
 
 
 def crop_matrices(centres: np.ndarray, sides: np.ndarray, angles: np.ndarray) -> np.ndarray:

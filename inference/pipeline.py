@@ -15,7 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inference.align import TEMPLATE_SIZE, RollRefiner, crop_faces, face_geometry, roll_angles, yaw_angles
+from inference.align import TEMPLATE_SIZE, RollRefiner, crop_faces, face_geometry, pose_angles, roll_angles
+from inference.attention import attending_faces
 from inference.detect import Detection, FaceDetector, create_detector, scale_detections
 from inference.model import EmotionModel
 from inference.quality import FaceQuality, crop_statistics, face_qualities
@@ -36,6 +37,11 @@ class FaceReading:
     landmarks: np.ndarray | None = field(default=None, compare=False, repr=False)
     quality: FaceQuality | None = field(default=None, compare=False)
     valence: float | None = None  # only when the model's metadata defines valence weights
+    # Head pose from the landmarks (align.pose_angles) and whether it is turned to the screen
+    # (attention.attending_faces); None without landmarks (Haar).
+    yaw: float | None = field(default=None, compare=False)
+    pitch: float | None = field(default=None, compare=False)
+    attending: bool | None = field(default=None, compare=False)
 
     @property
     def emotions(self) -> dict[str, float]:
@@ -367,7 +373,10 @@ class Pipeline:
         valences = self.model.valence(probabilities)
         classify_s = clock() - started
         started = clock()
-        qualities = self._qualities(per_frame, located.crops, located.frame_areas, located.rolls)
+        detections = [d for item in per_frame if not isinstance(item, str) for d in item]
+        yaws, pitches = pose_angles(detections)
+        attending = attending_faces(yaws, pitches)
+        qualities = self._qualities(detections, located.crops, located.frame_areas, located.rolls, yaws)
         align_s = located.align_s + clock() - started  # quality signals are crop post-processing
         labels = self.model.labels
         readings: list[FrameReading] = []
@@ -385,6 +394,9 @@ class Pipeline:
                     landmarks=d.landmarks,
                     quality=qualities[offset + index],
                     valence=None if valences is None else float(valences[offset + index]),
+                    yaw=_optional(yaws[offset + index]),
+                    pitch=_optional(pitches[offset + index]),
+                    attending=_optional_flag(attending[offset + index]),
                 )
                 for index, d in enumerate(item)
             ]
@@ -432,17 +444,26 @@ class Pipeline:
 
     @staticmethod
     def _qualities(
-        per_frame: list[list[Detection] | str],
+        detections: list[Detection],
         crops: np.ndarray,
         frame_areas: np.ndarray,
         rolls: np.ndarray,
+        yaws: np.ndarray,
     ) -> list[FaceQuality]:
-        """Quality signals for every face of the batch, computed together."""
-        detections = [d for item in per_frame if not isinstance(item, str) for d in item]
+        """Quality signals for every face of the batch, computed together (a face without landmarks counts
+        as frontal: yaw 0)."""
         if not detections:
             return []
         boxes = np.array([d.box for d in detections], np.float32)
-        return face_qualities(crop_statistics(crops), boxes, frame_areas, rolls, yaw_angles(detections))
+        return face_qualities(crop_statistics(crops), boxes, frame_areas, rolls, np.nan_to_num(yaws, nan=0.0))
+
+
+def _optional(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def _optional_flag(value: float) -> bool | None:
+    return None if np.isnan(value) else bool(value)
 
 
 _pipelines: dict[int, Pipeline] = {}

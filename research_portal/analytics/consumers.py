@@ -1,6 +1,8 @@
 """The live feed of a dashboard: joins the Channels group of its ad or study and, whenever the rollups
 change (live.notify_rollups_changed, throttled per group), pushes the recomputed dashboard for the filters the
-page subscribed with. Thin: access, filters and numbers come from services and dashboard.
+page subscribed with; an ad's feed also pushes the provisional figures of who is watching now whenever its
+frames are stored (live.notify_frames_stored, provisional.py). Thin: access, filters and numbers come from
+services, dashboard and provisional.
 
 Access is checked at connect and again before every push (at most every ANALYTICS_LIVE_ACCESS_RECHECK_S,
 and at once when accounts.signals announces a change to the user, the study or the ad): a socket whose user
@@ -14,6 +16,7 @@ import json
 import logging
 import time
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
@@ -25,6 +28,7 @@ from research_portal.accounts.sessions import user_for_session_key
 from research_portal.accounts.signals import user_access_group
 from research_portal.analytics.dashboard import build_ad_dashboard, build_study_overview
 from research_portal.analytics.live import ad_group, study_group
+from research_portal.analytics.provisional import live_snapshot
 from research_portal.analytics.services import Filters, InvalidFilters, parse_filters
 from research_portal.events import remember_server_loop
 from research_portal.studies.permissions import ad_for_viewer, study_for_viewer
@@ -175,6 +179,18 @@ class LiveDashboardConsumer(AsyncJsonWebsocketConsumer):
 
     async def analytics_changed(self, event: dict) -> None:
         self.schedule_refresh()
+
+    async def analytics_live(self, event: dict) -> None:
+        """Frames of the ad were stored: push the provisional figures (provisional.py), read from the tally
+        (Redis or this process), never from the database's frames."""
+        if self.kind != "ad" or not await self.has_access():
+            return
+        try:
+            snapshot = await sync_to_async(live_snapshot)(self.target.pk)
+        except Exception:
+            logger.exception("live snapshot of ad %s failed", self.target.pk)
+            return
+        await self.send_json({"type": "live", "data": snapshot.to_json()})
 
     async def access_changed(self, event: dict) -> None:
         """accounts.signals: something that decides this socket's access changed; re-check now."""

@@ -13,14 +13,18 @@ import numpy as np
 from django.db.models import Count, F, Max, Min, Q, QuerySet, Sum
 from django.urls import reverse
 
+from research_portal.analytics.attention import attention_figure, retention_estimate
 from research_portal.analytics.definitions import (
     ALPHA,
+    ATTENTION,
     CONFIDENCE,
+    EXPRESSIVENESS,
+    EXPRESSIVENESS_SOURCE,
     MEASURE_LABELS,
     MEASURES,
     QUALITY_LEVELS,
     SMILE_THRESHOLD,
-    cell_columns,
+    cell_value_columns,
 )
 from research_portal.analytics.figures import (
     FUNNEL_STAGES,
@@ -33,6 +37,7 @@ from research_portal.analytics.figures import (
 )
 from research_portal.analytics.figures import clean as clean_numbers
 from research_portal.analytics.models import ParticipantAdSummary, SecondCell
+from research_portal.analytics.moments import key_moments, moment_rule
 from research_portal.analytics.services import Filters, get_country_quotas
 from research_portal.analytics.stats import CORRECTIONS, MeanEstimate, WelchTest, estimate_means, welch_test
 from research_portal.capture.models import REFUSED_AT_ENTRY, ParticipantSession
@@ -41,7 +46,6 @@ from research_portal.studies.models import Ad, Study
 
 ALL = "*"  # the group of every selected participant
 CORRECTION_LABELS = {"bh": "Benjamini-Hochberg FDR q < 0.05", "holm": "Holm FWER p < 0.05"}
-TOP_MOMENTS = 3
 State = ParticipantSession.State
 
 
@@ -95,7 +99,8 @@ class AdFacets:
 def ad_facets(ad: Ad) -> AdFacets:
     counts = {f"count_{measure}": Sum(f"n_{measure}") for measure in MEASURES}
     rows = list(
-        SecondCell.objects.filter(ad=ad, level=0, participants__gt=0)
+        # Cells with a reading, or only with attention (participants whose faces were never found).
+        SecondCell.objects.filter(Q(participants__gt=0) | Q(n_attention__gt=0), ad=ad, level=0)
         .values("model_version", "country", "device_type")
         .annotate(participants=Sum("participants"), first=Min("day"), last=Max("day"), **counts)
     )
@@ -120,12 +125,24 @@ def ad_facets(ad: Ad) -> AdFacets:
     )
 
 
+def shown_measures(measures: tuple[str, ...]) -> tuple[str, ...]:
+    """The measures the dashboard draws and offers: smile is p(happy) (capture/readings.py), so a happy
+    trace would repeat the smile trace under a second name; it is shown once, as Smile. The exports keep
+    the happy column (it is the model's label)."""
+    return tuple(measure for measure in measures if measure != "happy")
+
+
+# SecondCell's value columns, in the order of Traces.sums' columns.
+VALUE_COLUMNS = cell_value_columns()
+VALUE_INDEX = {column: index for index, column in enumerate(VALUE_COLUMNS)}
+
+
 @dataclass
 class Traces:
     """Per-second sufficient statistics of the selected participants, overall (ALL) and per country."""
 
     seconds: int
-    sums: dict[str, np.ndarray]  # group -> [seconds, 1 + len(cell_columns())]
+    sums: dict[str, np.ndarray]  # group -> [seconds, len(cell_value_columns())]
 
     @property
     def countries(self) -> list[str]:
@@ -135,17 +152,34 @@ class Traces:
         return self.sums[group][:, 0]
 
     def estimate(self, measure: str, baseline: bool, group: str = ALL) -> MeanEstimate:
-        columns = cell_columns()
+        """Per-second mean across participants with its CI: a measure of MEASURES, expressiveness (exactly
+        1 - neutral: n, n - s, n - 2s + q; baseline-corrected nb, -sb, qb) or attention (never corrected)."""
+        table = self.sums.get(group, np.zeros((self.seconds, len(VALUE_COLUMNS))))
+
+        def column(name: str) -> np.ndarray:
+            return table[:, VALUE_INDEX[name]]
+
+        if measure == ATTENTION:
+            n, s, q = (column(f"{stat}_{ATTENTION}") for stat in ("n", "s", "q"))
+            return estimate_means(n, s, q, CONFIDENCE)
+        source = EXPRESSIVENESS_SOURCE if measure == EXPRESSIVENESS else measure
         prefix = ("nb", "sb", "qb") if baseline else ("n", "s", "q")
-        n, s, q = (1 + columns.index(f"{stat}_{measure}") for stat in prefix)
-        table = self.sums.get(group, np.zeros((self.seconds, 1 + len(columns))))
-        return estimate_means(table[:, n], table[:, s], table[:, q], CONFIDENCE)
+        n, s, q = (column(f"{stat}_{source}") for stat in prefix)
+        if measure == EXPRESSIVENESS:
+            # x -> 1 - x (raw) or x - b -> -(x - b) (corrected): the same participants, sums transformed.
+            s, q = (-s, q) if baseline else (n - s, n - 2 * s + q)
+        return estimate_means(n, s, q, CONFIDENCE)
+
+    def attention_participants(self, group: str = ALL) -> np.ndarray:
+        """Participants with an analysed frame in each second (attention's n)."""
+        table = self.sums.get(group, np.zeros((self.seconds, len(VALUE_COLUMNS))))
+        return table[:, VALUE_INDEX[f"n_{ATTENTION}"]]
 
 
 def load_traces(ad: Ad, filters: Filters, model_version: str) -> Traces:
     """One GROUP BY (second, country) over the selected SecondCell rows; the overall trace is their sum
     (participants are disjoint across countries)."""
-    columns = ["participants", *cell_columns()]
+    columns = VALUE_COLUMNS
     rows = list(
         filter_dimensions(SecondCell.objects.filter(ad=ad), filters, model_version)
         .values("second", "country")
@@ -165,92 +199,95 @@ def load_traces(ad: Ad, filters: Filters, model_version: str) -> Traces:
     return Traces(seconds=seconds, sums=sums)
 
 
-def key_moments(estimate: MeanEstimate, measure: str, baseline: bool, top: int = TOP_MOMENTS) -> list[dict]:
-    """Peaks (local maxima) and drops (local minima) of a trace, ranked by height / depth, among seconds
-    with at least two participants; neighbours are the adjacent such seconds."""
-    usable = np.flatnonzero(np.isfinite(estimate.mean) & (estimate.n >= 2))
-    if usable.size < 3:
-        return []
-    values = estimate.mean[usable]
-    previous = np.concatenate([[np.nan], values[:-1]])
-    following = np.concatenate([values[1:], [np.nan]])
-    with np.errstate(invalid="ignore"):
-        is_peak = ~(previous > values) & ~(following >= values) & ~(np.isnan(previous) & np.isnan(following))
-        is_drop = ~(previous < values) & ~(following <= values) & ~(np.isnan(previous) & np.isnan(following))
-    moments = []
-    for kind, mask, order in (("peak", is_peak, -1), ("drop", is_drop, 1)):
-        candidates = usable[mask]
-        ranked = candidates[np.argsort(order * estimate.mean[candidates], kind="stable")][:top]
-        for second in ranked:
-            moments.append(
-                {
-                    "measure": measure,
-                    "label": MEASURE_LABELS[measure] + (" (baseline-corrected)" if baseline else ""),
-                    "kind": kind,
-                    "second": int(second),
-                    "time": f"{second}–{second + 1} s",
-                    "mean": round(float(estimate.mean[second]), 4),
-                    "low": clean_numbers([estimate.low[second]], 4)[0],
-                    "high": clean_numbers([estimate.high[second]], 4)[0],
-                    "n": int(estimate.n[second]),
-                }
-            )
-    return moments
+def load_retention(ad: Ad, filters: Filters, model_version: str, seconds: int) -> MeanEstimate:
+    """The retention curve of the selected participants (docs/analytics.md, "Retention"): per second, the
+    share still attending since the start, from ParticipantAdSummary.retained_seconds (one GROUP BY)."""
+    counts = list(
+        filter_dimensions(ParticipantAdSummary.objects.filter(ad=ad), filters, model_version)
+        .values_list("retained_seconds")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    retained = np.array([value for value, _n in counts], dtype=int)
+    return retention_estimate(retained, np.array([n for _value, n in counts]), seconds)
+
+
+# Per-participant means over the ad in the summary table: (name in the payload, column, baseline column).
+SUMMARY_MEANS = (
+    ("valence", "mean_valence", "mean_valence_bc"),
+    ("expressiveness", "mean_expressiveness", "mean_expressiveness_bc"),
+    ("attention", "mean_attention", "mean_attention"),  # attention is never baseline-corrected
+)
 
 
 def country_summary(
     ad: Ad, filters: Filters, model_version: str, traces: Traces, colors: dict[str, str]
 ) -> list[dict]:
-    """Per country (and all): participants, mean valence over the ad with its CI (participants as the unit),
-    peak of the smile trace and when, share of participants whose smile reached SMILE_THRESHOLD."""
-    valence = "mean_valence_bc" if filters.baseline else "mean_valence"
+    """Per country (and all): participants, mean valence, expressiveness and attention over the ad with their
+    CIs (participants as the unit), peak of the smile trace and when, share of participants whose smile
+    reached SMILE_THRESHOLD, and share retained (attending) through the whole ad.
+
+    `participants` are those with a usable reading at the quality level (valence, smile, expressiveness);
+    attention and retention count every participant with an analysed frame (`attention_participants`)."""
+    sums = {}
+    for name, raw, corrected in SUMMARY_MEANS:
+        column = corrected if filters.baseline else raw
+        sums |= {
+            f"n_{name}": Count(column),
+            f"sum_{name}": Sum(column),
+            f"squares_{name}": Sum(F(column) * F(column)),
+        }
     per_country = list(
         filter_dimensions(ParticipantAdSummary.objects.filter(ad=ad), filters, model_version)
         .values("country")
         .annotate(
-            participants=Count("id"),
-            n_valence=Count(valence),
-            sum_valence=Sum(valence),
-            sum_squares=Sum(F(valence) * F(valence)),
+            participants=Count("id", filter=Q(n_seconds__gt=0)),
+            attention_participants=Count("id"),
             smiled=Count("id", filter=Q(smiled=True)),
+            retained=Count("id", filter=Q(retained_seconds__gte=traces.seconds)),
             frames=Sum("n_frames"),
+            **sums,
         )
         .order_by("country")
     )
     if not per_country:
         return []
-    total = {
-        key: sum(row[key] or 0 for row in per_country)
-        for key in ("participants", "n_valence", "sum_valence", "sum_squares", "smiled", "frames")
-    }
+    total = {key: sum(row[key] or 0 for row in per_country) for key in per_country[0] if key != "country"}
     rows = [{**total, "country": ALL}] + per_country
-    estimate = estimate_means(
-        [row["n_valence"] for row in rows],
-        [row["sum_valence"] or 0.0 for row in rows],
-        [row["sum_squares"] or 0.0 for row in rows],
-        CONFIDENCE,
-    )
+    means = {
+        name: estimate_means(
+            [row[f"n_{name}"] for row in rows],
+            [row[f"sum_{name}"] or 0.0 for row in rows],
+            [row[f"squares_{name}"] or 0.0 for row in rows],
+            CONFIDENCE,
+        )
+        for name, _raw, _corrected in SUMMARY_MEANS
+    }
     summary = []
     for index, row in enumerate(rows):
         smile = traces.estimate("smile", filters.baseline, row["country"]).mean
         has_smile = np.isfinite(smile).any()
         peak_second = int(np.nanargmax(smile)) if has_smile else None
-        summary.append(
-            {
-                "country": "All" if row["country"] == ALL else (row["country"] or "unknown"),
-                "color": colors.get(row["country"], "#333333"),
-                "participants": row["participants"],
-                "frames": row["frames"] or 0,
-                "mean_valence": clean_numbers([estimate.mean[index]], 4)[0],
-                "valence_low": clean_numbers([estimate.low[index]], 4)[0],
-                "valence_high": clean_numbers([estimate.high[index]], 4)[0],
-                "peak_smile": round(float(smile[peak_second]), 4) if peak_second is not None else None,
-                "peak_smile_time": f"{peak_second}–{peak_second + 1} s" if peak_second is not None else "",
-                "smiled_share": round(row["smiled"] / row["participants"], 4)
-                if row["participants"]
-                else None,
-            }
-        )
+        entry = {
+            "country": "All" if row["country"] == ALL else (row["country"] or "unknown"),
+            "color": colors.get(row["country"], "#333333"),
+            "participants": row["participants"],
+            "frames": row["frames"] or 0,
+        }
+        for name, estimate in means.items():
+            entry[f"mean_{name}"] = clean_numbers([estimate.mean[index]], 4)[0]
+            entry[f"{name}_low"] = clean_numbers([estimate.low[index]], 4)[0]
+            entry[f"{name}_high"] = clean_numbers([estimate.high[index]], 4)[0]
+        entry |= {
+            "peak_smile": round(float(smile[peak_second]), 4) if peak_second is not None else None,
+            "peak_smile_time": f"{peak_second}–{peak_second + 1} s" if peak_second is not None else "",
+            "smiled_share": round(row["smiled"] / row["participants"], 4) if row["participants"] else None,
+            "attention_participants": row["attention_participants"],
+            "retained_share": round(row["retained"] / row["attention_participants"], 4)
+            if row["attention_participants"]
+            else None,
+        }
+        summary.append(entry)
     return summary
 
 
@@ -338,7 +375,7 @@ def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
     only: the rollups are kept up to date by the writers and the periodic reconcile (rollups.py)."""
     facets = ad_facets(ad)
     model_version = facets.default_model(filters.model_version)
-    measures = facets.measures_of(model_version)
+    measures = shown_measures(facets.measures_of(model_version))
     if filters.measure not in measures:  # e.g. contempt, chosen for a model that reads it, then switched
         filters = filters.with_measure("smile")
     filters = filters.with_model(model_version)
@@ -348,6 +385,8 @@ def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
     x = [second + 0.5 for second in range(traces.seconds)]
     duration_s = float(traces.seconds)
     estimates = {measure: traces.estimate(measure, filters.baseline) for measure in measures}
+    if EXPRESSIVENESS_SOURCE in measures:  # 1 - p(neutral): only a model that reads neutral has it
+        estimates[EXPRESSIVENESS] = traces.estimate(EXPRESSIVENESS, filters.baseline)
     participants = traces.participants()
 
     summary = country_summary(ad, filters, model_version, traces, colors)
@@ -382,6 +421,14 @@ def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
             colors,
         ),
         "difference": None,
+        "attention": attention_figure(
+            x,
+            duration_s,
+            traces.estimate(ATTENTION, False),
+            load_retention(ad, filters, model_version, traces.seconds),
+            traces.attention_participants(),
+            f"{ad.title}: attention and retention per second across participants, 95% CI",
+        ),
     }
     if comparison:
         figures["difference"] = difference_figure(
@@ -399,7 +446,8 @@ def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
 
     moments = []
     for measure in dict.fromkeys(("smile", "valence", filters.measure)):
-        moments += key_moments(estimates[measure], measure, filters.baseline)
+        if measure in estimates:  # valence is absent for a model without valence weights
+            moments += key_moments(estimates[measure], measure, filters.baseline, filters.correction)
     study = ad.study
     return {
         "kind": "ad",
@@ -437,7 +485,8 @@ def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
             "max_participants_per_second": int(participants.max()) if participants.size else 0,
         },
         "figures": figures,
-        "moments": moments,
+        "moments": [moment.to_json() for moment in moments],
+        "moment_rule": moment_rule(filters.correction),
         "summary": summary,
         "comparison": comparison.to_json() if comparison else None,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -513,7 +562,8 @@ def build_study_overview(study: Study, filters: Filters) -> dict:
         for country, target in sorted(quotas.items())
     ]
     per_ad = dict(
-        ParticipantAdSummary.objects.filter(ad__study=study, level=0)
+        # Participants with a reading (a summary row exists for any analysed frame: n_seconds may be 0).
+        ParticipantAdSummary.objects.filter(ad__study=study, level=0, n_seconds__gt=0)
         .values("ad_id")
         .annotate(n=Count("session_id", distinct=True))
         .values_list("ad_id", "n")

@@ -24,6 +24,8 @@ MEASURE_LABELS: dict[str, str] = {
     "surprise": "Surprise",
     "neutral": "Neutral",
     "contempt": "Contempt",
+    "expressiveness": "Expressiveness",
+    "attention": "Attention",
 }
 # A measure that may be NULL on a frame with a face (valence needs weights in the model's metadata) is
 # counted separately; every other measure is present whenever a face was found, or, for an emotion, never
@@ -37,6 +39,23 @@ QUALITY_LEVELS: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7)
 
 # A participant "smiled" during an ad when their smile score, averaged within one second, reached this.
 SMILE_THRESHOLD = 0.5
+
+# Derived per-second measures (docs/analytics.md), shown as traces beside MEASURES but without columns of
+# their own in the frame rollups:
+# - expressiveness = 1 - p(neutral): how far a face is from neutral. Its cell statistics follow exactly
+#   from the neutral measure's (n, n - s, n - 2s + q; baseline-corrected: nb, -sb, qb), so a model without
+#   a neutral label has none.
+# - attention = the share of a participant's analysed frames in the second (face or not) whose face is
+#   turned to the screen (FrameResult.attending; a face without a pose counts as attending). Counted from
+#   every analysed frame whatever the quality level, and never baseline-corrected; its cell statistics are
+#   ATTENTION_STATS.
+EXPRESSIVENESS = "expressiveness"
+EXPRESSIVENESS_SOURCE = "neutral"
+ATTENTION = "attention"
+DERIVED_MEASURES: tuple[str, ...] = (EXPRESSIVENESS, ATTENTION)
+# Retention: a participant is retained at second s while every analysed second 0..s of theirs has an
+# attention of at least this (seconds without frames are skipped; after their last one they are lost).
+ATTENTION_THRESHOLD = 0.5
 CONFIDENCE = 0.95
 # False discovery rate (Benjamini-Hochberg) or family-wise error rate (Holm) for the per-second tests.
 ALPHA = 0.05
@@ -63,3 +82,18 @@ CELL_STATS: tuple[str, ...] = ("n", "s", "q", "nb", "sb", "qb")
 def cell_columns() -> list[str]:
     """Value columns of SecondCell after `participants`, in the order contributions are laid out."""
     return [f"{stat}_{measure}" for measure in MEASURES for stat in CELL_STATS]
+
+
+# Attention's cell statistics: participants with an analysed frame in the second, the sum and the sum of
+# squares of their attention shares (no baseline-corrected variant).
+ATTENTION_STATS: tuple[str, ...] = ("n", "s", "q")
+
+
+def attention_columns() -> list[str]:
+    return [f"{stat}_{ATTENTION}" for stat in ATTENTION_STATS]
+
+
+def cell_value_columns() -> list[str]:
+    """Every value column of SecondCell, in the order contributions are laid out: `participants` (with a
+    usable reading at the cell's quality level), the measures' statistics, then attention's."""
+    return ["participants", *cell_columns(), *attention_columns()]

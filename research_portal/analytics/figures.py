@@ -23,6 +23,9 @@ MEASURE_COLORS = {
     "surprise": "#6A3D9A",
     "neutral": "#7F7F7F",
     "contempt": "#8C564B",
+    # Derived measures (definitions.DERIVED_MEASURES).
+    "expressiveness": "#44AA99",
+    "attention": "#117733",
 }
 COUNTRY_COLORS = [
     "#1F77B4",
@@ -36,6 +39,7 @@ COUNTRY_COLORS = [
     "#7F7F7F",
     "#BCBD22",
 ]
+PANEL_PX, PANEL_GAP_PX = 200, 44  # small multiples: a panel's plot height, the gap holding a panel title
 SIGNIFICANT_FILL = "rgba(255, 179, 0, 0.22)"
 FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 13, "color": "#1b1f24"}
 
@@ -54,8 +58,9 @@ def country_color(index: int) -> str:
     return COUNTRY_COLORS[index % len(COUNTRY_COLORS)]
 
 
-def base_layout(title: str, height: int) -> dict:
-    return {
+def base_layout(title: str, height: int, subtitle: str = "") -> dict:
+    """A figure's layout; `subtitle` is a second, smaller title line (plotly's title.subtitle)."""
+    layout = {
         # Title pinned to the top of the figure, legend under it: a legend that wraps on a narrow screen
         # then grows into the top margin instead of over the title.
         "title": {
@@ -74,8 +79,13 @@ def base_layout(title: str, height: int) -> dict:
         "plot_bgcolor": "#ffffff",
         "hovermode": "x unified",
         "legend": {"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"},
-        "meta": {"cursorAxes": ["x"]},
+        # Where dashboard.js draws the playback cursor: one vertical line per entry, on the x axis `xref`
+        # from bottom to top of `yref` (the whole plot here; one panel of small multiples).
+        "meta": {"cursors": [{"xref": "x", "yref": "paper"}]},
     }
+    if subtitle:
+        layout["title"]["subtitle"] = {"text": subtitle, "font": {"size": 12}}
+    return layout
 
 
 def axis(title: str = "", **extra) -> dict:
@@ -87,6 +97,18 @@ def axis(title: str = "", **extra) -> dict:
         "showline": True,
         **extra,
     }
+
+
+def count_step(most: float, ticks: int = 5) -> int:
+    """A whole tick step (1, 2, 5, 10, 20, 50, ...) giving about `ticks` ticks from 0 to `most`."""
+    raw = max(float(most), 1.0) / ticks
+    magnitude = 10 ** math.floor(math.log10(raw)) if raw >= 1 else 1
+    return int(next(f * magnitude for f in (1, 2, 5, 10) if f * magnitude >= raw))
+
+
+def count_axis(title: str, most: float, ticks: int = 5, **extra) -> dict:
+    """An axis of participant counts: from 0, whole-number ticks only (no "2.5 participants")."""
+    return axis(title, rangemode="tozero", tickformat="d", tick0=0, dtick=count_step(most, ticks), **extra)
 
 
 def band_traces(
@@ -186,7 +208,7 @@ def trace_figure(
     layout.update(
         xaxis=axis("Time in ad (s)", range=[0, duration_s], anchor="y2"),
         yaxis=axis("Score (baseline-corrected)" if baseline else "Score", domain=[0.3, 1.0]),
-        yaxis2=axis("n", domain=[0.0, 0.2], rangemode="tozero"),
+        yaxis2=count_axis("n", participants.max() if len(participants) else 0, 3, domain=[0.0, 0.2]),
         bargap=0.1,
     )
     return {"data": data, "layout": layout}
@@ -238,41 +260,49 @@ def country_figure(
     """The chosen measure per country, overlaid or as small multiples, with the seconds where the two
     compared countries differ significantly (after correction) shaded. Countries by name and code."""
     label = MEASURE_LABELS[measure]
-    title = f"{label} by country"
+    shaded = ""
     if compared:
-        # Codes in the title, which has one line; the legend and panel titles below give the names.
-        title += f" · shaded: {compared[0]} vs {compared[1]} differ ({correction_label})"
+        names = f"{country_label(compared[0])} vs {country_label(compared[1])}"
+        shaded = f"shaded: {names} differ ({correction_label})"
     data: list[dict] = []
-    layout = base_layout(title, 460)
+    layout = base_layout(f"{label} by country", 460, shaded)
     if layout_kind == "multiples" and countries:
         columns = min(3, len(countries))
         rows = math.ceil(len(countries) / columns)
-        layout["height"] = 140 + 230 * rows
-        gap_x, gap_y = 0.06, 0.12 / max(rows, 1)
-        width, height = (1 - gap_x * (columns - 1)) / columns, (1 - gap_y * (rows - 1)) / rows
+        # Sizes in pixels: the gap between rows holds the next panel's title, never axis labels (those are
+        # drawn under the lowest panel of each column only).
+        plot_px = rows * PANEL_PX + (rows - 1) * PANEL_GAP_PX
+        margin = layout["margin"]
+        layout["height"] = plot_px + margin["t"] + margin["b"]
+        gap_x, gap_y = 0.06, PANEL_GAP_PX / plot_px
+        width, height = (1 - gap_x * (columns - 1)) / columns, PANEL_PX / plot_px
         # One shared y range, set explicitly: plotly.js autoranges matched axes wrongly on first draw.
         y_range = shared_range([estimates[country] for country in countries])
-        # One playback cursor per column (yref paper spans the rows of that column).
-        layout["meta"] = {"cursorAxes": [f"x{'' if i == 0 else i + 1}" for i in range(columns)]}
+        cursors = []  # one playback cursor per panel, so none crosses an empty cell of the grid
         shapes = []
         annotations = []
         for index, country in enumerate(countries):
             row, column = divmod(index, columns)
             suffix = "" if index == 0 else str(index + 1)
             x_id, y_id = f"x{suffix}", f"y{suffix}"
-            x0 = column * (width + gap_x)
-            y1 = 1 - row * (height + gap_y)
+            left, top = column * (width + gap_x), 1 - row * (height + gap_y)
+            # Rounded into [0, 1]: float sums land a hair outside (-5.6e-17), which plotly refuses.
+            x0, x1 = round(left, 6), round(min(left + width, 1.0), 6)
+            y0, y1 = round(max(top - height, 0.0), 6), round(top, 6)
+            lowest = index + columns >= len(countries)  # no panel below it in its column
             layout[f"xaxis{suffix}"] = axis(
-                "Time in ad (s)" if row == rows - 1 else "",
+                "Time in ad (s)" if lowest else "",
                 range=[0, duration_s],
                 anchor=y_id,
-                domain=[x0, x0 + width],
+                domain=[x0, x1],
+                showticklabels=lowest,
                 **({} if index == 0 else {"matches": "x"}),
             )
+            cursors.append({"xref": x_id, "yref": f"{y_id} domain"})
             layout[f"yaxis{suffix}"] = axis(
                 y_title(measure, baseline) if column == 0 else "",
                 anchor=x_id,
-                domain=[y1 - height, y1],
+                domain=[y0, y1],
                 **({"range": y_range} if index == 0 and y_range else {}),
                 **({} if index == 0 else {"matches": "y"}),
             )
@@ -296,6 +326,7 @@ def country_figure(
         layout["shapes"] = shapes
         layout["annotations"] = annotations
         layout["showlegend"] = False
+        layout["meta"] = {"cursors": cursors}
     else:
         for index, country in enumerate(countries):
             color = colors.get(country, country_color(index))
@@ -343,8 +374,7 @@ def difference_figure(
 ) -> dict:
     """The per-second difference between the two compared countries with its Welch 95% CI; the seconds
     significant after correction are shaded and starred."""
-    a, b = compared  # codes in the title (one line), names in the legend and hover
-    name_a, name_b = country_label(a), country_label(b)
+    name_a, name_b = country_label(compared[0]), country_label(compared[1])
     label = MEASURE_LABELS[measure]
     customdata = [[q] for q in clean(adjusted_p)]
     data = [
@@ -395,7 +425,9 @@ def difference_figure(
                 "hoverinfo": "skip",
             }
         )
-    layout = base_layout(f"Difference {a} − {b} per second (Welch t-test, {correction_label})", 360)
+    layout = base_layout(
+        f"Difference {name_a} − {name_b} per second", 360, f"Welch t-test, {correction_label}"
+    )
     layout.update(
         xaxis=axis("Time in ad (s)", range=[0, duration_s]),
         yaxis=axis(f"{label} difference", zeroline=True, zerolinewidth=2),
@@ -427,13 +459,14 @@ def funnel_figure(rows: list[dict]) -> dict:
                 "hovertemplate": "%{x}: %{y}<extra>" + country_label(row["country"]) + "</extra>",
             }
         )
+    most = max((row[key] for row in rows for key, _label in FUNNEL_STAGES), default=0)
     layout = base_layout("Participant funnel by country", 380)
     layout.update(
         barmode="group",
         hovermode="closest",
         xaxis=axis(""),
-        yaxis=axis("Participants", rangemode="tozero"),
-        meta={"cursorAxes": []},
+        yaxis=count_axis("Participants", most),
+        meta={"cursors": []},
     )
     return {"data": data, "layout": layout}
 
@@ -462,12 +495,13 @@ def quota_figure(rows: list[dict]) -> dict:
             "hovertemplate": "validated %{x}<extra></extra>",
         },
     ]
+    most = max((max(row["target"], row["validated"]) for row in rows), default=0)
     layout = base_layout("Quota progress (validated completes)", 140 + 34 * max(len(rows), 1))
     layout.update(
         barmode="overlay",
         hovermode="closest",
-        xaxis=axis("Participants", rangemode="tozero"),
+        xaxis=count_axis("Participants", most),
         yaxis=axis("", autorange="reversed"),
-        meta={"cursorAxes": []},
+        meta={"cursors": []},
     )
     return {"data": data, "layout": layout}

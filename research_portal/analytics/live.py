@@ -24,6 +24,7 @@ from research_portal.events import send_group_event
 logger = logging.getLogger(__name__)
 
 EVENT_TYPE = "analytics.changed"  # handled by LiveDashboardConsumer.analytics_changed
+LIVE_EVENT_TYPE = "analytics.live"  # handled by LiveDashboardConsumer.analytics_live (provisional.py)
 
 
 def live_interval_s() -> float:
@@ -103,26 +104,30 @@ class GroupThrottle:
         self.send = send
         self.store = store
 
-    def submit(self, group: str, message: dict) -> None:
+    def submit(self, group: str, message: dict, window: str | None = None) -> None:
+        """Send `message` to `group`, at most once per interval per `window` (default: the group's own; a
+        different kind of message to the same group throttles in a window of its own, or it would be folded
+        into the other kind's trailing message and lost)."""
+        window = window or group
         interval = live_interval_s()
         store = self.store()
-        wait = store.try_open(group, interval)
+        wait = store.try_open(window, interval)
         if wait is None:
             self._send(group, message)
             return
-        if store.try_mark_pending(group):
-            timer = threading.Timer(wait, self._trailing, args=(group, message, interval))
+        if store.try_mark_pending(window):
+            timer = threading.Timer(wait, self._trailing, args=(group, message, interval, window))
             timer.daemon = True
             timer.start()
 
-    def _trailing(self, group: str, message: dict, interval: float) -> None:
+    def _trailing(self, group: str, message: dict, interval: float, window: str) -> None:
         store = self.store()
-        store.clear_pending(group)
-        wait = store.try_open(group, interval)
+        store.clear_pending(window)
+        wait = store.try_open(window, interval)
         if wait is None:
             self._send(group, message)
-        elif store.try_mark_pending(group):  # another process opened a window meanwhile: follow it
-            timer = threading.Timer(wait, self._trailing, args=(group, message, interval))
+        elif store.try_mark_pending(window):  # another process opened a window meanwhile: follow it
+            timer = threading.Timer(wait, self._trailing, args=(group, message, interval, window))
             timer.daemon = True
             timer.start()
 
@@ -147,3 +152,11 @@ def notify_rollups_changed(study_id: int, ad_ids: Iterable[int]) -> None:
             throttle.submit(ad_group(ad_id), {"type": EVENT_TYPE, "study": study_id, "ad": ad_id})
 
     transaction.on_commit(send)
+
+
+def notify_frames_stored(ad_ids: Iterable[int]) -> None:
+    """Frames of these ads were stored (committed) and tallied (provisional.py): tell their live dashboards,
+    throttled per ad in a window apart from the rollup pushes'."""
+    for ad_id in sorted(set(ad_ids)):
+        group = ad_group(ad_id)
+        throttle.submit(group, {"type": LIVE_EVENT_TYPE, "ad": ad_id}, window=f"{group}:live")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from django.db import models
 
-from research_portal.analytics.definitions import CELL_STATS, MEASURES
+from research_portal.analytics.definitions import CELL_STATS, MEASURES, attention_columns
 from research_portal.capture.models import ParticipantSession
 from research_portal.capture.readings import READING_LABELS
 from research_portal.studies.models import Ad, Study
@@ -51,8 +51,12 @@ class SessionRollup(models.Model):
 
 
 class SecondRollup(models.Model):
-    """Frame sums of one participant in one second [second, second + 1) of one ad, over the frames with a face
-    at quality level `level` (definitions.QUALITY_LEVELS) read by one model version."""
+    """Frame sums of one participant in one second [second, second + 1) of one ad read by one model version:
+    the readings' sums over the frames with a face at quality level `level` (definitions.QUALITY_LEVELS),
+    and the attention counts over every analysed frame of the second, face or not, whatever the level.
+
+    A row exists for every level of every participant-second with an analysed frame, so `n_frames` (and the
+    readings' sums) may be 0 where no frame had a usable face at that level."""
 
     session = models.ForeignKey(
         ParticipantSession, on_delete=models.CASCADE, db_constraint=False, related_name="+", db_index=False
@@ -63,6 +67,10 @@ class SecondRollup(models.Model):
     model_version = models.CharField(max_length=64)
     n_frames = models.IntegerField()
     n_valence = models.IntegerField()
+    # Frames analysed (no error), and those whose face was turned to the screen (FrameResult.attending;
+    # a face without a pose counts as attending): attention = n_attending / n_analysed.
+    n_analysed = models.IntegerField(default=0)
+    n_attending = models.IntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -86,6 +94,8 @@ class BaselineRollup(models.Model):
     model_version = models.CharField(max_length=64)
     n_frames = models.IntegerField()
     n_valence = models.IntegerField()
+    n_analysed = models.IntegerField(default=0)
+    n_attending = models.IntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -111,7 +121,9 @@ class SecondCell(models.Model):
     participant-second adds 1 to n, its mean to s and its square to q) and no raw frame is read.
 
     Per measure m: n_m, s_m, q_m (participants with m, sum, sum of squares of their means) and nb_m, sb_m,
-    qb_m (the same for means minus the participant's baseline mean; participants with a baseline only)."""
+    qb_m (the same for means minus the participant's baseline mean; participants with a baseline only).
+    `participants` counts those with a usable reading at the cell's level; n_attention, s_attention,
+    q_attention those with an analysed frame, and their attention shares (definitions.ATTENTION)."""
 
     ad = models.ForeignKey(
         Ad, on_delete=models.CASCADE, db_constraint=False, related_name="+", db_index=False
@@ -151,10 +163,15 @@ for _measure in MEASURES:
     for _stat in CELL_STATS:
         field = models.IntegerField if _stat.startswith("n") else models.FloatField
         SecondCell.add_to_class(f"{_stat}_{_measure}", field(default=0))
+for _column in attention_columns():
+    field = models.IntegerField if _column.startswith("n") else models.FloatField
+    SecondCell.add_to_class(_column, field(default=0))
 
 
 class ParticipantAdSummary(models.Model):
-    """One participant's whole ad at one quality level: for the per-country summary table."""
+    """One participant's whole ad at one quality level: for the per-country summary table and the retention
+    curve. A row exists for every participant with an analysed frame in the ad; `n_seconds` counts the
+    seconds with a usable reading at the level (0: none)."""
 
     session = models.ForeignKey(
         ParticipantSession, on_delete=models.CASCADE, db_constraint=False, related_name="+", db_index=False
@@ -177,6 +194,15 @@ class ParticipantAdSummary(models.Model):
     peak_smile = models.FloatField(null=True)
     peak_smile_bc = models.FloatField(null=True)
     smiled = models.BooleanField(default=False)
+    # Mean over the participant's seconds of their per-second expressiveness (1 - p(neutral); raw and
+    # baseline-corrected), and of their per-second attention share (every analysed second).
+    mean_expressiveness = models.FloatField(null=True)
+    mean_expressiveness_bc = models.FloatField(null=True)
+    mean_attention = models.FloatField(null=True)
+    # Retention: the participant attended (attention >= ATTENTION_THRESHOLD) in every analysed second before
+    # this one, i.e. is retained at second s while s < retained_seconds (the first inattentive second, or
+    # the second after their last analysed one).
+    retained_seconds = models.IntegerField(default=0)
 
     class Meta:
         constraints = [

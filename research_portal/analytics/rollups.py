@@ -22,12 +22,14 @@ from django.db import connection, transaction
 from django.db.models import F, Q, QuerySet
 
 from research_portal.analytics.definitions import (
+    ATTENTION_THRESHOLD,
     CELL_STATS,
+    EXPRESSIVENESS_SOURCE,
     MEASURES,
     NULLABLE_MEASURES,
     QUALITY_LEVELS,
     SMILE_THRESHOLD,
-    cell_columns,
+    cell_value_columns,
     count_column,
 )
 from research_portal.analytics.live import notify_rollups_changed
@@ -58,22 +60,41 @@ def _levels_sql() -> str:
     )
 
 
-def _frame_sums_select(group_by_session: bool, baseline: bool) -> str:
-    """SELECT of per-(participant, second, level, model) frame sums; {where} is filled in by the caller.
+# A frame whose reading counts at a level: a face was found, it has its readings, and at level k > 0 its
+# quality is at least threshold k.
+USABLE_FRAME = (
+    "f.face_found AND f.happy IS NOT NULL AND f.smile IS NOT NULL "
+    "AND (q.level = 0 OR f.quality >= q.min_quality)"
+)
+# An analysed frame that attends: a face was found and it is turned to the screen, or has no pose (Haar, or
+# stored before poses were: a frontal-face detector found it; docs/analytics.md, "Attention").
+ATTENDING_FRAME = "f.face_found AND f.attending IS NOT FALSE"
 
-    A frame counts when a face was found, it has its readings, and, at level k > 0, quality >= threshold k."""
+
+def _frame_sums_select(group_by_session: bool, baseline: bool) -> str:
+    """SELECT of per-(participant, second, level, model) frame counts and sums; {where} is filled in by the
+    caller.
+
+    Every analysed frame (no error) counts at every level towards n_analysed and, when it attends, towards
+    n_attending; the readings' counts and sums take only the level's USABLE_FRAMEs."""
     frames = FrameResult._meta.db_table
-    # An emotion the rows' model does not have stays NULL (no reading), never 0.
-    sums = ", ".join(f"SUM(f.{m})" if m in READING_LABELS else f"COALESCE(SUM(f.{m}), 0.0)" for m in MEASURES)
+
+    def total(measure: str) -> str:
+        # An emotion the rows' model does not have stays NULL (no reading), never 0.
+        summed = f"SUM(f.{measure}) FILTER (WHERE {USABLE_FRAME})"
+        return summed if measure in READING_LABELS else f"COALESCE({summed}, 0.0)"
+
     keys = ["f.session_id"] if group_by_session else []
     keys += [] if baseline else ["f.ad_id", "f.media_time_ms / 1000"]
     keys += ["q.level", "f.model_version"]
     key_sql = ", ".join(keys)
     return (
-        f"SELECT {key_sql}, COUNT(*), COUNT(f.valence), {sums} "
-        f"FROM {frames} f JOIN ({_levels_sql()}) q ON (q.level = 0 OR f.quality >= q.min_quality) "
-        f"WHERE f.face_found = %s AND f.error = '' AND f.happy IS NOT NULL AND f.smile IS NOT NULL "
-        f"AND f.ad_id IS {'' if baseline else 'NOT '}NULL {{where}} "
+        f"SELECT {key_sql}, COUNT(*) FILTER (WHERE {USABLE_FRAME}), "
+        f"COUNT(f.valence) FILTER (WHERE {USABLE_FRAME}), "
+        f"COUNT(*), COUNT(*) FILTER (WHERE {ATTENDING_FRAME}), "
+        f"{', '.join(total(m) for m in MEASURES)} "
+        f"FROM {frames} f CROSS JOIN ({_levels_sql()}) q "
+        f"WHERE f.error = '' AND f.ad_id IS {'' if baseline else 'NOT '}NULL {{where}} "
         f"GROUP BY {key_sql}"
     )
 
@@ -103,8 +124,9 @@ def attributes_of(session: dict) -> SessionAttributes:
 
 SECOND_KEY_FIELDS = ["ad_id", "second", "level", "model_version"]
 BASELINE_KEY_FIELDS = ["level", "model_version"]
-COUNT_FIELDS = ["n_frames", "n_valence"]
+COUNT_FIELDS = ["n_frames", "n_valence", "n_analysed", "n_attending"]
 MEASURE_COUNT_INDEX = np.array([1 if m in NULLABLE_MEASURES else 0 for m in MEASURES])
+N_FRAMES, N_ANALYSED, N_ATTENDING = (COUNT_FIELDS.index(f) for f in ("n_frames", "n_analysed", "n_attending"))
 
 
 @dataclass
@@ -112,7 +134,7 @@ class SessionRows:
     """A session's SecondRollup and BaselineRollup rows as arrays."""
 
     keys: list[tuple]  # (ad_id, second, level, model_version)
-    counts: np.ndarray  # [rows, 2]: n_frames, n_valence
+    counts: np.ndarray  # [rows, len(COUNT_FIELDS)]: n_frames, n_valence, n_analysed, n_attending
     sums: np.ndarray  # [rows, len(MEASURES)]
     baseline: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]  # (level, model) -> (counts, sums)
 
@@ -128,16 +150,20 @@ class SessionRows:
 
     @classmethod
     def from_rows(cls, second_rows: list[tuple], baseline_rows: list[tuple]) -> SessionRows:
-        """From (ad_id, second, level, model_version, n_frames, n_valence, *sums) and
-        (level, model_version, n_frames, n_valence, *sums) rows; second rows sorted by their key."""
+        """From (ad_id, second, level, model_version, *COUNT_FIELDS, *sums) and
+        (level, model_version, *COUNT_FIELDS, *sums) rows; second rows sorted by their key."""
         second_rows = sorted(second_rows, key=lambda row: tuple(row[:4]))
-        numbers = np.array([row[4:] for row in second_rows], dtype=float).reshape(-1, 2 + len(MEASURES))
+        width = len(COUNT_FIELDS)
+        numbers = np.array([row[4:] for row in second_rows], dtype=float).reshape(-1, width + len(MEASURES))
         return cls(
             keys=[tuple(row[:4]) for row in second_rows],
-            counts=numbers[:, :2],
-            sums=numbers[:, 2:],
+            counts=numbers[:, :width],
+            sums=numbers[:, width:],
             baseline={
-                tuple(row[:2]): (np.array(row[2:4], dtype=float), np.array(row[4:], dtype=float))
+                tuple(row[:2]): (
+                    np.array(row[2 : 2 + width], dtype=float),
+                    np.array(row[2 + width :], dtype=float),
+                )
                 for row in baseline_rows
             },
         )
@@ -166,9 +192,22 @@ class SessionRows:
                     base[row] = np.where(base_counts > 0, found[1] / base_counts, np.nan)
         return means, means - base
 
+    def attention(self) -> np.ndarray:
+        """Per row: the participant's attention share in that second (NaN without an analysed frame)."""
+        analysed = self.counts[:, N_ANALYSED]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(analysed > 0, self.counts[:, N_ATTENDING] / analysed, np.nan)
+
+    def inattentive(self) -> np.ndarray:
+        """Per row: the participant's attention in that second is below ATTENTION_THRESHOLD (the same
+        comparison, in counts, as the rebuild's SQL)."""
+        analysed = self.counts[:, N_ANALYSED]
+        return (analysed > 0) & (self.counts[:, N_ATTENDING] < ATTENTION_THRESHOLD * analysed)
+
 
 def cell_contributions(rows: SessionRows, attributes: SessionAttributes) -> dict[tuple, np.ndarray]:
-    """What one session adds to SecondCell: cell key -> [participants, then CELL_STATS per measure]."""
+    """What one session adds to SecondCell: cell key -> the values of definitions.cell_value_columns()
+    (participants with a usable reading, CELL_STATS per measure, then attention's)."""
     if not rows.keys:
         return {}
     means, corrected = rows.means()
@@ -184,7 +223,16 @@ def cell_contributions(rows: SessionRows, attributes: SessionAttributes) -> dict
     }
     # [rows, measures, stats] -> [rows, measures * stats], the order of definitions.cell_columns().
     stacked = np.stack([per_stat[stat] for stat in CELL_STATS], axis=2).reshape(len(rows.keys), -1)
-    values = np.hstack([np.ones((len(rows.keys), 1)), stacked])
+    attention = rows.attention()
+    has_attention = np.isfinite(attention)
+    attention = np.nan_to_num(attention)
+    values = np.hstack(
+        [
+            (rows.counts[:, [N_FRAMES]] > 0).astype(float),
+            stacked,
+            np.stack([has_attention.astype(float), attention, attention * attention], axis=1),
+        ]
+    )
     a = attributes
     return {
         (ad, level, model, second, a.country, a.device_type, a.completed, a.day): values[index]
@@ -199,7 +247,9 @@ def participant_summaries(
     if not rows.keys:
         return []
     means, corrected = rows.means()
+    attention, inattentive = rows.attention(), rows.inattentive()
     valence, smile = MEASURES.index("valence"), MEASURES.index("smile")
+    neutral = MEASURES.index(EXPRESSIVENESS_SOURCE)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for index, (ad, _second, level, model) in enumerate(rows.keys):
         groups[(ad, level, model)].append(index)
@@ -210,6 +260,9 @@ def participant_summaries(
 
     summaries = []
     for (ad, level, model), indices in groups.items():
+        # Each group's rows are in second order (SessionRows keeps them sorted by key).
+        seconds = np.array([rows.keys[index][1] for index in indices])
+        lost = seconds[inattentive[indices]]
         peak_smile = nan_stat(np.max, means[indices, smile])
         summaries.append(
             ParticipantAdSummary(
@@ -221,13 +274,17 @@ def participant_summaries(
                 device_type=attributes.device_type,
                 completed=attributes.completed,
                 day=attributes.day,
-                n_seconds=len(indices),
-                n_frames=int(rows.counts[indices, 0].sum()),
+                n_seconds=int((rows.counts[indices, N_FRAMES] > 0).sum()),
+                n_frames=int(rows.counts[indices, N_FRAMES].sum()),
                 mean_valence=nan_stat(np.mean, means[indices, valence]),
                 mean_valence_bc=nan_stat(np.mean, corrected[indices, valence]),
                 peak_smile=peak_smile,
                 peak_smile_bc=nan_stat(np.max, corrected[indices, smile]),
                 smiled=peak_smile is not None and peak_smile >= SMILE_THRESHOLD,
+                mean_expressiveness=nan_stat(np.mean, 1.0 - means[indices, neutral]),
+                mean_expressiveness_bc=nan_stat(np.mean, -corrected[indices, neutral]),
+                mean_attention=nan_stat(np.mean, attention[indices]),
+                retained_seconds=int(lost.min() if lost.size else seconds.max() + 1),
             )
         )
     return summaries
@@ -256,7 +313,7 @@ def apply_cell_delta(delta: dict[tuple, np.ndarray]) -> None:
         return
     table = SecondCell._meta.db_table
     keys = ["ad_id", "level", "model_version", "second", "country", "device_type", "completed", "day"]
-    values = ["participants", *cell_columns()]
+    values = cell_value_columns()
     is_count = np.array([column == "participants" or column.startswith("n") for column in values])
     # Counts first, then sums: each row's numbers are two .tolist() calls, not one conversion per value.
     values = [column for column, count in zip(values, is_count, strict=True) if count] + [
@@ -323,14 +380,14 @@ def _recompute_rows(
                 BASELINE_KEY_FIELDS,
                 session_id,
                 _frame_sums_select(False, True).format(where="AND f.session_id = %s"),
-                [True, session_id],
+                [session_id],
             )
     return SessionRows.from_rows(second_rows, baseline_rows)
 
 
 def _replace_second_rows(cursor, session_id: int, ad_keys: list[tuple[int, int]] | None) -> list[tuple]:
     where = "AND f.session_id = %s"
-    params: list = [True, session_id]
+    params: list = [session_id]
     matches = ""
     match_params: list = []
     if ad_keys is not None:
@@ -552,13 +609,13 @@ def do_rebuild_rollups(study_ids: list[int] | None = None) -> dict[str, int]:
             f"INSERT INTO {second_rollups} (session_id, {', '.join(SECOND_KEY_FIELDS)}, {value_columns}) "
             + _frame_sums_select(True, False).format(where=study_filter)
             + " ORDER BY 1, 2, 3, 4, 5",  # in unique-index order: appends instead of random B-tree inserts
-            [True, *study_params],
+            study_params,
         )
         counts[second_rollups] = cursor.rowcount
         cursor.execute(
             f"INSERT INTO {baselines} (session_id, {', '.join(BASELINE_KEY_FIELDS)}, {value_columns}) "
             + _frame_sums_select(True, True).format(where=study_filter),
-            [True, *study_params],
+            study_params,
         )
         counts[baselines] = cursor.rowcount
         join = (
@@ -581,31 +638,45 @@ def do_rebuild_rollups(study_ids: list[int] | None = None) -> dict[str, int]:
                 f"COALESCE(SUM({corrected}), 0.0)",
                 f"COALESCE(SUM({corrected} * {corrected}), 0.0)",
             ]
+        attention = "(CAST(a.n_attending AS DOUBLE PRECISION) / NULLIF(a.n_analysed, 0))"
+        aggregates += [
+            f"COUNT({attention})",
+            f"COALESCE(SUM({attention}), 0.0)",
+            f"COALESCE(SUM({attention} * {attention}), 0.0)",
+        ]
         cell_keys = (
             "a.ad_id, a.level, a.model_version, a.second, r.country, r.device_type, r.completed, r.day"
         )
         cursor.execute(
             f"INSERT INTO {cells} (ad_id, level, model_version, second, country, device_type, completed, "
-            f"day, participants, {', '.join(cell_columns())}) "
-            f"SELECT {cell_keys}, COUNT(*), {', '.join(aggregates)} {join} GROUP BY {cell_keys}",
+            f"day, {', '.join(cell_value_columns())}) "
+            f"SELECT {cell_keys}, COUNT(*) FILTER (WHERE a.n_frames > 0), {', '.join(aggregates)} {join} "
+            f"GROUP BY {cell_keys}",
             list(study_ids or []),
         )
         counts[cells] = cursor.rowcount
         valence = "(a.sum_valence / NULLIF(a.n_valence, 0))"
         smile = "(a.sum_smile / NULLIF(a.n_frames, 0))"
+        neutral = f"(a.sum_{EXPRESSIVENESS_SOURCE} / NULLIF(a.n_frames, 0))"
+        base_neutral = f"(b.sum_{EXPRESSIVENESS_SOURCE} / NULLIF(b.n_frames, 0))"
         summary_keys = (
             "a.session_id, a.ad_id, a.level, a.model_version, r.country, r.device_type, r.completed, r.day"
         )
         cursor.execute(
             f"INSERT INTO {summaries} (session_id, ad_id, level, model_version, country, device_type, "
             "completed, day, n_seconds, n_frames, mean_valence, mean_valence_bc, peak_smile, peak_smile_bc, "
-            "smiled) "
-            f"SELECT {summary_keys}, COUNT(*), SUM(a.n_frames), AVG({valence}), "
+            "smiled, mean_expressiveness, mean_expressiveness_bc, mean_attention, retained_seconds) "
+            f"SELECT {summary_keys}, COUNT(*) FILTER (WHERE a.n_frames > 0), SUM(a.n_frames), "
+            f"AVG({valence}), "
             f"AVG({valence} - b.sum_valence / NULLIF(b.n_valence, 0)), MAX({smile}), "
             f"MAX({smile} - b.sum_smile / NULLIF(b.n_frames, 0)), "
-            f"CASE WHEN MAX({smile}) >= %s THEN 1 = 1 ELSE 1 = 0 END "
+            f"CASE WHEN MAX({smile}) >= %s THEN 1 = 1 ELSE 1 = 0 END, "
+            f"AVG(1.0 - {neutral}), AVG({base_neutral} - {neutral}), AVG({attention}), "
+            # The first inattentive second (same comparison as SessionRows.inattentive), else the one after
+            # the last analysed second.
+            "COALESCE(MIN(a.second) FILTER (WHERE a.n_attending < %s * a.n_analysed), MAX(a.second) + 1) "
             f"{join} GROUP BY {summary_keys}",
-            [SMILE_THRESHOLD, *(study_ids or [])],
+            [SMILE_THRESHOLD, ATTENTION_THRESHOLD, *(study_ids or [])],
         )
         counts[summaries] = cursor.rowcount
     return counts

@@ -1,8 +1,8 @@
 """Rollups follow what capture stores and changes: each bulk insert of readings (capture's `frames_stored`)
-updates the per-second rollups and the live dashboards; completion and exclusion (capture, admin) re-file a
-session under its new attributes; deletion takes it out of the sums. Both are also caught by the periodic
-reconcile (tasks.reconcile_rollups_task), so a missed signal (e.g. a queryset .update()) only delays the
-change."""
+updates the per-second rollups and the live dashboards, and the live views' provisional figures
+(provisional.py); completion and exclusion (capture, admin) re-file a session under its new attributes;
+deletion takes it out of the sums. Both are also caught by the periodic reconcile
+(tasks.reconcile_rollups_task), so a missed signal (e.g. a queryset .update()) only delays the change."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from django.dispatch import receiver
 
 from research_portal.analytics.debounce import do_update_rollups
 from research_portal.analytics.models import SessionRollup
+from research_portal.analytics.provisional import do_show_live
 from research_portal.analytics.rollups import do_forget_session
 from research_portal.analytics.tasks import enqueue_session_refresh
 from research_portal.capture.models import FrameResult, ParticipantSession
@@ -49,3 +50,4 @@ def session_deleted(sender, instance: ParticipantSession, **kwargs) -> None:
 @receiver(frames_stored, sender=FrameResult, dispatch_uid="analytics-frames-stored")
 def frames_were_stored(sender, rows: list[FrameResult], **kwargs) -> None:
     do_update_rollups(rows)  # never raises: a failure is logged and the periodic reconcile catches up
+    do_show_live(rows)  # the live views' provisional figures, within a second or two (provisional.py)

@@ -90,6 +90,29 @@ def welch_test(a: MeanEstimate, b: MeanEstimate, confidence: float = 0.95) -> We
     return WelchTest(difference=difference, t=t, df=df, p=p, low=difference - half, high=difference + half)
 
 
+@dataclass(frozen=True)
+class OneSampleTest:
+    """Per-element one-sample t-test of mean - reference (NaN where n < 2 or there is no variance)."""
+
+    difference: np.ndarray
+    t: np.ndarray
+    df: np.ndarray
+    p: np.ndarray
+
+
+def one_sample_test(estimate: MeanEstimate, reference: float) -> OneSampleTest:
+    """t = (mean - reference) / (sd / sqrt(n)) on n - 1 df, two-sided p from scipy's t distribution. The
+    reference is taken as a known constant; elements that cannot be tested (n < 2, zero variance, as in
+    welch_test) are NaN and so stay out of a correction."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        testable = (estimate.n >= 2) & (estimate.se > 0)
+        difference = estimate.mean - reference
+        t = np.where(testable, difference / estimate.se, np.nan)
+        df = np.where(testable, estimate.n - 1, np.nan)
+    p = np.asarray(2.0 * scipy_stats.t.sf(np.abs(t), df), dtype=float)  # NaN in, NaN out
+    return OneSampleTest(difference=difference, t=t, df=df, p=p)
+
+
 def _adjust_tested(p, adjust: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """`adjust` applied to the finite entries only: NaN entries were not tested and stay NaN."""
     p = _as_float(p)

@@ -11,6 +11,26 @@ urlpatterns = [
     path("studies/<int:study_id>/data.json", views.study_overview_data, name="study-data"),
     path("ads/<int:ad_id>/", views.ad_dashboard, name="ad"),
     path("ads/<int:ad_id>/data.json", views.ad_dashboard_data, name="ad-data"),
+    path("studies/<int:study_id>/sessions/", views.session_list_page, name="sessions"),
+    path("studies/<int:study_id>/sessions/<int:session_id>/", views.session_page, name="session"),
+    path(
+        "studies/<int:study_id>/sessions/<int:session_id>/export/frames.csv",
+        views.session_export,
+        {"file_format": "csv"},
+        name="session-export",
+    ),
+    path(
+        "studies/<int:study_id>/sessions/<int:session_id>/export/frames.parquet",
+        views.session_export,
+        {"file_format": "parquet"},
+        name="session-export-parquet",
+    ),
     path("ads/<int:ad_id>/export/<str:kind>.csv", views.ad_export, name="ad-export"),
+    path(
+        "ads/<int:ad_id>/export/<str:kind>.parquet",
+        views.ad_export,
+        {"file_format": "parquet"},
+        name="ad-export-parquet",
+    ),
     path("ads/<int:ad_id>/video", views.ad_video, name="ad-video"),
 ]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import gzip
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import cache, wraps
 from pathlib import Path
 
 import plotly
+from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_required
+from django.core.handlers.asgi import ASGIRequest
 from django.http import (
     Http404,
     HttpRequest,
@@ -23,12 +25,23 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from research_portal.analytics.dashboard import build_ad_dashboard, build_study_overview
-from research_portal.analytics.exports import EXPORTERS
+from research_portal.analytics.exports import EXPORTERS, Table, session_frame_export, write_table
 from research_portal.analytics.services import InvalidFilters, parse_filters
+from research_portal.analytics.sessions import (
+    parse_session_query,
+    session_detail,
+    session_for_study,
+    session_list,
+)
 from research_portal.media import streaming_body, video_response
 from research_portal.privacy.audit import do_audit
 from research_portal.privacy.models import AuditLog
-from research_portal.studies.permissions import ad_for_viewer, studies_visible_to, study_for_viewer
+from research_portal.studies.permissions import (
+    ad_for_viewer,
+    studies_managed_by,
+    studies_visible_to,
+    study_for_viewer,
+)
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
@@ -121,21 +134,99 @@ def ad_dashboard_data(request: HttpRequest, ad_id: int) -> JsonResponse:
     return timed_json(lambda: build_ad_dashboard(ad, filters))
 
 
+CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
+
+
+def streaming_pieces(request: HttpRequest, pieces: Iterator[bytes]) -> Iterator[bytes] | AsyncIterator[bytes]:
+    """Under ASGI, pull a Parquet file's pieces one at a time on Django's sync thread (where the database
+    cursor lives). Unlike media.streaming_body's batches of lines, a piece is a whole row group, so a
+    batch of them would hold much of the file in memory."""
+    if not isinstance(request, ASGIRequest):
+        return pieces
+
+    async def pull() -> AsyncIterator[bytes]:
+        while (piece := await sync_to_async(next, thread_sensitive=True)(pieces, None)) is not None:
+            yield piece
+
+    return pull()
+
+
+def export_response(request: HttpRequest, table: Table, file_format: str, name: str) -> StreamingHttpResponse:
+    """The table as a streamed download, `name`.csv or `name`.parquet."""
+    written = write_table(table, file_format)
+    body = (
+        streaming_pieces(request, written) if file_format == "parquet" else streaming_body(request, written)
+    )
+    response = StreamingHttpResponse(body, content_type=CONTENT_TYPES[file_format])
+    response["Content-Disposition"] = f'attachment; filename="{name}.{file_format}"'
+    return response
+
+
 @require_GET
 @login_required
 @refuses_bad_filters(filter_error_text)
-def ad_export(request: HttpRequest, ad_id: int, kind: str) -> HttpResponse:
+def ad_export(request: HttpRequest, ad_id: int, kind: str, file_format: str = "csv") -> HttpResponse:
     ad = ad_for_viewer(request.user, ad_id)
     if kind not in EXPORTERS:
         raise Http404("No such export.")
     filters = parse_filters(request.GET)
-    lines = EXPORTERS[kind](ad, filters)
+    table = EXPORTERS[kind](ad, filters)
     do_audit(
-        request.user, AuditLog.Action.EXPORT, ad.study, export=kind, ad=ad.pk, filters=filters.to_query()
+        request.user,
+        AuditLog.Action.EXPORT,
+        ad.study,
+        export=kind,
+        format=file_format,
+        ad=ad.pk,
+        filters=filters.to_query(),
     )
-    response = StreamingHttpResponse(streaming_body(request, lines), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="ad-{ad.pk}-{kind}.csv"'
-    return response
+    return export_response(request, table, file_format, f"ad-{ad.pk}-{kind}")
+
+
+@require_GET
+@login_required
+@refuses_bad_filters(filter_error_page)
+def session_list_page(request: HttpRequest, study_id: int) -> HttpResponse:
+    study = study_for_viewer(request.user, study_id)
+    listing = session_list(study, parse_session_query(request.GET))
+    return render(request, "analytics/session_list.html", {"study": study, **listing})
+
+
+@require_GET
+@login_required
+def session_page(request: HttpRequest, study_id: int, session_id: int) -> HttpResponse:
+    study = study_for_viewer(request.user, study_id)
+    session = session_for_study(study, session_id)
+    if session is None:
+        raise Http404("No such session.")
+    context = {
+        "study": study,
+        "session": session,
+        "can_manage": studies_managed_by(request.user).filter(pk=study.pk).exists(),
+        **session_detail(session),
+        **live_context(request),
+    }
+    return render(request, "analytics/session.html", context)
+
+
+@require_GET
+@login_required
+def session_export(request: HttpRequest, study_id: int, session_id: int, file_format: str) -> HttpResponse:
+    """One session's frame readings (the participant's own data, e.g. for an access request)."""
+    study = study_for_viewer(request.user, study_id)
+    session = session_for_study(study, session_id)
+    if session is None:
+        raise Http404("No such session.")
+    table = session_frame_export(session)
+    do_audit(
+        request.user,
+        AuditLog.Action.EXPORT,
+        study,
+        export="session-frames",
+        format=file_format,
+        session=session.pk,
+    )
+    return export_response(request, table, file_format, f"session-{session.pk}-frames")
 
 
 @require_GET

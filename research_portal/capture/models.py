@@ -145,6 +145,12 @@ class FrameResult(models.Model):
     valence = models.FloatField(null=True)
     # Usability of the face for analysis, 0 (useless) .. 1 (large, sharp, well lit, frontal).
     quality = models.FloatField(null=True)
+    # Rough head pose in degrees from the detector's landmarks (inference.align.pose_angles: yaw + = nose
+    # towards image right, pitch + = face turned up), and whether it is turned to the screen
+    # (inference.attention). NULL without a face, and without landmarks (Haar: pose unknown).
+    face_yaw = models.FloatField(null=True)
+    face_pitch = models.FloatField(null=True)
+    attending = models.BooleanField(null=True)
     # Why the frame could not be analysed (e.g. undecodable JPEG); empty when it was.
     error = models.CharField(max_length=200, blank=True)
     model_version = models.CharField(max_length=64)

@@ -29,7 +29,7 @@ from research_portal.capture.wire import QueuedFrame
 
 logger = logging.getLogger(__name__)
 
-# Rows per INSERT statement: 27 values each stays far below SQLite's and Postgres' bound-parameter limits.
+# Rows per INSERT statement: 30 values each stays far below SQLite's and Postgres' bound-parameter limits.
 INSERT_CHUNK_ROWS = 500
 
 
@@ -65,8 +65,8 @@ def frame_result_row(frame: QueuedFrame, reading: FrameReading, model_version: s
 
 
 def fill_face_columns(row: FrameResult, face: FaceReading) -> None:
-    """The face's box, score, quality and readings: each of the model's labels into its column (the labels
-    were checked against the columns when the pipeline was loaded, analysis.analysis_pipeline)."""
+    """The face's box, score, quality, pose and readings: each of the model's labels into its column (the
+    labels were checked against the columns when the pipeline was loaded, analysis.analysis_pipeline)."""
     row.face_x, row.face_y, row.face_w, row.face_h = (int(v) for v in face.box)
     row.face_score = float(face.score)
     for label, probability in zip(face.labels, face.probabilities.tolist(), strict=True):
@@ -74,6 +74,9 @@ def fill_face_columns(row: FrameResult, face: FaceReading) -> None:
     row.smile = getattr(row, SMILE_LABEL)
     row.valence = None if face.valence is None else float(face.valence)
     row.quality = None if face.quality is None else float(face.quality.score)
+    row.face_yaw = face.yaw
+    row.face_pitch = face.pitch
+    row.attending = face.attending
 
 
 def stored_frames_dir(session_id: int) -> Path:

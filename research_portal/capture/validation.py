@@ -98,9 +98,8 @@ def ad_usability_failures(session: ParticipantSession) -> list[str]:
         lost_frames = longest_run_without_face(face_found)
         lost_ms = int(lost_frames * 1000 / study.capture_fps)
         if lost_ms >= FACE_LOST_EVENT_MS:
-            do_record_event(
-                session.pk, SessionEvent.Name.FACE_LOST, ad.pk, detail=f"{lost_ms} ms without a face"
-            )
+            detail = f"{lost_ms / 1000:.1f} s without a face"
+            do_record_event(session.pk, SessionEvent.Name.FACE_LOST, ad.pk, detail=detail)
     return failures
 
 

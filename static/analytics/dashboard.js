@@ -185,8 +185,11 @@
   function withCursor(id, layout) {
     const shapes = (baseShapes[id] || []).slice();
     if (cursorTime === null) return shapes;
-    for (const axis of ((layout.meta || {}).cursorAxes || [])) {
-      shapes.push({ type: "line", xref: axis, yref: "paper", x0: cursorTime, x1: cursorTime, y0: 0, y1: 1,
+    // meta.cursors: one line per entry, on x axis `xref`, bottom to top of `yref` (a panel or the plot).
+    const meta = layout.meta || {};
+    const cursors = meta.cursors || (meta.cursorAxes || []).map((xref) => ({ xref, yref: "paper" }));
+    for (const { xref, yref } of cursors) {
+      shapes.push({ type: "line", xref, yref, x0: cursorTime, x1: cursorTime, y0: 0, y1: 1,
         line: { color: "#c2185b", width: 2 } });
     }
     return shapes;
@@ -194,7 +197,7 @@
   function moveCursor(seconds) {
     cursorTime = seconds;
     document.getElementById("video-time").textContent = seconds.toFixed(1);
-    for (const id of ["fig-trace", "fig-countries", "fig-difference"]) {
+    for (const id of ["fig-trace", "fig-attention", "fig-countries", "fig-difference"]) {
       const node = document.getElementById(id);
       if (node && node.layout) Plotly.relayout(node, { shapes: withCursor(id, node.layout) });
     }
@@ -208,29 +211,30 @@
       card("Participants", p.totals.participants),
       card("Most per second", p.totals.max_participants_per_second),
       card("Frames analysed", p.totals.frames),
+      card("Ad length", `${p.ad.duration_s.toFixed(1)} s`),
       card("Model", p.model_version || "—"),
       card("Updated", new Date(p.generated_at).toLocaleTimeString()),
     );
     drawFigure("fig-trace", p.figures.trace, `${name}-emotions`);
+    drawFigure("fig-attention", p.figures.attention, `${name}-attention`);
     drawFigure("fig-countries", p.figures.countries, `${name}-countries`);
     drawFigure("fig-difference", p.figures.difference, `${name}-difference`);
 
-    table(document.getElementById("moments"), ["Moment", "When", "Mean [95% CI]", "n"],
-      p.moments.map((m) => {
-        const link = el("a", { href: "#", text: m.time });
-        link.addEventListener("click", (event) => { event.preventDefault(); seek(m.second); });
-        return [`${m.kind === "peak" ? "▲ peak" : "▼ drop"} · ${m.label}`, link,
-          `${fmt(m.mean)} [${fmt(m.low)}, ${fmt(m.high)}]`, m.n];
-      }));
+    renderMoments(p.moments);
+    document.getElementById("moment-rule").textContent = p.moment_rule || "";
 
     table(document.getElementById("summary"),
-      ["Country", "Participants", "Mean valence [95% CI]", "Peak smile", "Peak at", "Smiled (≥ " +
-        p.options.smile_threshold + ")", "Frames"],
+      ["Country", "Participants", "Mean valence [95% CI]", "Mean expressiveness [95% CI]", "Peak smile",
+        "Peak at", "Smiled (≥ " + p.options.smile_threshold + ")", "Mean attention [95% CI]",
+        "Attending to the end", "Frames"],
       p.summary.map((row) => Object.assign([
         el("span", {}, el("i", { class: "swatch", style: `background:${row.color}` }),
           " " + (row.country === "All" ? "All" : countryLabel(row.country))),
         row.participants, `${fmt(row.mean_valence)} [${fmt(row.valence_low)}, ${fmt(row.valence_high)}]`,
-        fmt(row.peak_smile), row.peak_smile_time || "—", pct(row.smiled_share), row.frames,
+        `${fmt(row.mean_expressiveness)} [${fmt(row.expressiveness_low)}, ${fmt(row.expressiveness_high)}]`,
+        fmt(row.peak_smile), row.peak_smile_time || "—", pct(row.smiled_share),
+        `${fmt(row.mean_attention)} [${fmt(row.attention_low)}, ${fmt(row.attention_high)}]`,
+        pct(row.retained_share), row.frames,
       ], { className: row.country === "All" ? "total" : "" })));
 
     const c = p.comparison;
@@ -241,7 +245,8 @@
         `${c.significant_seconds.length} of ${c.tested_seconds} testable seconds differ (${c.correction_label}). ` +
         "Seconds where either country has fewer than 2 participants are not tested.";
       table(document.getElementById("tests"),
-        ["Second", `n ${c.countries[0]}`, `n ${c.countries[1]}`, `Mean ${c.countries[0]}`, `Mean ${c.countries[1]}`,
+        ["Second", `n ${countryLabel(c.countries[0])}`, `n ${countryLabel(c.countries[1])}`,
+          `Mean ${countryLabel(c.countries[0])}`, `Mean ${countryLabel(c.countries[1])}`,
           "Difference [95% CI]", "t", "df", "p", "adjusted p", ""],
         c.rows.map((r) => Object.assign([`${r.second}–${r.second + 1} s`, r.n_a, r.n_b, fmt(r.mean_a), fmt(r.mean_b),
           `${fmt(r.difference)} [${fmt(r.low)}, ${fmt(r.high)}]`, fmt(r.t, 2), fmt(r.df, 1), fmt(r.p, 4),
@@ -256,10 +261,32 @@
     exports.replaceChildren(...[
       ["frames", "Per-frame readings"], ["seconds", "Per second per participant"],
       ["traces", "Aggregated traces"], ["comparison", "Country test"],
-    ].map(([exportKind, label]) => el("a", {
-      class: "button", href: root.dataset.exportUrl.replace("KIND", exportKind) + (query ? "?" + query : ""),
-      text: label + " (CSV)",
-    })));
+    ].flatMap(([exportKind, label]) => ["csv", "parquet"].map((format) => el("a", {
+      class: "button",
+      href: root.dataset.exportUrl.replace("KIND", exportKind).replace(/\.csv$/, "." + format) + (query ? "?" + query : ""),
+      text: `${label} (${format === "csv" ? "CSV" : "Parquet"})`,
+    }))));
+  }
+  // Each moment on two rows: what and when (times and CIs never wrap), then why it is listed.
+  function renderMoments(moments) {
+    const body = el("tbody", {});
+    for (const m of moments) {
+      const link = el("a", { href: "#", text: m.time });
+      link.addEventListener("click", (event) => { event.preventDefault(); seek(m.second); });
+      body.append(
+        el("tr", { class: "moment" },
+          el("td", { text: `${m.kind === "peak" ? "▲ peak" : "▼ drop"} · ${m.label}` }),
+          el("td", { class: "nowrap" }, link),
+          el("td", { class: "nowrap", text: `${fmt(m.mean)} [${fmt(m.low)}, ${fmt(m.high)}]` }),
+          el("td", { class: "nowrap", text: m.n })),
+        el("tr", { class: "why" }, el("td", { colspan: 4, text: m.reason })));
+    }
+    if (!moments.length) {
+      body.append(el("tr", {}, el("td", { colspan: 4, class: "muted", text: "No second stands out." })));
+    }
+    document.getElementById("moments").replaceChildren(
+      el("thead", {}, el("tr", {}, ["Moment", "When", "Mean [95% CI]", "n"].map((h) => el("th", { text: h })))),
+      body);
   }
   function card(label, value) {
     return el("div", { class: "card" }, el("span", { class: "label", text: label }), el("strong", { text: value }));
@@ -315,6 +342,26 @@
       socket.send(JSON.stringify({ type: "subscribe", filters: filterObject(filterQuery()) }));
     }
   }
+  // Provisional figures of who is watching now (analytics/provisional.py), between the exact updates.
+  function renderLive(live) {
+    const panel = document.getElementById("live-panel");
+    if (!panel) return;
+    panel.hidden = false;
+    document.getElementById("live-watching").textContent = String(live.watching);
+    document.getElementById("live-window").textContent = String(live.window_s);
+    const line = (name, values, color) => ({
+      type: "scatter", mode: "lines+markers", name, x: live.seconds.map((s) => s + 0.5), y: values,
+      line: { color, dash: "dot" }, connectgaps: false,
+      hovertemplate: `${name} %{y:.3f} at %{x:.1f} s<extra>provisional</extra>`,
+    });
+    Plotly.react("fig-live", [line("Smile", live.smile, "#d97706"), line("Valence", live.valence, "#2563eb")], {
+      height: 220, margin: { l: 50, r: 20, t: 10, b: 40 }, showlegend: true,
+      legend: { orientation: "h", y: -0.3 },
+      xaxis: { title: { text: "seconds into the ad" }, rangemode: "tozero" },
+      yaxis: { range: [-1, 1], zeroline: true },
+    }, plotConfig("live-now"));
+    root.dataset.liveFrames = String(Number(root.dataset.liveFrames || 0) + 1);
+  }
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     socket = new WebSocket(`${scheme}://${location.host}${root.dataset.socketPath}`);
@@ -326,6 +373,8 @@
         render();
         root.dataset.liveUpdates = String(Number(root.dataset.liveUpdates || 0) + 1);
         setLive("live · updated " + new Date().toLocaleTimeString(), "open");
+      } else if (message.type === "live") {
+        renderLive(message.data);
       } else if (message.type === "error") {
         setLive("live · " + message.detail, "error");
       }

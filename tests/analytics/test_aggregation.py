@@ -109,23 +109,9 @@ def test_country_summary_and_key_moments(hand_fixture):
     assert summary["All"]["smiled_share"] == pytest.approx(1.0)
     assert summary["US"]["smiled_share"] == pytest.approx(1.0)
     assert summary["All"]["frames"] == 10  # 3 + 1 + 1 + 2 + 2 + 1 ad frames with a face
-    # Only two usable seconds: no interior extremes, so no key moments are claimed.
+    # Only two usable seconds: no interior extremes, so no key moments are claimed
+    # (tests/analytics/test_key_moments.py tests the rule).
     assert payload["moments"] == []
-
-
-def test_key_moments_name_the_peak_and_the_drop(acme):
-    writers = [FrameWriter(new_participant(acme.study, "DE")) for _ in range(3)]
-    shape = [0.2, 0.8, 0.3, 0.1]  # a peak in s1, a drop in s3 (the end) and s0 is an edge minimum
-    for offset, writer in zip((-0.05, 0.0, 0.05), writers, strict=True):
-        for second, value in enumerate(shape):
-            writer.store(acme.ad, second, [value + offset])
-    moments = dashboard(acme)["moments"]
-    smile = [m for m in moments if m["measure"] == "smile"]
-    peaks = [m["second"] for m in smile if m["kind"] == "peak"]
-    drops = [m["second"] for m in smile if m["kind"] == "drop"]
-    assert peaks[0] == 1 and drops[0] == 3
-    top = next(m for m in smile if m["kind"] == "peak")
-    assert top["mean"] == pytest.approx(0.8) and top["n"] == 3 and top["time"] == "1–2 s"
 
 
 def test_country_difference_is_significant_exactly_where_it_was_built(acme):

@@ -82,6 +82,12 @@ def test_analyst_sees_rendered_live_dashboard_and_seeks_the_video(
     option = page.locator("select[name=compare]").first.locator("option[value=DE]")
     assert option.inner_text() == "Germany (DE)"
     page.wait_for_function("document.getElementById('live-status').dataset.state === 'open'", timeout=10_000)
+    # Durations in seconds; each key moment with its reason (or the note that none stands out), and the rule.
+    cards = page.locator("#totals .card").all_inner_texts()
+    assert any(card.startswith("Ad length") and card.endswith(" s") for card in cards)
+    moments = page.locator("#moments tbody").inner_text()
+    assert "p_adj" in moments or "No second stands out" in moments
+    assert "prominence" in page.locator("#moment-rule").inner_text()
 
     # A new participant's frames are pushed to the open page (no reload).
     assert page.locator("#totals .card strong").first.inner_text() == "12"  # the excluded two have no frames
@@ -125,6 +131,7 @@ def test_analyst_sees_rendered_live_dashboard_and_seeks_the_video(
     page.select_option("select[name=layout]", "multiples")
     page.wait_for_function("Boolean(document.getElementById('fig-countries').layout.xaxis3)")
     assert "layout=multiples" in page.locator("#exports a").first.get_attribute("href")
+    assert page.locator("#exports a[href*='.parquet?']").count() == 4  # each export also as Parquet
     low, high = page.evaluate("document.getElementById('fig-countries')._fullLayout.yaxis.range")
     assert -0.5 < low < 0 < high < 1.5  # one shared range around the data (bands included)
     page.screenshot(path=ARTIFACTS / "analytics-ad-dashboard-baseline-multiples.png", full_page=True)
@@ -152,4 +159,32 @@ def test_analyst_of_another_organisation_cannot_open_it(acme, analysts, asgi_ser
         f"{asgi_server.replace('http', 'ws')}/ws/analytics/ads/{acme.ad.pk}/",
     )
     assert closed == 4004
+    connections.close_all()
+
+
+def test_an_open_dashboard_shows_who_is_watching_mid_ad(acme, analysts, asgi_server, analyst_browser, client):
+    """A participant's frames, stored second by second while the ad plays, reach the open page within seconds
+    as the provisional "Watching now" figures (analytics/provisional.py): the push does not wait for the
+    rollups (production refreshes a session's every 30 s)."""
+    from research_portal.capture.storage import store_results
+
+    page = signed_in_page(analyst_browser, client, analysts.acme, asgi_server)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{asgi_server}/analytics/ads/{acme.ad.pk}/")
+    page.wait_for_function("document.getElementById('live-status').dataset.state === 'open'", timeout=15_000)
+    assert page.locator("#live-panel").is_hidden()  # nobody is watching yet
+
+    writer = FrameWriter(new_participant(acme.study, "DE"))
+    for second, smile in enumerate([0.3, 0.8]):  # the first two seconds of a four-second ad
+        store_results(writer.frames(acme.ad, second, [smile, smile]))
+        page.wait_for_function(
+            f"(document.getElementById('fig-live').data || [{{x: []}}])[0].x.length === {second + 1}",
+            timeout=5_000,
+        )
+    assert page.locator("#live-watching").inner_text() == "1"
+    smile = page.evaluate("document.getElementById('fig-live').data.find(t => t.name === 'Smile').y")
+    assert smile == pytest.approx([0.3, 0.8])
+    page.screenshot(path=ARTIFACTS / "analytics-ad-watching-now.png", full_page=True)
+    assert errors == []
     connections.close_all()

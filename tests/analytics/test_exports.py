@@ -41,6 +41,7 @@ def test_frame_export_has_every_reading_with_its_model_version(signed_in, hand_f
     assert len(no_face) == 2 and all(row["happy"] == "" for row in no_face)
     first = next(row for row in rows if row["phase"] == "ad" and row["country"] == "DE" and row["seq"] == "2")
     assert first["smile"] == "0.2" and first["second"] == "0" and first["ad_title"] == "Spring ad"
+    assert {"face_yaw", "face_pitch", "attending"} <= set(first)  # the head pose behind attention
     # Filters: quality >= 0.3 drops frames without a face and P1's 0.1-quality frame; a country keeps its own.
     assert len(export(signed_in, hand_fixture, "frames", "quality=0.3")) == 15 - 2 - 1
     us = export(signed_in, hand_fixture, "frames", "country=US")
@@ -58,6 +59,9 @@ def test_per_second_export_has_participant_means_and_baseline_correction(signed_
     assert float(p1["smile"]) == pytest.approx(0.5)
     assert float(p1["smile_baseline"]) == pytest.approx(0.2)
     assert float(p1["smile_minus_baseline"]) == pytest.approx(0.3)
+    # attention: every analysed frame of the second attends (the readings carry no head pose: counted as
+    # attending, docs/analytics.md)
+    assert p1["n_analysed_frames"] == "3" and p1["n_attending_frames"] == "3" and float(p1["attention"]) == 1
     p3 = next(row for row in rows if row["country"] == "US" and row["second"] == "0")
     assert p3["valence"] == "" and p3["n_valence_frames"] == "0"  # no valence: empty, not zero
     assert p3["smile_baseline"] == "" and p3["smile_minus_baseline"] == ""  # no baseline face
@@ -71,7 +75,15 @@ def test_trace_export_is_long_and_tidy(signed_in, hand_fixture):
     groups = {"all", "DE", "US"}
     assert {row["group"] for row in rows} == groups
     seconds = 4  # the 4 s ad
-    assert len(rows) == len(groups) * len(MEASURES) * 2 * seconds
+    # every measure raw and baseline-corrected, expressiveness too; attention raw only
+    assert len(rows) == len(groups) * ((len(MEASURES) + 1) * 2 + 1) * seconds
+    attention = [row for row in rows if row["measure"] == "attention"]
+    assert {row["correction"] for row in attention} == {"none"}
+    expressiveness = {
+        (row["group"], row["correction"], row["second"]): row
+        for row in rows
+        if row["measure"] == "expressiveness"
+    }
     assert all(row["model_version"] == MODEL for row in rows)
     smile = {
         (row["group"], row["correction"], row["second"]): row for row in rows if row["measure"] == "smile"
@@ -82,6 +94,14 @@ def test_trace_export_is_long_and_tidy(signed_in, hand_fixture):
     assert float(overall["ci95_low"]) == pytest.approx(0.5 - 0.4968275, abs=1e-6)
     corrected = smile[("all", "baseline", "0")]
     assert corrected["n_participants"] == "2" and float(corrected["mean"]) == pytest.approx(0.3)
+    neutral = {
+        (row["group"], row["second"]): row
+        for row in rows
+        if row["measure"] == "neutral" and row["correction"] == "none"
+    }
+    assert float(expressiveness[("all", "none", "0")]["mean"]) == pytest.approx(
+        1 - float(neutral[("all", "0")]["mean"])
+    )
     empty = smile[("all", "none", "3")]
     assert empty["n_participants"] == "0" and empty["mean"] == ""
     de_only = export(signed_in, hand_fixture, "traces", "country=DE&completed=1")

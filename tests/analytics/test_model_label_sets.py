@@ -98,11 +98,13 @@ def test_the_dashboard_shows_the_labels_of_the_chosen_model_only(two_models_stor
     acme, _de, _us = two_models_stored
     seven, eight = dashboard(acme.ad, SEVEN), dashboard(acme.ad, EIGHT)
     assert set(seven["options"]["model_versions"]) == {SEVEN, EIGHT}
-    assert [m for m, _label in seven["options"]["measures"]] == ["smile", "valence", *FER2013_LABELS]
+    # happy is smile (smile = p(happy)): the dashboard shows it once, as Smile
+    emotions = [label for label in FER2013_LABELS if label != "happy"]
+    assert [m for m, _label in seven["options"]["measures"]] == ["smile", "valence", *emotions]
     assert [m for m, _label in eight["options"]["measures"]] == [
         "smile",
         "valence",
-        *[label for label in FER2013_LABELS + ["contempt"] if label in FERPLUS_LABELS],
+        *[label for label in emotions + ["contempt"] if label in FERPLUS_LABELS],
     ]
     assert MEASURE_LABELS["contempt"] in trace_names(eight)
     assert MEASURE_LABELS["contempt"] not in trace_names(seven)
@@ -143,7 +145,8 @@ def test_exports_carry_the_labels_of_the_exported_model(two_models_stored, clien
     assert any(row["contempt"] != "" for row in rows if row["model_version"] == EIGHT)
 
     _header, rows = read_csv(client, acme.ad, "traces", f"?model={SEVEN}")
-    assert {row["measure"] for row in rows} == {"smile", "valence", *FER2013_LABELS}
+    derived = {"expressiveness", "attention"}
+    assert {row["measure"] for row in rows} == {"smile", "valence", *FER2013_LABELS, *derived}
     _header, rows = read_csv(client, acme.ad, "traces", f"?model={EIGHT}")
     assert "contempt" in {row["measure"] for row in rows}
     assert {row["model_version"] for row in rows} == {EIGHT}

@@ -82,6 +82,14 @@ def reference(study) -> tuple[dict, dict]:
             "peak_smile": max(smiles),
             "smiled": max(smiles) >= SMILE_THRESHOLD,
         }
+    # Every participant with an analysed frame in an ad has a summary at every level, with n_seconds 0 where
+    # no frame had a usable face (the retention curve counts them; docs/analytics.md, "Attention").
+    for frame in FrameResult.objects.filter(session__study=study, error="", ad__isnull=False):
+        for level in range(len(QUALITY_LEVELS)):
+            summaries.setdefault(
+                (frame.session_id, frame.ad_id, level, frame.model_version),
+                {"n_seconds": 0, "n_frames": 0, "mean_valence": None, "peak_smile": None, "smiled": False},
+            )
     return dict(cells), summaries
 
 

@@ -3,7 +3,8 @@ N FrameResults (10 million by default), generated inside Postgres with INSERT ..
 
 The readings have structure an analyst would look for: a smile peak around a joke (seconds 8-12) whose size
 differs by country, a surprise at the reveal (second 20), per-participant offsets and per-frame noise, faces
-lost now and then, quality spread over the filter levels, a 5 s baseline screen per participant.
+lost now and then, heads turned away now and then (more often in the calm end, after 25 s), quality spread
+over the filter levels, a 5 s baseline screen per participant.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ FRAME_COLUMNS = [
     "smile",
     "valence",
     "quality",
+    "face_yaw",
+    "face_pitch",
+    "attending",
     "error",
     "model_version",
     "stored_at",
@@ -76,12 +80,13 @@ def _frames_sql(baseline: bool) -> str:
     joke = " ".join(f"WHEN '{country}' THEN {amp}" for country, amp in JOKE_SMILE.items())
     if baseline:
         time_ms, ad_id, seq = "g * 200", "NULL", "g"
-        smile_signal, surprise_signal = "0.0", "0.0"
+        smile_signal, surprise_signal, turned_away_share = "0.0", "0.0", "0.03"
     else:
         time_ms, ad_id, seq = "g * 200", "%(ad_id)s", "g + %(baseline_frames)s"
         # A joke at 8-12 s (Gaussian bump), a reveal at 20 s (surprise), a calm end.
         smile_signal = f"(CASE s.country {joke} ELSE 0.3 END) * exp(-power((g * 0.2 - 10.0) / 1.6, 2))"
         surprise_signal = "0.35 * exp(-power((g * 0.2 - 20.5) / 0.8, 2))"
+        turned_away_share = "(CASE WHEN g * 0.2 >= 25.0 THEN 0.15 ELSE 0.03 END)"
     return f"""
         INSERT INTO {frames} ({", ".join(FRAME_COLUMNS)})
         SELECT session_id, ad_id, seq, media_time_ms, captured_at, face_found,
@@ -94,14 +99,17 @@ def _frames_sql(baseline: bool) -> str:
                CASE WHEN face_found THEN neutral END, CASE WHEN face_found THEN contempt END,
                CASE WHEN face_found THEN happy END,
                CASE WHEN face_found THEN {weights} END,
-               CASE WHEN face_found THEN quality END, '', %(model)s, %(now)s
+               CASE WHEN face_found THEN quality END,
+               CASE WHEN face_found THEN yaw END, CASE WHEN face_found THEN pitch END,
+               CASE WHEN face_found THEN NOT turned_away END, '', %(model)s, %(now)s
         FROM (
             SELECT session_id, ad_id, seq, media_time_ms, captured_at, face_found, quality, happy, surprise,
+                   turned_away, CASE WHEN turned_away THEN 45.0 ELSE yaw END AS yaw, pitch,
                    rest * 0.6 AS neutral, rest * 0.1 AS sad, rest * 0.08 AS angry, rest * 0.07 AS fear,
                    rest * 0.1 AS disgust, rest * 0.05 AS contempt
             FROM (
                 SELECT session_id, ad_id, seq, media_time_ms, captured_at, face_found, quality, happy,
-                       surprise, greatest(1.0 - happy - surprise, 0.0) AS rest
+                       surprise, turned_away, yaw, pitch, greatest(1.0 - happy - surprise, 0.0) AS rest
                 FROM (
                     SELECT s.id AS session_id, {ad_id}::bigint AS ad_id, {seq} AS seq,
                            {time_ms} AS media_time_ms,
@@ -111,7 +119,9 @@ def _frames_sql(baseline: bool) -> str:
                            least(0.95, greatest(0.01, 0.06 + s.smile_offset + {smile_signal} * s.smile_gain
                                  + (random() - 0.5) * 0.12)) AS happy,
                            least(0.6, greatest(0.0, 0.03 + {surprise_signal} + (random() - 0.5) * 0.04))
-                               AS surprise
+                               AS surprise,
+                           random() < {turned_away_share} AS turned_away,
+                           (random() - 0.5) * 30.0 AS yaw, (random() - 0.5) * 10.0 - 3.0 AS pitch
                     FROM (
                         SELECT p.id, p.country, p.created_at, random() * 0.12 AS smile_offset,
                                0.5 + random() AS smile_gain

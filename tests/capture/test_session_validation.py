@@ -69,7 +69,7 @@ def test_a_long_run_without_a_face_is_recorded(viewed, acme):
     store_frames(viewed, acme.ad, [True] * 3 + [False] * 16 + [True])
     validated(viewed)
     event = SessionEvent.objects.get(session=viewed, name="face_lost")
-    assert event.ad == acme.ad and event.detail == "3200 ms without a face"
+    assert event.ad == acme.ad and event.detail == "3.2 s without a face"
 
 
 def test_validation_waits_for_the_last_queued_frame(acme):

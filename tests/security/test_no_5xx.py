@@ -659,6 +659,11 @@ def setup_page(study: str = "draft") -> Page:
     return (lambda world: f"/studies/{getattr(world, study).pk}/", "admin")
 
 
+def session_page(state: str) -> Page:
+    """A participant's page in the analytics drill-down, opened by an admin (it holds the deletion form)."""
+    return (lambda world: f"/analytics/studies/{world.live.pk}/sessions/{world.sessions[state].pk}/", "admin")
+
+
 def studies(*names: str) -> Fill:
     """The draft study (its ads may change) and the live one."""
 
@@ -789,6 +794,19 @@ def analytics(**fill: Callable[[World], object]) -> Walk:
     return Walk(("analyst",), one(**fill), params=ANALYTICS_PARAMS)
 
 
+def session_pages(world: World) -> list[dict[str, str]]:
+    """The session drill-down's pages: a session with readings first, then other states and a preview's
+    (which the drill-down does not show: 404)."""
+    states = ("completed", "failed", "started", "over_quota", "preview")
+    return [{"study_id": str(world.live.pk), "session_id": str(world.sessions[s].pk)} for s in states]
+
+
+def analytics_sessions(fills: Fill | None = None) -> Walk:
+    """The session list (its parameters are the overview's, a state and a page) and one session's pages."""
+    fills = fills or one(study_id=lambda w: w.live.pk)
+    return Walk(("analyst",), fills, params=(*ANALYTICS_PARAMS, "state", "page"))
+
+
 def link_params(world: World) -> tuple[str, ...]:
     study = world.live
     names = (study.participant_id_param, study.country_param, study.link_signature_param)
@@ -797,6 +815,7 @@ def link_params(world: World) -> tuple[str, ...]:
 
 WALKS: dict[str, Walk] = {
     "": Walk(("anon", "admin")),
+    "favicon.ico": Walk(("anon",)),
     "healthz": Walk(("anon",), params=("format",)),
     "readyz": Walk(("anon",), params=("format",)),
     "metrics": Walk(("staff", "anon"), params=("format",)),
@@ -872,12 +891,15 @@ WALKS: dict[str, Walk] = {
         ("admin",), studies("study_id", "ad_id"), form_pages=(setup_page(),)
     ),
     "studies/<int:study_id>/ads/<int:ad_id>/video": Walk(("admin",), studies("study_id", "ad_id")),
+    "studies/<int:study_id>/launch/": Walk(
+        ("admin",), studies("study_id"), form_pages=((lambda w: f"/studies/{w.draft.pk}/launch/", "admin"),)
+    ),
     "studies/<int:study_id>/status/<str:action>/": Walk(
-        ("admin",), studies("study_id", "action"), form_pages=(setup_page(), setup_page("live"))
+        ("admin",), studies("study_id", "action"), form_pages=(setup_page("live"),)
     ),
     "studies/<int:study_id>/preview/": Walk(("admin",), studies("study_id"), form_pages=(setup_page(),)),
     "studies/<int:study_id>/delete-participant/": Walk(
-        ("admin",), studies("study_id"), form_pages=(setup_page("live"),)
+        ("admin",), studies("study_id"), form_pages=(setup_page("live"), session_page("completed"))
     ),
     "studies/<int:study_id>/delete/": Walk(("admin",), studies("study_id"), form_pages=(setup_page(),)),
     # participants
@@ -915,7 +937,20 @@ WALKS: dict[str, Walk] = {
         lambda w: [{"ad_id": str(w.ad.pk), "kind": kind} for kind in EXPORT_KINDS],
         params=ANALYTICS_PARAMS,
     ),
+    "analytics/ads/<int:ad_id>/export/<str:kind>.parquet": Walk(
+        ("analyst",),
+        lambda w: [{"ad_id": str(w.ad.pk), "kind": kind} for kind in EXPORT_KINDS],
+        params=ANALYTICS_PARAMS,
+    ),
     "analytics/ads/<int:ad_id>/video": Walk(("analyst",), one(ad_id=lambda w: w.ad.pk)),
+    "analytics/studies/<int:study_id>/sessions/": analytics_sessions(),
+    "analytics/studies/<int:study_id>/sessions/<int:session_id>/": analytics_sessions(session_pages),
+    "analytics/studies/<int:study_id>/sessions/<int:session_id>/export/frames.csv": analytics_sessions(
+        session_pages
+    ),
+    "analytics/studies/<int:study_id>/sessions/<int:session_id>/export/frames.parquet": analytics_sessions(
+        session_pages
+    ),
 }
 
 
@@ -1135,7 +1170,8 @@ def walk_group(route: str) -> str:
     if head == "admin":
         app = rest.split("/", 1)[0]
         return f"admin/{app}" if app in {"auth", "accounts", "studies", "capture", "privacy"} else "admin"
-    return {"": "ops", "healthz": "ops", "readyz": "ops", "metrics": "ops", "s": "p"}.get(head, head)
+    root = {"": "ops", "healthz": "ops", "readyz": "ops", "metrics": "ops", "favicon.ico": "ops", "s": "p"}
+    return root.get(head, head)
 
 
 @pytest.mark.django_db
