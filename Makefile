@@ -94,8 +94,9 @@ bench: setup
 	$(PY) -m inference bench
 
 # Analyst dashboards at 10 million frames against the local Postgres (about 4 minutes; drops its database).
+# BENCH_ANALYTICS_ARGS="--ads 50": the same frames over 50 ads, for the scorecard's norm (docs/analytics.md).
 bench-analytics: setup services
-	$(PY) -m tests.analytics_bench
+	$(PY) -m tests.analytics_bench $(BENCH_ANALYTICS_ARGS)
 
 # Load test of the capture path (docs/scaling.md): daphne + Celery workers on the local Postgres and Redis,
 # 20 participants x 30 s at 5 fps (about a minute); numbers in var/load/last.json. LOAD_ARGS adds options.

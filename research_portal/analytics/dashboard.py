@@ -38,6 +38,7 @@ from research_portal.analytics.figures import (
 from research_portal.analytics.figures import clean as clean_numbers
 from research_portal.analytics.models import ParticipantAdSummary, SecondCell
 from research_portal.analytics.moments import key_moments, moment_rule
+from research_portal.analytics.norms import build_scorecard, norm_categories
 from research_portal.analytics.services import Filters, get_country_quotas
 from research_portal.analytics.stats import CORRECTIONS, MeanEstimate, WelchTest, estimate_means, welch_test
 from research_portal.capture.models import REFUSED_AT_ENTRY, ParticipantSession
@@ -448,6 +449,7 @@ def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
     for measure in dict.fromkeys(("smile", "valence", filters.measure)):
         if measure in estimates:  # valence is absent for a model without valence weights
             moments += key_moments(estimates[measure], measure, filters.baseline, filters.correction)
+    scorecard = build_scorecard(ad, model_version, filters.norm_country, filters.norm_category)
     study = ad.study
     return {
         "kind": "ad",
@@ -478,6 +480,7 @@ def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
             "first_day": facets.first_day,
             "last_day": facets.last_day,
             "smile_threshold": SMILE_THRESHOLD,
+            "norm_categories": norm_categories(ad),
         },
         "totals": {
             "participants": summary[0]["participants"] if summary else 0,
@@ -489,6 +492,7 @@ def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
         "moment_rule": moment_rule(filters.correction),
         "summary": summary,
         "comparison": comparison.to_json() if comparison else None,
+        "scorecard": scorecard.to_json(),
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 

@@ -51,6 +51,10 @@ class Filters:
     correction: str = "bh"
     layout: str = "overlay"
     model_version: str = ""
+    # The scorecard's norm (analytics/norms.py): only participants of one country ("": all), only ads of one
+    # category ("": every category).
+    norm_country: str = ""
+    norm_category: str = ""
 
     @property
     def level(self) -> int:
@@ -77,6 +81,8 @@ class Filters:
             "correction": self.correction,
             "layout": self.layout,
             "model": self.model_version,
+            "norm_country": self.norm_country,
+            "norm_category": self.norm_category,
         }
         return {key: value for key, value in query.items() if value not in ("", [])}
 
@@ -88,7 +94,11 @@ MAX_NAME_CHARS = 64
 MAX_VALUE_CHARS = 1000  # a comma-separated list of every country code fits
 MAX_VALUES = 300  # repeated ?country=, one per country code
 MAX_MODEL_CHARS = 64  # FrameResult.model_version
-SCALARS = ("from", "to", "quality", "completed", "baseline", "measure", "correction", "layout", "model")
+SCALARS = (
+    "from", "to", "quality", "completed", "baseline", "measure", "correction", "layout", "model",
+    "norm_country", "norm_category",
+)  # fmt: skip
+MAX_CATEGORY_CHARS = 60  # studies.Ad.category
 TRUE_VALUES, FALSE_VALUES = {"1", "true", "on", "yes"}, {"", "0", "false", "off", "no"}
 ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 DECIMAL = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,6})?")
@@ -213,6 +223,12 @@ def parse_filters(query: QueryDict | dict) -> Filters:
     model_version = query.get("model") or ""
     if len(model_version) > MAX_MODEL_CHARS:
         raise InvalidFilters(f"A model version has at most {MAX_MODEL_CHARS} characters.")
+    norm_country = (query.get("norm_country") or "").strip().upper()
+    if norm_country and not COUNTRY.fullmatch(norm_country):
+        raise InvalidFilters("The norm's country is a two-letter code, e.g. DE.")
+    norm_category = " ".join((query.get("norm_category") or "").split())
+    if len(norm_category) > MAX_CATEGORY_CHARS:
+        raise InvalidFilters(f"An ad category has at most {MAX_CATEGORY_CHARS} characters.")
     return Filters(
         countries=tuple(sorted({code.upper() for code in countries})),
         devices=tuple(sorted(set(devices))),
@@ -226,4 +242,6 @@ def parse_filters(query: QueryDict | dict) -> Filters:
         correction=correction,
         layout=layout,
         model_version=model_version,
+        norm_country=norm_country,
+        norm_category=norm_category,
     )

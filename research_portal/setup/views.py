@@ -180,6 +180,7 @@ def ad_upload(request: HttpRequest, study_id: int) -> HttpResponse:
                 ad_form.cleaned_data["video"],
                 ad_form.duration_ms,
                 request.user,
+                category=ad_form.cleaned_data["category"],
             )
         except ChangeRefused as refused:
             ad_form.add_error(None, str(refused))

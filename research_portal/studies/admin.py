@@ -35,7 +35,7 @@ class JSONTextField(forms.JSONField):
 class AdForm(forms.ModelForm):
     class Meta:
         model = Ad
-        fields = ["study", "title", "video", "position"]
+        fields = ["study", "title", "category", "video", "position"]
 
     def clean_video(self):
         video = self.cleaned_data["video"]
@@ -46,9 +46,9 @@ class AdForm(forms.ModelForm):
 
     def clean(self):
         """A launched study's ads are locked here as on the set-up page: no ad added, replaced, moved or
-        reordered (a title may still be corrected)."""
+        reordered (a title or a category may still be corrected)."""
         data = super().clean()
-        changes_playlist = not self.instance.pk or bool(set(self.changed_data) - {"title"})
+        changes_playlist = not self.instance.pk or bool(set(self.changed_data) - {"title", "category"})
         if changes_playlist:
             # The study it goes to and the one it leaves (a study being created in the same form has no pk).
             chosen = data.get("study")
@@ -185,5 +185,5 @@ class StudyAdmin(admin.ModelAdmin):
 @admin.register(Ad)
 class AdAdmin(admin.ModelAdmin):
     form = AdForm
-    list_display = ["title", "study", "duration_ms", "position"]
+    list_display = ["title", "study", "category", "duration_ms", "position"]
     readonly_fields = ["duration_ms"]

@@ -315,6 +315,11 @@ class StudyForm(forms.ModelForm):
 
 class AdUploadForm(forms.Form):
     title = forms.CharField(max_length=200)
+    category = forms.CharField(
+        max_length=60,
+        required=False,
+        help_text="Optional, e.g. snacks or automotive: the analytics norms can compare ads of one category.",
+    )
     video = forms.FileField(help_text="WebM or MP4 that browsers play; probed on upload.")
 
     def clean_title(self) -> str:
@@ -322,6 +327,12 @@ class AdUploadForm(forms.Form):
         if not title:
             raise ValidationError("Give the ad a title.")
         return title
+
+    def clean_category(self) -> str:
+        category = " ".join(self.cleaned_data["category"].split())
+        if any(not character.isprintable() for character in category):
+            raise ValidationError("Use printable characters only.")
+        return category
 
     def clean_video(self):
         video = self.cleaned_data["video"]

@@ -180,6 +180,9 @@ class Ad(models.Model):
     )
     duration_ms = models.PositiveIntegerField(editable=False, default=0)
     position = models.PositiveSmallIntegerField(default=0)
+    # Free text the admin sets at upload (e.g. "snacks", "automotive"): the analytics norms can be limited to
+    # the organisation's ads of one category (analytics/norms.py).
+    category = models.CharField(max_length=60, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

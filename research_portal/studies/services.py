@@ -277,19 +277,23 @@ def do_save_study(study: Study, quotas: dict[str, int], actor, changed_fields: l
 
 
 @transaction.atomic
-def do_add_ad(study: Study, title: str, video: UploadedFile, duration_ms: int, actor) -> Ad:
+def do_add_ad(
+    study: Study, title: str, video: UploadedFile, duration_ms: int, actor, category: str = ""
+) -> Ad:
     """Append a validated ad video to a study's playlist (refused once the study has been launched)."""
     study = Study.objects.select_for_update().get(pk=study.pk)
     check_study_change_allowed(study, ads=True)
     last = study.ads.aggregate(last=Max("position"))["last"]
-    ad = Ad(study=study, title=title, duration_ms=duration_ms, position=0 if last is None else last + 1)
+    position = 0 if last is None else last + 1
+    ad = Ad(study=study, title=title, duration_ms=duration_ms, position=position, category=category)
     ad.video.save(video.name, video, save=False)
     try:
         ad.save()
     except Exception:
         ad.video.delete(save=False)
         raise
-    audit(actor, AuditLog.Action.AD_ADDED, study, ad=ad.pk, title=title, duration_ms=duration_ms)
+    details = {"ad": ad.pk, "title": title, "duration_ms": duration_ms, "category": category}
+    audit(actor, AuditLog.Action.AD_ADDED, study, **details)
     return ad
 
 

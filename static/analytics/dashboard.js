@@ -97,6 +97,10 @@
         select("correction", "Correction", [["bh", "Benjamini-Hochberg"], ["holm", "Holm"]], f.correction || "bh"),
         select("layout", "Countries as", [["overlay", "overlay"], ["multiples", "small multiples"]],
           f.layout || "overlay"),
+        select("norm_country", "Norm: country", [["", "all"], ...allCountries.map((c) => [c, countryLabel(c)])],
+          f.norm_country || ""),
+        select("norm_category", "Norm: category",
+          [["", "every category"], ...(o.norm_categories || []).map((c) => [c, c])], f.norm_category || ""),
       );
       if ((o.model_versions || []).length > 1) {
         parts.push(select("model", "Model", o.model_versions.map((m) => [m, m]), payload.model_version));
@@ -215,6 +219,7 @@
       card("Model", p.model_version || "—"),
       card("Updated", new Date(p.generated_at).toLocaleTimeString()),
     );
+    renderScorecard(p.scorecard);
     drawFigure("fig-trace", p.figures.trace, `${name}-emotions`);
     drawFigure("fig-attention", p.figures.attention, `${name}-attention`);
     drawFigure("fig-countries", p.figures.countries, `${name}-countries`);
@@ -266,6 +271,21 @@
       href: root.dataset.exportUrl.replace("KIND", exportKind).replace(/\.csv$/, "." + format) + (query ? "?" + query : ""),
       text: `${label} (${format === "csv" ? "CSV" : "Parquet"})`,
     }))));
+  }
+  // The ad's figures, each with its percentile in the organisation's norm (analytics/norms.py).
+  function renderScorecard(scorecard) {
+    const node = document.getElementById("scorecard");
+    if (!node || !scorecard) return;
+    const norm = scorecard.norm;
+    const percentile = (figure) => (figure.percentile === null || figure.percentile === undefined
+      ? (norm.enough || figure.value === null ? "—" : "too few ads")
+      : `${figure.percentile.toFixed(0)}th`);
+    const value = (figure) => (figure.key === "smiled" || figure.key === "attention"
+      ? pct(figure.value) : fmt(figure.value));
+    table(node, ["Figure", "This ad", "Percentile in the norm"],
+      scorecard.figures.map((figure) => [figure.label, value(figure), percentile(figure)]));
+    document.getElementById("scorecard-n").textContent = String(scorecard.n);
+    document.getElementById("norm-note").textContent = "Norm: " + norm.description + ".";
   }
   // Each moment on two rows: what and when (times and CIs never wrap), then why it is listed.
   function renderMoments(moments) {

@@ -85,6 +85,10 @@ def test_analyst_sees_rendered_live_dashboard_and_seeks_the_video(
     # Durations in seconds; each key moment with its reason (or the note that none stands out), and the rule.
     cards = page.locator("#totals .card").all_inner_texts()
     assert any(card.startswith("Ad length") and card.endswith(" s") for card in cards)
+    # The scorecard: five figures; the norm (no other ad of Acme has participants) says it is too small.
+    assert page.locator("#scorecard tbody tr").count() == 5
+    assert "too few for percentiles" in page.locator("#norm-note").inner_text()
+    assert page.locator("select[name=norm_country] option[value=DE]").inner_text() == "Germany (DE)"
     moments = page.locator("#moments tbody").inner_text()
     assert "p_adj" in moments or "No second stands out" in moments
     assert "prominence" in page.locator("#moment-rule").inner_text()

@@ -1,6 +1,9 @@
 """Dashboard benchmark against Postgres: an ad with 10 million FrameResults, server time per view.
 
-    python -m tests.analytics_bench [--frames 10000000] [--runs 10] [--keep]
+    python -m tests.analytics_bench [--frames 10000000] [--ads 1] [--runs 10] [--keep]
+
+With --ads N the frames are shared by N ads of the study, each watched by its own participants: the
+scorecard's norm then holds N - 1 ads (docs/analytics.md, "Scorecard and norms": run with --ads 50).
 
 Creates a throwaway database (`portal_bench` on the server of --server, default the local trust-auth
 Postgres), migrates it, generates the data inside Postgres (data.py), builds the rollups, then times the
@@ -79,6 +82,7 @@ def measure(data, runs: int) -> dict:
 
     from research_portal.accounts.models import Membership, Role
     from research_portal.analytics import dashboard as dash
+    from research_portal.analytics.norms import build_scorecard
     from research_portal.analytics.rollups import do_reconcile_due_studies
     from research_portal.analytics.services import parse_filters
     from research_portal.capture.models import FrameResult, ParticipantSession
@@ -132,6 +136,10 @@ def measure(data, runs: int) -> dict:
             ad, filters.with_model(model), model, dash.load_traces(ad, filters, model), {}
         ),
         "whole build_ad_dashboard": lambda: dash.build_ad_dashboard(ad, filters),
+        # Every ad of the organisation at once (analytics/norms.py): run with --ads 50 for a norm of 49 ads.
+        f"scorecard against the norm ({len(data.ads) - 1} other ads; ParticipantAdSummary GROUP BY ad)": (
+            lambda: build_scorecard(ad, model)
+        ),
     }
     results["breakdown"] = {name: timed(function, runs) for name, function in parts.items()}
     for name, value in results["breakdown"].items():
@@ -191,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--frames", type=int, default=10_000_000, help="FrameResults of the ad")
+    parser.add_argument("--frames", type=int, default=10_000_000, help="FrameResults of the ad(s)")
+    parser.add_argument("--ads", type=int, default=1, help="ads sharing the frames (the scorecard's norm)")
     parser.add_argument("--runs", type=int, default=10, help="timed requests per view")
     parser.add_argument("--server", default=SERVER, help="Postgres server URL without database")
     parser.add_argument("--database", default=DATABASE, help="throwaway database to create (and drop)")
@@ -218,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         call_command("migrate", verbosity=0)
         print(f"generating {args.frames} frames ...", flush=True)
         started = time.perf_counter()
-        data = do_generate_bench_data(args.frames)
+        data = do_generate_bench_data(args.frames, ads=args.ads)
         generation_s = time.perf_counter() - started
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM capture_frameresult WHERE ad_id = %s", [data.ad.pk])

@@ -1,5 +1,7 @@
-"""Synthetic data for the dashboard benchmark: one study, one 30 s ad, and enough participants to give the ad
-N FrameResults (10 million by default), generated inside Postgres with INSERT ... SELECT generate_series.
+"""Synthetic data for the dashboard benchmark: one study, one 30 s ad (or `ads` of them, each watched by its
+own share of the participants: for the scorecard, whose norm is every ad of the organisation), and enough
+participants to give the ad(s) N FrameResults (10 million by default), generated inside Postgres with
+INSERT ... SELECT generate_series.
 
 The readings have structure an analyst would look for: a smile peak around a joke (seconds 8-12) whose size
 differs by country, a surprise at the reveal (second 20), per-participant offsets and per-frame noise, faces
@@ -58,7 +60,8 @@ FRAME_COLUMNS = [
 @dataclass
 class BenchData:
     study: Study
-    ad: Ad
+    ad: Ad  # the first of `ads`
+    ads: list[Ad]
     sessions: int
     ad_frames: int
     baseline_frames: int
@@ -180,6 +183,7 @@ def do_generate_bench_data(
     seed: float = 0.42,
     chunks: int = 8,
     workers: int = 2,
+    ads: int = 1,
     log=print,
 ) -> BenchData:
     """Create the benchmark study and its frames (Postgres only), then build the rollups set-wise."""
@@ -199,9 +203,14 @@ def do_generate_bench_data(
             status=Study.Status.LIVE,
             allowed_countries=COUNTRIES,
         )
-        ad = Ad(study=study, title="Benchmark ad (30 s)", duration_ms=duration_s * 1000)
-        ad.video.name = "ads/benchmark-ad.webm"  # no file: the benchmark measures server time, not video
-        ad.save()
+        ad_list = []
+        for index in range(ads):
+            title = "Benchmark ad (30 s)" if index == 0 else f"Benchmark ad {index + 1} (30 s)"
+            one = Ad(study=study, title=title, duration_ms=duration_s * 1000, position=index)
+            one.video.name = "ads/benchmark-ad.webm"  # no file: the benchmark measures server time, not video
+            one.save()
+            ad_list.append(one)
+        ad = ad_list[0]
         with connection.cursor() as cursor:
             cursor.execute("SELECT setseed(%s)", [seed])
         # The ORM fills every column of the session model (others add fields); created_at is spread below.
@@ -234,13 +243,20 @@ def do_generate_bench_data(
     log(f"  {session_count} sessions in {timings['sessions']:.1f} s")
 
     ids = list(ParticipantSession.objects.filter(study=study).order_by("pk").values_list("pk", flat=True))
+    chunks = max(chunks, ads)  # chunk i's sessions watch ad_list[i * ads // chunks]
     bounds = [ids[int(len(ids) * i / chunks)] for i in range(chunks)] + [ids[-1] + 1]
+    for index in range(chunks):
+        watched = ad_list[index * ads // chunks]
+        if watched is not ad:
+            ParticipantSession.objects.filter(pk__gte=bounds[index], pk__lt=bounds[index + 1]).update(
+                ad_sequence=[watched.pk]
+            )
     started = time.perf_counter()
     done = []
 
     def load_chunk(index: int) -> None:
         params = {
-            "ad_id": ad.pk,
+            "ad_id": ad_list[index * ads // chunks].pk,
             "study_id": study.pk,
             "first": bounds[index],
             "last": bounds[index + 1] - 1,
@@ -277,6 +293,7 @@ def do_generate_bench_data(
     return BenchData(
         study=study,
         ad=ad,
+        ads=ad_list,
         sessions=session_count,
         ad_frames=session_count * frames_per_session,
         baseline_frames=session_count * baseline_frames,
