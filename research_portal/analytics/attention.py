@@ -10,11 +10,17 @@ from __future__ import annotations
 import numpy as np
 
 from research_portal.analytics.definitions import ATTENTION_THRESHOLD, CONFIDENCE, MEASURE_LABELS
-from research_portal.analytics.figures import MEASURE_COLORS, axis, band_traces, base_layout, count_axis
+from research_portal.analytics.figures import (
+    MEASURE_COLORS,
+    axis,
+    band_traces,
+    base_layout,
+    count_axis,
+    participants_bars,
+)
 from research_portal.analytics.stats import MeanEstimate, estimate_means
 
 RETENTION_COLOR = "#882255"
-N_COLOR = "#9aa5b1"
 
 
 def retention_estimate(retained_seconds: np.ndarray, participants: np.ndarray, seconds: int) -> MeanEstimate:
@@ -51,19 +57,7 @@ def attention_figure(
         RETENTION_COLOR,
         "retention",
     )
-    data.append(
-        {
-            "type": "bar",
-            "name": "Participants (n)",
-            "x": x,
-            "y": [int(v) for v in participants],
-            "xaxis": "x",
-            "yaxis": "y2",
-            "marker": {"color": N_COLOR},
-            "hovertemplate": "n=%{y}<extra></extra>",
-            "showlegend": False,
-        }
-    )
+    data.append(participants_bars(x, participants))
     layout = base_layout(title, 460)
     layout.update(
         xaxis=axis("Time in ad (s)", range=[0, duration_s], anchor="y2"),

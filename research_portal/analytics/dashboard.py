@@ -6,7 +6,7 @@ views, the live socket and the exports all call them, so every surface shows the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -124,6 +124,13 @@ def ad_facets(ad: Ad) -> AdFacets:
             for model, found in present.items()
         },
     )
+
+
+def comparable_measures(measures: tuple[str, ...]) -> tuple[str, ...]:
+    """What the country comparison and key moments can be asked for: the shown measures, expressiveness
+    where the model reads neutral, and attention (definitions.DERIVED_MEASURES)."""
+    derived = (EXPRESSIVENESS,) if EXPRESSIVENESS_SOURCE in measures else ()
+    return (*measures, *derived, ATTENTION)
 
 
 def shown_measures(measures: tuple[str, ...]) -> tuple[str, ...]:
@@ -377,9 +384,12 @@ def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
     facets = ad_facets(ad)
     model_version = facets.default_model(filters.model_version)
     measures = shown_measures(facets.measures_of(model_version))
-    if filters.measure not in measures:  # e.g. contempt, chosen for a model that reads it, then switched
+    comparable = comparable_measures(measures)
+    if filters.measure not in comparable:  # e.g. contempt, chosen for a model that reads it, then switched
         filters = filters.with_measure("smile")
     filters = filters.with_model(model_version)
+    # Attention has no baseline-corrected variant: compared (and its moments found) raw, whatever the switch.
+    compared = replace(filters, baseline=False) if filters.measure == ATTENTION else filters
     traces = load_traces(ad, filters, model_version)
     colors = {country: country_color(index) for index, country in enumerate(facets.countries)}
     colors[ALL] = "#333333"
@@ -388,15 +398,16 @@ def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
     estimates = {measure: traces.estimate(measure, filters.baseline) for measure in measures}
     if EXPRESSIVENESS_SOURCE in measures:  # 1 - p(neutral): only a model that reads neutral has it
         estimates[EXPRESSIVENESS] = traces.estimate(EXPRESSIVENESS, filters.baseline)
+    attention = traces.estimate(ATTENTION, False)
     participants = traces.participants()
 
     summary = country_summary(ad, filters, model_version, traces, colors)
     ranking = [row["country"] for row in sorted(summary[1:], key=lambda r: -r["participants"])]
-    comparison = compare_countries(traces, filters, ranking)
+    comparison = compare_countries(traces, compared, ranking)
     countries = [c for c in traces.countries if traces.participants(c).sum() > 0]
     if comparison:
         countries += [c for c in comparison.countries if c not in countries]
-    country_estimates = {c: traces.estimate(filters.measure, filters.baseline, c) for c in countries}
+    country_estimates = {c: traces.estimate(compared.measure, compared.baseline, c) for c in countries}
 
     figures = {
         "trace": trace_figure(
@@ -413,9 +424,9 @@ def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
             duration_s,
             countries,
             country_estimates,
-            filters.measure,
-            filters.baseline,
-            filters.layout,
+            compared.measure,
+            compared.baseline,
+            compared.layout,
             comparison.countries if comparison else None,
             comparison.significant_seconds if comparison else [],
             CORRECTION_LABELS[filters.correction],
@@ -425,7 +436,7 @@ def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
         "attention": attention_figure(
             x,
             duration_s,
-            traces.estimate(ATTENTION, False),
+            attention,
             load_retention(ad, filters, model_version, traces.seconds),
             traces.attention_participants(),
             f"{ad.title}: attention and retention per second across participants, 95% CI",
@@ -446,9 +457,11 @@ def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
         )
 
     moments = []
-    for measure in dict.fromkeys(("smile", "valence", filters.measure)):
-        if measure in estimates:  # valence is absent for a model without valence weights
-            moments += key_moments(estimates[measure], measure, filters.baseline, filters.correction)
+    traced = {**estimates, ATTENTION: attention}
+    for measure in dict.fromkeys(("smile", "valence", compared.measure)):
+        if measure in traced:  # valence is absent for a model without valence weights
+            baseline = filters.baseline and measure != ATTENTION
+            moments += key_moments(traced[measure], measure, baseline, filters.correction)
     scorecard = build_scorecard(ad, model_version, filters.norm_country, filters.norm_category)
     study = ad.study
     return {
@@ -476,7 +489,7 @@ def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
             "devices": facets.devices,
             "model_versions": [version for version, _n in facets.model_versions],
             "quality_levels": list(QUALITY_LEVELS),
-            "measures": [[measure, MEASURE_LABELS[measure]] for measure in measures],
+            "measures": [[measure, MEASURE_LABELS[measure]] for measure in comparable],
             "first_day": facets.first_day,
             "last_day": facets.last_day,
             "smile_threshold": SMILE_THRESHOLD,

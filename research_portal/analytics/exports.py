@@ -612,7 +612,7 @@ def comparison_export(ad: Ad, filters: Filters) -> Table:
                 ],
                 bool(row["significant"]),
                 *described,
-                filters.baseline,
+                filters.baseline and comparison["measure"] != ATTENTION,  # attention is compared raw
                 dashboard["model_version"],
             )
 

@@ -39,6 +39,7 @@ COUNTRY_COLORS = [
     "#7F7F7F",
     "#BCBD22",
 ]
+N_COLOR = "#9aa5b1"  # the participant-count bars under every trace
 PANEL_PX, PANEL_GAP_PX = 200, 44  # small multiples: a panel's plot height, the gap holding a panel title
 SIGNIFICANT_FILL = "rgba(255, 179, 0, 0.22)"
 FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 13, "color": "#1b1f24"}
@@ -174,6 +175,21 @@ def y_title(measure: str, baseline: bool) -> str:
     return f"{label} minus baseline" if baseline else label
 
 
+def participants_bars(x: list[float], participants: np.ndarray) -> dict:
+    """The bars under a trace (axis y2): how many participants are behind each second."""
+    return {
+        "type": "bar",
+        "name": "Participants (n)",
+        "x": x,
+        "y": [int(v) for v in participants],
+        "xaxis": "x",
+        "yaxis": "y2",
+        "marker": {"color": N_COLOR},
+        "hovertemplate": "n=%{y}<extra></extra>",
+        "showlegend": False,
+    }
+
+
 def trace_figure(
     x: list[float],
     duration_s: float,
@@ -191,19 +207,7 @@ def trace_figure(
         data += band_traces(
             x, estimates[measure], MEASURE_LABELS[measure], MEASURE_COLORS[measure], measure, visible
         )
-    data.append(
-        {
-            "type": "bar",
-            "name": "Participants (n)",
-            "x": x,
-            "y": [int(v) for v in participants],
-            "xaxis": "x",
-            "yaxis": "y2",
-            "marker": {"color": "#9aa5b1"},
-            "hovertemplate": "n=%{y}<extra></extra>",
-            "showlegend": False,
-        }
-    )
+    data.append(participants_bars(x, participants))
     layout = base_layout(title, 560)
     layout.update(
         xaxis=axis("Time in ad (s)", range=[0, duration_s], anchor="y2"),

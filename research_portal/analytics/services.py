@@ -13,7 +13,7 @@ from datetime import date
 
 from django.http import QueryDict
 
-from research_portal.analytics.definitions import MEASURES, QUALITY_LEVELS, quality_level
+from research_portal.analytics.definitions import DERIVED_MEASURES, MEASURES, QUALITY_LEVELS, quality_level
 from research_portal.capture.models import ParticipantSession
 from research_portal.studies.models import CountryQuota, Study
 
@@ -207,8 +207,8 @@ def parse_filters(query: QueryDict | dict) -> Filters:
         raise InvalidFilters("The date range ends before it starts.")
     quality = _quality(query.get("quality") or "0")
     measure = query.get("measure") or "smile"
-    if measure not in MEASURES:
-        raise InvalidFilters(f"Measure must be one of {', '.join(MEASURES)}.")
+    if measure not in (*MEASURES, *DERIVED_MEASURES):
+        raise InvalidFilters(f"Measure must be one of {', '.join((*MEASURES, *DERIVED_MEASURES))}.")
     compare = [code.upper() for code in _codes(query, "compare")]
     if compare and (
         len(compare) != 2 or compare[0] == compare[1] or not all(COUNTRY.fullmatch(c) for c in compare)

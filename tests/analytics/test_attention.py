@@ -125,6 +125,20 @@ def test_attention_ignores_the_quality_level_and_follows_the_other_filters(atten
     assert figure_trace(corrected, "attention", "Attention")["y"] == pytest.approx([5 / 6, 0.5, 0.5])
 
 
+def test_countries_can_be_compared_on_attention_raw_even_with_the_baseline_switch(attention_fixture):
+    """Attention is offered as the compared measure; it has no baseline-corrected variant, so DE vs US
+    compares the raw shares whatever the switch: DE s0 (0.5, 1.0) vs US s0 (1.0)."""
+    for baseline in ("", "1"):
+        query = {"measure": "attention", "compare": ["DE", "US"], "baseline": baseline}
+        payload = build_ad_dashboard(attention_fixture, parse_filters(query))
+        assert ["attention", "Attention"] in payload["options"]["measures"]
+        comparison = payload["comparison"]
+        assert comparison["measure"] == "attention" and comparison["countries"] == ["DE", "US"]
+        germany = figure_trace(payload, "countries", "Germany (DE)")
+        assert germany["y"] == pytest.approx([0.75, 0.5, 0.5])
+        assert payload["figures"]["countries"]["layout"]["yaxis"]["title"]["text"] == "Attention"
+
+
 def test_retention_curve_follows_each_participants_first_inattentive_second(attention_fixture):
     # P1 is lost at s2 (0.0), P2 at s1 (0.0), P3 never: s1 has no frames (skipped), s2 is 0.5 (>= 0.5).
     summaries = dict(
@@ -203,6 +217,10 @@ def test_expressiveness_is_one_minus_neutral_with_participants_as_the_unit(neutr
     summary = payload["summary"][0]
     assert summary["mean_expressiveness"] == pytest.approx(0.5833, abs=1e-4)
     assert summary["expressiveness_high"] == pytest.approx(1.2085, abs=1e-4)
+    # It can be the compared measure too: the country chart then draws it.
+    chosen = build_ad_dashboard(neutral_fixture, parse_filters({"measure": "expressiveness"}))
+    assert ["expressiveness", "Expressiveness"] in chosen["options"]["measures"]
+    assert chosen["figures"]["countries"]["layout"]["yaxis"]["title"]["text"] == "Expressiveness"
 
 
 def test_baseline_corrected_expressiveness_is_minus_the_corrected_neutral(neutral_fixture):

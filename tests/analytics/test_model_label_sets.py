@@ -100,11 +100,14 @@ def test_the_dashboard_shows_the_labels_of_the_chosen_model_only(two_models_stor
     assert set(seven["options"]["model_versions"]) == {SEVEN, EIGHT}
     # happy is smile (smile = p(happy)): the dashboard shows it once, as Smile
     emotions = [label for label in FER2013_LABELS if label != "happy"]
-    assert [m for m, _label in seven["options"]["measures"]] == ["smile", "valence", *emotions]
+    # and the measures derived from them can be compared too (both label sets read neutral)
+    derived = ["expressiveness", "attention"]
+    assert [m for m, _label in seven["options"]["measures"]] == ["smile", "valence", *emotions, *derived]
     assert [m for m, _label in eight["options"]["measures"]] == [
         "smile",
         "valence",
         *[label for label in emotions + ["contempt"] if label in FERPLUS_LABELS],
+        *derived,
     ]
     assert MEASURE_LABELS["contempt"] in trace_names(eight)
     assert MEASURE_LABELS["contempt"] not in trace_names(seven)

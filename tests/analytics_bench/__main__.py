@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     recreate_database(args.server, args.database)
     os.environ["DATABASE_URL"] = f"{args.server}/{args.database}"
     os.environ.pop("REDIS_URL", None)  # live pushes go to the in-memory layer, not a real Redis
+    # No embedded periodic loop in this process: its work is timed on its own ("periodic reconcile"), and it
+    # would still be running against the database when the benchmark drops it.
+    os.environ["PORTAL_EMBEDDED_PERIODIC_LOOP"] = "0"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "research_portal.settings")
     import django
 
