@@ -300,6 +300,14 @@ def rollups_refresh_on_every_batch(settings):
 
 
 @pytest.fixture(autouse=True)
+def live_pushes_end_with_their_test(settings):
+    """Live pushes in this process throttle in 50 ms windows, so a trailing push (a timer thread) fires within
+    the test that caused it, not onto the event loop of the test after it; tests of the throttle and of live
+    pushes set the interval they need. Servers the tests start run with the shipped 1 s."""
+    settings.ANALYTICS_LIVE_INTERVAL_S = 0.05
+
+
+@pytest.fixture(autouse=True)
 def no_periodic_thread_in_tests(settings):
     """Requests in this process never start embedded mode's periodic thread (research_portal/ops/periodic.py):
     tests run the periodic jobs themselves (do_validate_due_sessions, do_reconcile_due_studies), or start a
