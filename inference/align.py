@@ -111,18 +111,6 @@ def pose_angles(detections: Sequence[Detection]) -> tuple[np.ndarray, np.ndarray
     return yaw, pitch
 
 
-def yaw_angles(detections: Sequence[Detection]) -> np.ndarray:
-    """Rough head yaw in degrees per detection from YuNet's landmarks (0 where there are none; see
-    `pose_angles`). Positive: the nose points towards image right."""
-    return np.nan_to_num(pose_angles(detections)[0], nan=0.0)
-
-
-def pitch_angles(detections: Sequence[Detection]) -> np.ndarray:
-    """Rough head pitch in degrees per detection (NaN where there are no landmarks; see `pose_angles`).
-    Positive: the face turns up; negative: down."""
-    return pose_angles(detections)[1]
-
-
 def crop_matrices(centres: np.ndarray, sides: np.ndarray, angles: np.ndarray) -> np.ndarray:
     """[N, 2, 3] affine matrices mapping the frame onto `sides`-pixel crops, rotated by `angles`."""
     radians = np.radians(angles)

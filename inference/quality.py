@@ -46,7 +46,7 @@ BRIGHT_GOOD, BRIGHT_UNUSABLE = 0.70, 0.90
 # Sharpness relative to contrast (mean |Laplacian| / std of the 48 px crop, so darkness is not mistaken for
 # blur): sharp webcam faces 0.30-0.45; Gaussian blur sigma 3 px on a 320x240 frame ~0.23.
 BLUR_UNUSABLE, BLUR_GOOD = 0.10, 0.34
-# Pose in degrees: yaw estimated from the landmarks (see `yaw_angles`), roll from the eye line.
+# Pose in degrees: yaw estimated from the landmarks (see `align.pose_angles`), roll from the eye line.
 YAW_GOOD, YAW_UNUSABLE = 25.0, 45.0
 ROLL_GOOD, ROLL_UNUSABLE = 30.0, 50.0
 

@@ -49,14 +49,15 @@ def file_chunks(handle, length: int, block: int = CHUNK_BYTES) -> Iterator[bytes
         handle.close()
 
 
-def streaming_body(request: HttpRequest, items: Iterator) -> Iterator | AsyncIterator:
-    """Under ASGI, pull from the sync generator in batches on Django's sync thread (where its database cursor
-    lives), so a large export streams instead of being collected in memory first."""
+def streaming_body(request: HttpRequest, items: Iterator, batch: int = 500) -> Iterator | AsyncIterator:
+    """Under ASGI, pull from the sync generator in batches of `batch` items on Django's sync thread (where its
+    database cursor lives), so a large export streams instead of being collected in memory first. Small items
+    (CSV lines, file chunks) go 500 at a time; large ones (a Parquet row group) one at a time."""
     if not isinstance(request, ASGIRequest):
         return items
 
     def next_batch() -> list:
-        return list(islice(items, 500))
+        return list(islice(items, batch))
 
     async def batches() -> AsyncIterator:
         while batch := await sync_to_async(next_batch, thread_sensitive=True)():

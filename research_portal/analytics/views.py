@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import gzip
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from functools import cache, wraps
 from pathlib import Path
 
 import plotly
-from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_required
-from django.core.handlers.asgi import ASGIRequest
 from django.http import (
     Http404,
     HttpRequest,
@@ -137,25 +135,12 @@ def ad_dashboard_data(request: HttpRequest, ad_id: int) -> JsonResponse:
 CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
 
 
-def streaming_pieces(request: HttpRequest, pieces: Iterator[bytes]) -> Iterator[bytes] | AsyncIterator[bytes]:
-    """Under ASGI, pull a Parquet file's pieces one at a time on Django's sync thread (where the database
-    cursor lives). Unlike media.streaming_body's batches of lines, a piece is a whole row group, so a
-    batch of them would hold much of the file in memory."""
-    if not isinstance(request, ASGIRequest):
-        return pieces
-
-    async def pull() -> AsyncIterator[bytes]:
-        while (piece := await sync_to_async(next, thread_sensitive=True)(pieces, None)) is not None:
-            yield piece
-
-    return pull()
-
-
 def export_response(request: HttpRequest, table: Table, file_format: str, name: str) -> StreamingHttpResponse:
     """The table as a streamed download, `name`.csv or `name`.parquet."""
     written = write_table(table, file_format)
     body = (
-        streaming_pieces(request, written) if file_format == "parquet" else streaming_body(request, written)
+        # A Parquet piece is a whole row group: one at a time, or a batch would hold much of the file.
+        streaming_body(request, written, batch=1 if file_format == "parquet" else 500)
     )
     response = StreamingHttpResponse(body, content_type=CONTENT_TYPES[file_format])
     response["Content-Disposition"] = f'attachment; filename="{name}.{file_format}"'

@@ -223,7 +223,7 @@ def test_parquet_follows_the_exported_models_labels(signed_in, two_label_sets):
 async def test_parquet_streams_row_group_by_row_group_under_asgi(
     transactional_db, hand_fixture, async_client, analysts
 ):
-    """As daphne serves it: the file is pulled piece by piece on the sync thread (views.streaming_pieces)."""
+    """As daphne serves it: pulled one piece at a time on the sync thread (media.streaming_body)."""
     await async_client.aforce_login(analysts.acme)
     response = await async_client.get(
         reverse("analytics:ad-export-parquet", args=[hand_fixture.ad.pk, "frames"])

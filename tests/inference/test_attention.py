@@ -15,9 +15,7 @@ from inference.align import (
     FRONTAL_NOSE_HEIGHT,
     NOSE_DEPTH_RATIO,
     PITCH_DEPTH_RATIO,
-    pitch_angles,
     pose_angles,
-    yaw_angles,
 )
 from inference.attention import PITCH_DOWN_LIMIT, PITCH_UP_LIMIT, YAW_LIMIT, attending_faces
 from inference.detect import Detection
@@ -66,8 +64,8 @@ def test_pose_recovers_the_turns_of_the_head_model(yaw: float, pitch: float) -> 
 def test_pose_ignores_roll() -> None:
     yaw, pitch = pose_angles([head_landmarks(25, -15), head_landmarks(25, -15, roll=30)])
     assert yaw == pytest.approx([25, 25], abs=0.01) and pitch == pytest.approx([-15, -15], abs=0.01)
-    assert yaw_angles([head_landmarks(-20, 0)])[0] == pytest.approx(-20, abs=0.01)
-    assert pitch_angles([head_landmarks(0, -10)])[0] == pytest.approx(-10, abs=0.01)
+    yaw, pitch = pose_angles([head_landmarks(-20, 0), head_landmarks(0, -10)])
+    assert yaw == pytest.approx([-20, 0], abs=0.01) and pitch == pytest.approx([0, -10], abs=0.01)
 
 
 def test_attending_limits_and_haar_faces_without_a_pose() -> None:
@@ -86,7 +84,6 @@ def test_attending_limits_and_haar_faces_without_a_pose() -> None:
     decided = attending_faces(yaw, pitch)
     assert decided[:-1].tolist() == list(cases.values())
     assert np.isnan(yaw[-1]) and np.isnan(pitch[-1]) and np.isnan(decided[-1])
-    assert yaw_angles([haar])[0] == 0  # quality's frontal factor treats an unknown yaw as frontal
 
 
 # ---- real frames in the participant capture format --------------------------------------------------------

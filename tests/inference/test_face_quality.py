@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from inference.align import yaw_angles
+from inference.align import pose_angles
 from inference.detect import Detection
 from inference.pipeline import FaceReading, FrameReading, Pipeline
 from inference.quality import (
@@ -171,15 +171,15 @@ def test_yaw_from_landmarks(contract_model_path: Path, yunet_path: Path, face_fr
             points = (points @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
         return Detection((80, 60, 100, 130), 0.9, points)
 
-    frontal, right, left, rolled = yaw_angles(
+    frontal, right, left, rolled = pose_angles(
         [detection(130), detection(145), detection(115), detection(145, 30)]
-    )
+    )[0]
     assert abs(frontal) < 1e-3
     assert right > 20 and left == pytest.approx(
         -right, abs=1e-3
     )  # 15 px of 60 px: 0.25 / 0.5 -> 26.6 degrees
     assert rolled == pytest.approx(right, abs=0.5)
-    assert yaw_angles([Detection((0, 0, 50, 50), 0.9)])[0] == 0  # Haar: no landmarks, no estimate
+    assert np.isnan(pose_angles([Detection((0, 0, 50, 50), 0.9)])[0][0])  # Haar: no landmarks, no estimate
     # On the real clip: the frame and its mirror image give opposite yaws.
     pipeline = Pipeline(contract_model_path, yunet_path)
     turned = max(
