@@ -12,6 +12,7 @@ import numpy as np
 from research_portal.analytics.definitions import ATTENTION_THRESHOLD, CONFIDENCE, MEASURE_LABELS
 from research_portal.analytics.figures import (
     MEASURE_COLORS,
+    TIME_AXIS,
     axis,
     band_traces,
     base_layout,
@@ -60,7 +61,7 @@ def attention_figure(
     data.append(participants_bars(x, participants))
     layout = base_layout(title, 460)
     layout.update(
-        xaxis=axis("Time in ad (s)", range=[0, duration_s], anchor="y2"),
+        xaxis=axis(TIME_AXIS, range=[0, duration_s], anchor="y2"),
         yaxis=axis("Share of participants", domain=[0.3, 1.0], range=[0, 1.05], tickformat=".0%"),
         yaxis2=count_axis("n", participants.max() if len(participants) else 0, 3, domain=[0.0, 0.2]),
         bargap=0.1,

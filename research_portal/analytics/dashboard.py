@@ -28,6 +28,7 @@ from research_portal.analytics.definitions import (
 )
 from research_portal.analytics.figures import (
     FUNNEL_STAGES,
+    TIME_AXIS,
     country_color,
     country_figure,
     difference_figure,
@@ -42,7 +43,7 @@ from research_portal.analytics.norms import build_scorecard, norm_categories
 from research_portal.analytics.services import Filters, get_country_quotas
 from research_portal.analytics.stats import CORRECTIONS, MeanEstimate, WelchTest, estimate_means, welch_test
 from research_portal.capture.models import REFUSED_AT_ENTRY, ParticipantSession
-from research_portal.countries import country_labels
+from research_portal.countries import country_label, country_labels
 from research_portal.studies.models import Ad, Study
 
 ALL = "*"  # the group of every selected participant
@@ -303,16 +304,17 @@ COMPARISON_NUMBERS = ("mean_a", "mean_b", "difference", "low", "high", "t", "df"
 
 
 @dataclass(frozen=True)
-class CountryComparison:
-    """The per-second Welch test of one measure between two countries, corrected for the seconds tested."""
+class PerSecondComparison:
+    """The per-second Welch test of one measure between two groups of participants (two countries of an
+    ad, or two ads), corrected for the seconds tested. Element i of each array is one tested position: a
+    second of the ad, or a share of the ads' lengths (analytics/ad_comparison.py)."""
 
-    countries: tuple[str, str]
     measure: str
     correction: str
     estimate_a: MeanEstimate
     estimate_b: MeanEstimate
     test: WelchTest
-    adjusted: np.ndarray  # p corrected across the tested seconds (NaN where untested)
+    adjusted: np.ndarray  # p corrected across the tested positions (NaN where untested)
 
     @property
     def significant_seconds(self) -> list[int]:
@@ -320,7 +322,7 @@ class CountryComparison:
             return [int(second) for second in np.flatnonzero(self.adjusted < ALPHA)]
 
     def rows(self) -> list[dict]:
-        """One JSON-ready row per second (the dashboard's table and the comparison export)."""
+        """One JSON-ready row per position (the dashboards' tables and the comparison exports)."""
         significant = set(self.significant_seconds)
         a, b, test = self.estimate_a, self.estimate_b, self.test
         tested = [test.difference, test.low, test.high, test.t, test.df, test.p, self.adjusted]
@@ -344,7 +346,6 @@ class CountryComparison:
 
     def to_json(self) -> dict:
         return {
-            "countries": list(self.countries),
             "measure": self.measure,
             "measure_label": MEASURE_LABELS[self.measure],
             "correction": self.correction,
@@ -356,25 +357,49 @@ class CountryComparison:
         }
 
 
+def compare_per_second(
+    estimate_a: MeanEstimate, estimate_b: MeanEstimate, measure: str, correction: str
+) -> PerSecondComparison:
+    """Welch t-test per element, corrected (BH or Holm) across the elements that could be tested (both
+    groups with n >= 2 and some variance)."""
+    test = welch_test(estimate_a, estimate_b, CONFIDENCE)
+    return PerSecondComparison(
+        measure=measure,
+        correction=correction,
+        estimate_a=estimate_a,
+        estimate_b=estimate_b,
+        test=test,
+        adjusted=CORRECTIONS[correction](test.p),
+    )
+
+
+@dataclass(frozen=True)
+class CountryComparison:
+    """Two countries of an ad compared second by second."""
+
+    countries: tuple[str, str]
+    per_second: PerSecondComparison
+
+    @property
+    def significant_seconds(self) -> list[int]:
+        return self.per_second.significant_seconds
+
+    def to_json(self) -> dict:
+        return {"countries": list(self.countries), **self.per_second.to_json()}
+
+
 def compare_countries(traces: Traces, filters: Filters, ranking: list[str]) -> CountryComparison | None:
     """Welch t-test of the chosen measure per second between two countries (those of the filters, else the
-    two with the most participants), corrected across the seconds that could be tested (both countries with
-    n >= 2 and some variance)."""
+    two with the most participants), corrected across the seconds that could be tested."""
     compared = filters.compare or (tuple(ranking[:2]) if len(ranking) >= 2 else None)
     if not compared:
         return None
     a, b = compared
     estimate_a = traces.estimate(filters.measure, filters.baseline, a)
     estimate_b = traces.estimate(filters.measure, filters.baseline, b)
-    test = welch_test(estimate_a, estimate_b, CONFIDENCE)
     return CountryComparison(
         countries=(a, b),
-        measure=filters.measure,
-        correction=filters.correction,
-        estimate_a=estimate_a,
-        estimate_b=estimate_b,
-        test=test,
-        adjusted=CORRECTIONS[filters.correction](test.p),
+        per_second=compare_per_second(estimate_a, estimate_b, filters.measure, filters.correction),
     )
 
 
@@ -445,12 +470,11 @@ def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
     if comparison:
         figures["difference"] = difference_figure(
             x,
-            duration_s,
-            comparison.countries,
-            comparison.test.difference,
-            comparison.test.low,
-            comparison.test.high,
-            comparison.adjusted,
+            TIME_AXIS,
+            [0, duration_s],
+            (country_label(comparison.countries[0]), country_label(comparison.countries[1])),
+            comparison.per_second.test,
+            comparison.per_second.adjusted,
             comparison.significant_seconds,
             filters.measure,
             CORRECTION_LABELS[filters.correction],

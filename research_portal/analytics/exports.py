@@ -7,6 +7,7 @@ in every row.
 - traces:  the aggregated traces: per group (all, each country), second, measure and correction
            (none / baseline): n participants, mean, sd, se and the 95% CI.
 - comparison: the per-second test between the two compared countries.
+- ad vs ad (`ad_pair_export`): the per-position test between two ads (analytics/ad_comparison.py).
 - one session's frames (`session_frame_export`): the frame export's columns, for the session page.
 
 The emotion columns (frames, seconds) and measures (traces) are those of the exported model version's
@@ -33,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from django.db.models import Count, Q
 
+from research_portal.analytics.ad_comparison import AdPairQuery, build_ad_comparison
 from research_portal.analytics.dashboard import ALL, ad_facets, build_ad_dashboard, load_traces
 from research_portal.analytics.definitions import (
     ATTENTION,
@@ -618,6 +620,69 @@ def comparison_export(ad: Ad, filters: Filters) -> Table:
 
     metadata = export_metadata("comparison", ad, filters)
     return Table(COMPARISON_COLUMNS, rows(), dashboard["model_version"], metadata)
+
+
+AD_PAIR_COLUMNS = [
+    *columns_of(INT, ["ad_a_id"]),
+    *columns_of(TEXT, ["ad_a_title"]),
+    *columns_of(INT, ["ad_b_id"]),
+    *columns_of(TEXT, ["ad_b_title", "axis", "position_label"]),
+    *columns_of(INT, ["position", "second_a", "second_b"]),
+    *columns_of(TEXT, ["measure", "correction"]),
+    *columns_of(INT, ["n_a", "n_b"]),
+    *columns_of(
+        FLOAT, ["mean_a", "mean_b", "difference", "ci95_low", "ci95_high", "t", "df", "p", "p_adjusted"]
+    ),
+    Column("significant", FLAG),
+    *FILTER_COLUMNS,
+    Column("baseline_corrected", FLAG),
+    Column("model_version", TEXT),
+]
+
+
+def ad_pair_export(ad_a: Ad, ad_b: Ad, query: AdPairQuery) -> Table:
+    """The comparison page's per-position test of two ads, one row per position (no rows when the ads share
+    no model version)."""
+    payload = build_ad_comparison(ad_a, ad_b, query)
+    comparison = payload.get("comparison")
+    model_version = payload.get("model_version", "")
+    described = filter_description(query.filters)
+
+    def rows() -> Iterator[tuple]:
+        if not comparison:
+            return
+        for row in comparison["rows"]:
+            yield (
+                ad_a.pk,
+                ad_a.title,
+                ad_b.pk,
+                ad_b.title,
+                query.axis,
+                row["label"],
+                row["position"],
+                row["second_a"],
+                row["second_b"],
+                comparison["measure"],
+                comparison["correction"],
+                row["n_a"],
+                row["n_b"],
+                *[
+                    row[k]
+                    for k in ("mean_a", "mean_b", "difference", "low", "high", "t", "df", "p", "p_adjusted")
+                ],
+                bool(row["significant"]),
+                *described,
+                comparison["baseline"],
+                model_version,
+            )
+
+    metadata = {
+        **export_metadata("ad-comparison", ad_a, query.filters),
+        "ad_b_id": str(ad_b.pk),
+        "ad_b_title": ad_b.title,
+        "axis": query.axis,
+    }
+    return Table(AD_PAIR_COLUMNS, rows(), model_version, metadata)
 
 
 EXPORTERS = {

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from research_portal.analytics.definitions import MEASURE_LABELS
-from research_portal.analytics.stats import MeanEstimate
+from research_portal.analytics.stats import MeanEstimate, WelchTest
 from research_portal.countries import country_label
 
 MEASURE_COLORS = {
@@ -42,6 +42,8 @@ COUNTRY_COLORS = [
 N_COLOR = "#9aa5b1"  # the participant-count bars under every trace
 PANEL_PX, PANEL_GAP_PX = 200, 44  # small multiples: a panel's plot height, the gap holding a panel title
 SIGNIFICANT_FILL = "rgba(255, 179, 0, 0.22)"
+TIME_AXIS = "Time in ad (s)"
+SHARE_AXIS = "Share of the ad's length (%)"
 FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 13, "color": "#1b1f24"}
 
 
@@ -210,7 +212,7 @@ def trace_figure(
     data.append(participants_bars(x, participants))
     layout = base_layout(title, 560)
     layout.update(
-        xaxis=axis("Time in ad (s)", range=[0, duration_s], anchor="y2"),
+        xaxis=axis(TIME_AXIS, range=[0, duration_s], anchor="y2"),
         yaxis=axis("Score (baseline-corrected)" if baseline else "Score", domain=[0.3, 1.0]),
         yaxis2=count_axis("n", participants.max() if len(participants) else 0, 3, domain=[0.0, 0.2]),
         bargap=0.1,
@@ -230,14 +232,16 @@ def shared_range(estimates: list[MeanEstimate]) -> list[float] | None:
     return [round(low - pad, 6), round(high + pad, 6)]
 
 
-def _significance_shapes(seconds: list[int], xref: str, yref: str) -> list[dict]:
+def _significance_shapes(seconds: list[int], xref: str, yref: str, step: float = 1.0) -> list[dict]:
+    """A shaded band over each significant position: [i, i + 1) seconds, or [i, i + 1) * step on an axis
+    of shares (ad vs ad by share of length)."""
     return [
         {
             "type": "rect",
             "xref": xref,
             "yref": yref,
-            "x0": s,
-            "x1": s + 1,
+            "x0": round(s * step, 6),
+            "x1": round((s + 1) * step, 6),
             "y0": 0,
             "y1": 1,
             "fillcolor": SIGNIFICANT_FILL,
@@ -295,7 +299,7 @@ def country_figure(
             y0, y1 = round(max(top - height, 0.0), 6), round(top, 6)
             lowest = index + columns >= len(countries)  # no panel below it in its column
             layout[f"xaxis{suffix}"] = axis(
-                "Time in ad (s)" if lowest else "",
+                TIME_AXIS if lowest else "",
                 range=[0, duration_s],
                 anchor=y_id,
                 domain=[x0, x1],
@@ -336,7 +340,7 @@ def country_figure(
             color = colors.get(country, country_color(index))
             data += band_traces(x, estimates[country], country_label(country), color, country)
         layout.update(
-            xaxis=axis("Time in ad (s)", range=[0, duration_s]),
+            xaxis=axis(TIME_AXIS, range=[0, duration_s]),
             yaxis=axis(y_title(measure, baseline)),
             shapes=_significance_shapes(significant_seconds, "x", "paper"),
         )
@@ -366,26 +370,27 @@ def country_figure(
 
 def difference_figure(
     x: list[float],
-    duration_s: float,
-    compared: tuple[str, str],
-    difference: np.ndarray,
-    low: np.ndarray,
-    high: np.ndarray,
+    x_title: str,
+    x_range: list[float],
+    names: tuple[str, str],
+    test: WelchTest,
     adjusted_p: np.ndarray,
-    significant_seconds: list[int],
+    significant: list[int],
     measure: str,
     correction_label: str,
+    step: float = 1.0,
 ) -> dict:
-    """The per-second difference between the two compared countries with its Welch 95% CI; the seconds
-    significant after correction are shaded and starred."""
-    name_a, name_b = country_label(compared[0]), country_label(compared[1])
+    """The per-position difference between two compared groups (two countries, two ads) with its Welch 95%
+    CI; the positions significant after correction are shaded and starred. `step`: the width of a position
+    on the x axis (1 s, or a share of the ads' lengths)."""
+    name_a, name_b = names
     label = MEASURE_LABELS[measure]
     customdata = [[q] for q in clean(adjusted_p)]
     data = [
         {
             "type": "scatter",
             "x": x,
-            "y": clean(high),
+            "y": clean(test.high),
             "mode": "lines",
             "line": {"width": 0},
             "hoverinfo": "skip",
@@ -395,7 +400,7 @@ def difference_figure(
         {
             "type": "scatter",
             "x": x,
-            "y": clean(low),
+            "y": clean(test.low),
             "mode": "lines",
             "line": {"width": 0},
             "fill": "tonexty",
@@ -407,7 +412,7 @@ def difference_figure(
         {
             "type": "scatter",
             "x": x,
-            "y": clean(difference),
+            "y": clean(test.difference),
             "mode": "lines+markers",
             "name": f"{label}: {name_a} − {name_b}",
             "line": {"color": "#333333", "width": 2},
@@ -417,25 +422,50 @@ def difference_figure(
             "<extra></extra>",
         },
     ]
-    if significant_seconds:
+    if significant:
         data.append(
             {
                 "type": "scatter",
                 "mode": "markers",
                 "name": f"Significant ({correction_label})",
-                "x": [s + 0.5 for s in significant_seconds],
-                "y": clean([difference[s] for s in significant_seconds]),
+                "x": [x[s] for s in significant],
+                "y": clean([test.difference[s] for s in significant]),
                 "marker": {"symbol": "star", "size": 11, "color": "#b45309"},
                 "hoverinfo": "skip",
             }
         )
-    layout = base_layout(
-        f"Difference {name_a} − {name_b} per second", 360, f"Welch t-test, {correction_label}"
-    )
+    per = "per second" if step == 1.0 else "along the ads"
+    layout = base_layout(f"Difference {name_a} − {name_b} {per}", 360, f"Welch t-test, {correction_label}")
     layout.update(
-        xaxis=axis("Time in ad (s)", range=[0, duration_s]),
+        xaxis=axis(x_title, range=x_range),
         yaxis=axis(f"{label} difference", zeroline=True, zerolinewidth=2),
-        shapes=_significance_shapes(significant_seconds, "x", "paper"),
+        shapes=_significance_shapes(significant, "x", "paper", step),
+    )
+    return {"data": data, "layout": layout}
+
+
+def pair_figure(
+    x: list[float],
+    x_title: str,
+    x_range: list[float],
+    estimates: dict[str, MeanEstimate],
+    colors: dict[str, str],
+    measure: str,
+    baseline: bool,
+    significant: list[int],
+    subtitle: str,
+    step: float = 1.0,
+) -> dict:
+    """Two groups' traces of one measure overlaid (ad vs ad), each with its 95% band, the positions where
+    they differ significantly (after correction) shaded."""
+    data: list[dict] = []
+    for index, (name, estimate) in enumerate(estimates.items()):
+        data += band_traces(x, estimate, name, colors[name], f"group{index}")
+    layout = base_layout(f"{MEASURE_LABELS[measure]}: ad vs ad", 460, subtitle)
+    layout.update(
+        xaxis=axis(x_title, range=x_range),
+        yaxis=axis(y_title(measure, baseline)),
+        shapes=_significance_shapes(significant, "x", "paper", step),
     )
     return {"data": data, "layout": layout}
 

@@ -26,7 +26,7 @@ from django.http import QueryDict
 
 from research_portal.analytics.dashboard import EXCLUDED_STATES, reason_category
 from research_portal.analytics.definitions import MEASURE_LABELS
-from research_portal.analytics.figures import MEASURE_COLORS, axis, base_layout, clean
+from research_portal.analytics.figures import MEASURE_COLORS, TIME_AXIS, axis, base_layout, clean
 from research_portal.analytics.services import DEVICE_TYPES, InvalidFilters, parse_filters
 from research_portal.capture.models import FrameResult, ParticipantSession, SessionEvent
 from research_portal.countries import country_label
@@ -309,9 +309,7 @@ def session_trace_figure(title: str, duration_s: float, readings: list[dict]) ->
         )
     layout = base_layout(f"{title}: this participant per second", 440)
     layout.update(
-        xaxis=axis(
-            "Time in ad (s)", range=[0, max(duration_s, seconds[-1] + 1 if seconds else 1)], anchor="y2"
-        ),
+        xaxis=axis(TIME_AXIS, range=[0, max(duration_s, seconds[-1] + 1 if seconds else 1)], anchor="y2"),
         yaxis=axis("Score", domain=[0.35, 1.0]),
         yaxis2=axis("Frames", domain=[0.0, 0.25], rangemode="tozero"),
         barmode="stack",

@@ -22,8 +22,23 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
+from research_portal.analytics.ad_comparison import (
+    AdPairQuery,
+    ad_choices,
+    build_ad_comparison,
+    check_comparable_ads,
+    comparison_to_choose,
+    parse_ad_pair_query,
+)
 from research_portal.analytics.dashboard import build_ad_dashboard, build_study_overview
-from research_portal.analytics.exports import EXPORTERS, Table, session_frame_export, write_table
+from research_portal.analytics.exports import (
+    EXPORTERS,
+    Table,
+    ad_pair_export,
+    session_frame_export,
+    write_table,
+)
+from research_portal.analytics.report import build_ad_report
 from research_portal.analytics.services import InvalidFilters, parse_filters
 from research_portal.analytics.sessions import (
     parse_session_query,
@@ -34,6 +49,7 @@ from research_portal.analytics.sessions import (
 from research_portal.media import streaming_body, video_response
 from research_portal.privacy.audit import do_audit
 from research_portal.privacy.models import AuditLog
+from research_portal.studies.models import Ad
 from research_portal.studies.permissions import (
     ad_for_viewer,
     studies_managed_by,
@@ -166,6 +182,95 @@ def ad_export(request: HttpRequest, ad_id: int, kind: str, file_format: str = "c
         filters=filters.to_query(),
     )
     return export_response(request, table, file_format, f"ad-{ad.pk}-{kind}")
+
+
+@require_GET
+@login_required
+@refuses_bad_filters(filter_error_text)
+def ad_report(request: HttpRequest, ad_id: int) -> HttpResponse:
+    """The ad's report as one PDF (analytics/report.py) for the dashboard's filters: a file to forward to
+    stakeholders who never sign in."""
+    ad = ad_for_viewer(request.user, ad_id)
+    filters = parse_filters(request.GET)
+    pdf = build_ad_report(ad, filters)
+    do_audit(
+        request.user,
+        AuditLog.Action.EXPORT,
+        ad.study,
+        export="report",
+        format="pdf",
+        ad=ad.pk,
+        filters=filters.to_query(),
+    )
+    response = HttpResponse(pdf, content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="ad-{ad.pk}-report.pdf"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def ad_pair_for_viewer(user, query: AdPairQuery) -> tuple[Ad | None, Ad | None]:
+    """The two ads of a comparison that the user may read (Http404 otherwise), once both are chosen
+    checked comparable (InvalidFilters: 400)."""
+    ad_a = ad_for_viewer(user, query.ad_a) if query.ad_a else None
+    ad_b = ad_for_viewer(user, query.ad_b) if query.ad_b else None
+    if ad_a and ad_b:
+        check_comparable_ads(ad_a, ad_b)
+    return ad_a, ad_b
+
+
+def ad_pair_payload(user, query: AdPairQuery) -> dict:
+    ad_a, ad_b = ad_pair_for_viewer(user, query)
+    if ad_a and ad_b:
+        return build_ad_comparison(ad_a, ad_b, query)
+    return comparison_to_choose([ad_a, ad_b], query)
+
+
+@require_GET
+@login_required
+@refuses_bad_filters(filter_error_page)
+def ad_comparison_page(request: HttpRequest) -> HttpResponse:
+    """Two ads side by side (analytics/ad_comparison.py): ?a=&b= ads of one organisation, chosen on the
+    page from those the user may read (once one is chosen, its organisation's)."""
+    query = parse_ad_pair_query(request.GET)
+    ad_a, ad_b = ad_pair_for_viewer(request.user, query)
+    payload = (
+        build_ad_comparison(ad_a, ad_b, query) if ad_a and ad_b else comparison_to_choose([ad_a, ad_b], query)
+    )
+    ads = Ad.objects.filter(study__in=studies_visible_to(request.user))
+    chosen = ad_a or ad_b
+    if chosen:
+        ads = ads.filter(study__organization_id=chosen.study.organization_id)
+    context = {"payload": payload, "choices": ad_choices(ads), **live_context(request)}
+    return render(request, "analytics/compare.html", context)
+
+
+@require_GET
+@login_required
+@refuses_bad_filters(filter_error_json)
+def ad_comparison_data(request: HttpRequest) -> JsonResponse:
+    query = parse_ad_pair_query(request.GET)
+    return timed_json(lambda: ad_pair_payload(request.user, query))
+
+
+@require_GET
+@login_required
+@refuses_bad_filters(filter_error_text)
+def ad_comparison_export(request: HttpRequest, file_format: str = "csv") -> HttpResponse:
+    query = parse_ad_pair_query(request.GET)
+    ad_a, ad_b = ad_pair_for_viewer(request.user, query)
+    if not (ad_a and ad_b):
+        return filter_error_text(request, InvalidFilters("Choose two ads to compare (a and b)."))
+    table = ad_pair_export(ad_a, ad_b, query)
+    do_audit(
+        request.user,
+        AuditLog.Action.EXPORT,
+        ad_a.study,
+        export="ad-comparison",
+        format=file_format,
+        ads=[ad_a.pk, ad_b.pk],
+        filters=query.filters.to_query(),
+    )
+    return export_response(request, table, file_format, f"ads-{ad_a.pk}-vs-{ad_b.pk}-comparison")
 
 
 @require_GET

@@ -1,5 +1,6 @@
-// Analyst dashboards (study overview and ad dashboard): render the server's payload with plotly.js, recompute
-// on every filter change (fetch data.json), and take live updates pushed over the WebSocket.
+// Analyst dashboards (study overview, ad dashboard, ad vs ad): render the server's payload with plotly.js,
+// recompute on every filter change (fetch data.json), and take live updates pushed over the WebSocket (the
+// study and ad pages).
 (function () {
   "use strict";
 
@@ -69,9 +70,10 @@
   function buildFilterForm() {
     const f = payload.filters || {};
     const o = payload.options || {};
-    const countries = kind === "ad" ? o.countries : (payload.funnel || []).map((r) => r.country);
+    const countries = kind === "study" ? (payload.funnel || []).map((r) => r.country) : o.countries;
     const allCountries = Array.from(new Set([...(countries || []), ...asList(f.country)])).sort();
-    const devices = kind === "ad" ? o.devices : ["desktop", "mobile", "tablet", "unknown"];
+    const devices = kind === "study" ? ["desktop", "mobile", "tablet", "unknown"] : o.devices;
+    if (kind === "compare") { buildCompareForm(f, o, allCountries, devices); return; }
     const parts = [
       checkboxGroup("country", "Country", allCountries, asList(f.country), countryLabel),
       checkboxGroup("device", "Device", Array.from(new Set([...(devices || []), ...asList(f.device)])),
@@ -101,6 +103,41 @@
           f.norm_country || ""),
         select("norm_category", "Norm: category",
           [["", "every category"], ...(o.norm_categories || []).map((c) => [c, c])], f.norm_category || ""),
+      );
+      if ((o.model_versions || []).length > 1) {
+        parts.push(select("model", "Model", o.model_versions.map((m) => [m, m]), payload.model_version));
+      }
+    }
+    parts.push(el("a", { href: "?", class: "reset", text: "Reset" }));
+    form.replaceChildren(...parts);
+  }
+
+  // Ad vs ad: the two ads and the axis first; the filters (applied to both ads) once both are chosen.
+  function buildCompareForm(f, o, allCountries, devices) {
+    const choices = JSON.parse(document.getElementById("compare-choices").textContent);
+    const ads = [["", "choose an ad…"], ...choices.map((c) => [String(c.id), c.label])];
+    const parts = [
+      select("a", "Ad A", ads, f.a || ""),
+      select("b", "Ad B", ads, f.b || ""),
+      select("axis", "Line up", o.axes || [["second", "by second"]], f.axis || "second"),
+    ];
+    if (payload.comparable) {
+      parts.push(
+        select("measure", "Measure", o.measures, f.measure || "smile"),
+        select("correction", "Correction", [["bh", "Benjamini-Hochberg"], ["holm", "Holm"]], f.correction || "bh"),
+        el("label", { class: "field check switch" },
+          el("input", { type: "checkbox", name: "baseline", value: "1", checked: f.baseline === "1" }),
+          " Baseline-corrected"),
+        checkboxGroup("country", "Country", allCountries, asList(f.country), countryLabel),
+        checkboxGroup("device", "Device", Array.from(new Set([...(devices || []), ...asList(f.device)])),
+          asList(f.device)),
+        el("label", { class: "field" }, "From", el("input", { type: "date", name: "from", value: f.from || "" })),
+        el("label", { class: "field" }, "To", el("input", { type: "date", name: "to", value: f.to || "" })),
+        select("quality", "Min. face quality", o.quality_levels.map((q) => [String(q), q === 0 ? "any" : "≥ " + q]),
+          f.quality || "0.0"),
+        el("label", { class: "field check" },
+          el("input", { type: "checkbox", name: "completed", value: "1", checked: f.completed === "1" }),
+          " Validated completes only"),
       );
       if ((o.model_versions || []).length > 1) {
         parts.push(select("model", "Model", o.model_versions.map((m) => [m, m]), payload.model_version));
@@ -228,19 +265,10 @@
     renderMoments(p.moments);
     document.getElementById("moment-rule").textContent = p.moment_rule || "";
 
-    table(document.getElementById("summary"),
-      ["Country", "Participants", "Mean valence [95% CI]", "Mean expressiveness [95% CI]", "Peak smile",
-        "Peak at", "Smiled (≥ " + p.options.smile_threshold + ")", "Mean attention [95% CI]",
-        "Attending to the end", "Frames"],
-      p.summary.map((row) => Object.assign([
-        el("span", {}, el("i", { class: "swatch", style: `background:${row.color}` }),
-          " " + (row.country === "All" ? "All" : countryLabel(row.country))),
-        row.participants, `${fmt(row.mean_valence)} [${fmt(row.valence_low)}, ${fmt(row.valence_high)}]`,
-        `${fmt(row.mean_expressiveness)} [${fmt(row.expressiveness_low)}, ${fmt(row.expressiveness_high)}]`,
-        fmt(row.peak_smile), row.peak_smile_time || "—", pct(row.smiled_share),
-        `${fmt(row.mean_attention)} [${fmt(row.attention_low)}, ${fmt(row.attention_high)}]`,
-        pct(row.retained_share), row.frames,
-      ], { className: row.country === "All" ? "total" : "" })));
+    table(document.getElementById("summary"), summaryHeader("Country"),
+      p.summary.map((row) => Object.assign(
+        summaryCells(row, row.country === "All" ? "All" : countryLabel(row.country)),
+        { className: row.country === "All" ? "total" : "" })));
 
     const c = p.comparison;
     const note = document.getElementById("comparison-note");
@@ -250,18 +278,16 @@
         `${c.significant_seconds.length} of ${c.tested_seconds} testable seconds differ (${c.correction_label}). ` +
         "Seconds where either country has fewer than 2 participants are not tested.";
       table(document.getElementById("tests"),
-        ["Second", `n ${countryLabel(c.countries[0])}`, `n ${countryLabel(c.countries[1])}`,
-          `Mean ${countryLabel(c.countries[0])}`, `Mean ${countryLabel(c.countries[1])}`,
-          "Difference [95% CI]", "t", "df", "p", "adjusted p", ""],
-        c.rows.map((r) => Object.assign([`${r.second}–${r.second + 1} s`, r.n_a, r.n_b, fmt(r.mean_a), fmt(r.mean_b),
-          `${fmt(r.difference)} [${fmt(r.low)}, ${fmt(r.high)}]`, fmt(r.t, 2), fmt(r.df, 1), fmt(r.p, 4),
-          fmt(r.p_adjusted, 4), r.significant ? "significant" : ""], { className: r.significant ? "significant" : "" })));
+        ["Second", ...testHeader(countryLabel(c.countries[0]), countryLabel(c.countries[1]))],
+        c.rows.map((r) => Object.assign([`${r.second}–${r.second + 1} s`, ...testCells(r)],
+          { className: r.significant ? "significant" : "" })));
     } else {
       note.textContent = "Pick two countries to compare (needs participants from at least two countries).";
       document.getElementById("tests").replaceChildren();
     }
 
     const query = new URLSearchParams(window.location.search).toString();
+    document.getElementById("report-pdf").href = root.dataset.reportUrl + (query ? "?" + query : "");
     const exports = document.getElementById("exports");
     exports.replaceChildren(...[
       ["frames", "Per-frame readings"], ["seconds", "Per second per participant"],
@@ -272,18 +298,42 @@
       text: `${label} (${format === "csv" ? "CSV" : "Parquet"})`,
     }))));
   }
+  // The summary table's columns over the whole ad (per country on the ad page, per ad when comparing).
+  function summaryHeader(first) {
+    return [first, "Participants", "Mean valence [95% CI]", "Mean expressiveness [95% CI]", "Peak smile",
+      "Peak at", "Smiled (≥ " + payload.options.smile_threshold + ")", "Mean attention [95% CI]",
+      "Attending to the end", "Frames"];
+  }
+  function summaryCells(row, label) {
+    return [
+      el("span", {}, el("i", { class: "swatch", style: `background:${row.color}` }), " ", label),
+      row.participants, `${fmt(row.mean_valence)} [${fmt(row.valence_low)}, ${fmt(row.valence_high)}]`,
+      `${fmt(row.mean_expressiveness)} [${fmt(row.expressiveness_low)}, ${fmt(row.expressiveness_high)}]`,
+      fmt(row.peak_smile), row.peak_smile_time || "—", pct(row.smiled_share),
+      `${fmt(row.mean_attention)} [${fmt(row.attention_low)}, ${fmt(row.attention_high)}]`,
+      pct(row.retained_share), row.frames,
+    ];
+  }
+  // A per-second (per-position) Welch test row: the country comparison's and ad vs ad's tables.
+  function testHeader(a, b) {
+    return [`n ${a}`, `n ${b}`, `Mean ${a}`, `Mean ${b}`, "Difference [95% CI]", "t", "df", "p", "adjusted p", ""];
+  }
+  function testCells(r) {
+    return [r.n_a, r.n_b, fmt(r.mean_a), fmt(r.mean_b), `${fmt(r.difference)} [${fmt(r.low)}, ${fmt(r.high)}]`,
+      fmt(r.t, 2), fmt(r.df, 1), fmt(r.p, 4), fmt(r.p_adjusted, 4), r.significant ? "significant" : ""];
+  }
+  const scorePercentile = (figure, norm) => (figure.percentile === null || figure.percentile === undefined
+    ? (norm.enough || figure.value === null ? "—" : "too few ads")
+    : `${figure.percentile.toFixed(0)}th`);
+  const scoreValue = (figure) => (figure.key === "smiled" || figure.key === "attention"
+    ? pct(figure.value) : fmt(figure.value));
   // The ad's figures, each with its percentile in the organisation's norm (analytics/norms.py).
   function renderScorecard(scorecard) {
     const node = document.getElementById("scorecard");
     if (!node || !scorecard) return;
     const norm = scorecard.norm;
-    const percentile = (figure) => (figure.percentile === null || figure.percentile === undefined
-      ? (norm.enough || figure.value === null ? "—" : "too few ads")
-      : `${figure.percentile.toFixed(0)}th`);
-    const value = (figure) => (figure.key === "smiled" || figure.key === "attention"
-      ? pct(figure.value) : fmt(figure.value));
     table(node, ["Figure", "This ad", "Percentile in the norm"],
-      scorecard.figures.map((figure) => [figure.label, value(figure), percentile(figure)]));
+      scorecard.figures.map((figure) => [figure.label, scoreValue(figure), scorePercentile(figure, norm)]));
     document.getElementById("scorecard-n").textContent = String(scorecard.n);
     document.getElementById("norm-note").textContent = "Norm: " + norm.description + ".";
   }
@@ -316,6 +366,62 @@
     if (video) { video.currentTime = second; moveCursor(second); }
   }
 
+  // ---- ad vs ad ---------------------------------------------------------------------------------------
+  function renderCompare() {
+    const p = payload;
+    buildFilterForm(); // the measures and filters on offer depend on the two ads chosen
+    const results = document.getElementById("compare-results");
+    const reason = document.getElementById("compare-reason");
+    results.hidden = !p.comparable;
+    reason.hidden = Boolean(p.comparable);
+    if (!p.comparable) { reason.textContent = p.reason; return; }
+    const [a, b] = p.ads;
+    const [summaryA, summaryB] = p.summaries;
+    const name = `ads-${a.id}-vs-${b.id}`;
+    document.getElementById("totals").replaceChildren(
+      card(`Participants ${a.letter}`, summaryA ? summaryA.participants : 0),
+      card(`Participants ${b.letter}`, summaryB ? summaryB.participants : 0),
+      card("Watched both", p.shared_participants),
+      card("Lined up", p.axis_label),
+      card("Model", p.model_version),
+      card("Updated", new Date(p.generated_at).toLocaleTimeString()),
+    );
+    drawFigure("fig-overlay", p.figures.overlay, `${name}-overlay`);
+    drawFigure("fig-difference", p.figures.difference, `${name}-difference`);
+    const c = p.comparison;
+    let note = `Welch t-test of ${c.measure_label} ${p.axis_label}, A vs B: ` +
+      `${c.significant_positions.length} of ${c.tested_seconds} testable positions differ (${c.correction_label}). ` +
+      "Positions where either ad has fewer than 2 participants are not tested.";
+    if (p.shared_participants > 0) {
+      note += ` ${p.shared_participants} participants watched both ads: the test treats the two ads' ` +
+        "participants as independent groups, which for the same people is usually conservative " +
+        "(a person's readings of two ads tend to move together).";
+    }
+    document.getElementById("comparison-note").textContent = note;
+
+    const [cardA, cardB] = p.scorecards;
+    table(document.getElementById("scorecards"),
+      ["Figure", a.name, "Percentile", b.name, "Percentile"],
+      [...cardA.figures.map((figure, index) => [figure.label, scoreValue(figure), scorePercentile(figure, cardA.norm),
+        scoreValue(cardB.figures[index]), scorePercentile(cardB.figures[index], cardB.norm)]),
+      ["Validated participants", cardA.n, "", cardB.n, ""]]);
+    document.getElementById("norm-notes").textContent =
+      `Norm of A: ${cardA.norm.description}. Norm of B: ${cardB.norm.description}.`;
+    const adLink = (ad) => el("a", { href: ad.url, text: ad.name });
+    table(document.getElementById("summary"), summaryHeader("Ad"),
+      [[a, summaryA], [b, summaryB]].filter(([, row]) => row).map(([ad, row]) => summaryCells(row, adLink(ad))));
+    table(document.getElementById("tests"),
+      ["Position", `Second of ${a.letter}`, `Second of ${b.letter}`, ...testHeader(a.letter, b.letter)],
+      c.rows.map((r) => Object.assign([r.label, r.second_a === null ? "—" : r.second_a,
+        r.second_b === null ? "—" : r.second_b, ...testCells(r)], { className: r.significant ? "significant" : "" })));
+    const query = new URLSearchParams(window.location.search).toString();
+    document.getElementById("exports").replaceChildren(...["csv", "parquet"].map((format) => el("a", {
+      class: "button",
+      href: root.dataset.exportUrl.replace(/\.csv$/, "." + format) + (query ? "?" + query : ""),
+      text: `Per-position test (${format === "csv" ? "CSV" : "Parquet"})`,
+    })));
+  }
+
   // ---- study overview ---------------------------------------------------------------------------------
   function renderStudy() {
     const p = payload;
@@ -346,7 +452,7 @@
   }
 
   function render() {
-    if (kind === "ad") renderAd(); else renderStudy();
+    if (kind === "ad") renderAd(); else if (kind === "compare") renderCompare(); else renderStudy();
     root.dataset.rendered = String(Number(root.dataset.rendered || 0) + 1);
   }
 
@@ -354,6 +460,7 @@
   let socket = null;
   let retry = 1000;
   function setLive(text, state) {
+    if (!liveStatus) return;
     liveStatus.textContent = text;
     liveStatus.dataset.state = state;
   }
@@ -427,5 +534,5 @@
 
   buildFilterForm();
   render();
-  connect();
+  if (root.dataset.socketPath) connect();
 })();

@@ -192,3 +192,48 @@ def test_an_open_dashboard_shows_who_is_watching_mid_ad(acme, analysts, asgi_ser
     page.screenshot(path=ARTIFACTS / "analytics-ad-watching-now.png", full_page=True)
     assert errors == []
     connections.close_all()
+
+
+def test_analyst_compares_two_ads_from_the_ad_page(acme, analysts, asgi_server, analyst_browser, client):
+    """From the Spring ad's page to ad vs ad: choose the Autumn ad (another study), see both traces with the
+    tested difference and the scorecards side by side, then line them up by share of length."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    seed(acme)
+    for index in range(3):
+        writer = FrameWriter(new_participant(acme.other_study, "DE", state="completed"))
+        rows = [
+            row for second in range(4) for row in writer.frames(acme.other_ad, second, [0.6 + 0.05 * index])
+        ]
+        from research_portal.capture.storage import store_results
+
+        store_results(rows)
+    page = signed_in_page(analyst_browser, client, analysts.acme, asgi_server)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{asgi_server}/analytics/ads/{acme.ad.pk}/")
+    page.click("#compare-ads")
+    page.wait_for_selector("#compare-reason:not([hidden])")
+    assert "Choose two ads" in page.locator("#compare-reason").inner_text()
+    page.select_option("select[name=b]", str(acme.other_ad.pk))
+    page.wait_for_selector("#fig-overlay .main-svg", timeout=20_000)
+    page.wait_for_selector("#fig-difference .main-svg")
+    names = page.evaluate("document.getElementById('fig-overlay').data.map(t => t.name)")
+    assert {"A · Spring ad", "B · Autumn ad"} <= set(names)
+    assert page.locator("#fig-overlay svg.main-svg .scatterlayer path.js-line").count() >= 2
+    assert f"b={acme.other_ad.pk}" in page.url
+    assert "Welch t-test of Smile by second" in page.locator("#comparison-note").inner_text()
+    assert page.locator("#scorecards tbody tr").count() == 6  # five figures and n
+    assert page.locator("#summary tbody tr").count() == 2
+    assert page.locator("#tests tbody tr").count() == 4
+    page.screenshot(path=ARTIFACTS / "analytics-ad-vs-ad.png", full_page=True)
+
+    rendered = int(page.evaluate("document.getElementById('dashboard').dataset.rendered"))
+    page.select_option("select[name=axis]", "share")
+    page.wait_for_function(f"Number(document.getElementById('dashboard').dataset.rendered) > {rendered}")
+    title = page.evaluate("document.getElementById('fig-overlay').layout.xaxis.title.text")
+    assert title == "Share of the ad's length (%)" and "axis=share" in page.url
+    assert "axis=share" in page.locator("#exports a").first.get_attribute("href")
+    page.select_option("select[name=measure]", "valence")
+    page.wait_for_function("document.getElementById('comparison-note').textContent.includes('Valence')")
+    assert errors == []
+    connections.close_all()

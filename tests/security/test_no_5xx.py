@@ -794,6 +794,16 @@ def analytics(**fill: Callable[[World], object]) -> Walk:
     return Walk(("analyst",), one(**fill), params=ANALYTICS_PARAMS)
 
 
+def ad_pair() -> Walk:
+    """Ad vs ad: the two ads (the live study's and a draft's, of one organisation) and the axis in the query,
+    beside the dashboard's parameters."""
+    return Walk(
+        ("analyst",),
+        params=(*ANALYTICS_PARAMS, "a", "b", "axis"),
+        query=lambda w: {"a": str(w.ad.pk), "b": str(w.draft_ads[0].pk), "axis": "share"},
+    )
+
+
 def session_pages(world: World) -> list[dict[str, str]]:
     """The session drill-down's pages: a session with readings first, then other states and a preview's
     (which the drill-down does not show: 404)."""
@@ -943,6 +953,11 @@ WALKS: dict[str, Walk] = {
         params=ANALYTICS_PARAMS,
     ),
     "analytics/ads/<int:ad_id>/video": Walk(("analyst",), one(ad_id=lambda w: w.ad.pk)),
+    "analytics/ads/<int:ad_id>/report.pdf": analytics(ad_id=lambda w: w.ad.pk),
+    "analytics/ads/compare/": ad_pair(),
+    "analytics/ads/compare/data.json": ad_pair(),
+    "analytics/ads/compare/export/comparison.csv": ad_pair(),
+    "analytics/ads/compare/export/comparison.parquet": ad_pair(),
     "analytics/studies/<int:study_id>/sessions/": analytics_sessions(),
     "analytics/studies/<int:study_id>/sessions/<int:session_id>/": analytics_sessions(session_pages),
     "analytics/studies/<int:study_id>/sessions/<int:session_id>/export/frames.csv": analytics_sessions(
