@@ -52,7 +52,11 @@ def training_section(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
             f"CE(teacher softmax at T={train.get('kd_temperature', 2.0)}) on the same augmented batch."
         )
     augment = cfg.get("augment", {})
-    webcam = [key[:-2] for key in ("gamma_p", "light_p", "jpeg_p", "rescale_p", "blur_p", "noise_p") if augment.get(key)]
+    webcam = [
+        key[:-2]
+        for key in ("gamma_p", "light_p", "jpeg_p", "rescale_p", "blur_p", "noise_p")
+        if augment.get(key)
+    ]
     lines.append(
         f"- {train['epochs']} epochs planned (ran {summary.get('epochs_run')}, selected epoch {summary.get('epoch')}), "
         f"{train.get('optimizer', 'sgd')} lr {train['lr']}, batch {train['batch_size']}, cosine schedule, label "
@@ -90,10 +94,18 @@ def measurement_section(metrics: dict[str, Any]) -> str:
         row("FER2013 macro-F1", lambda m: _num(m["fer2013"]["macro_f1"])),
         row("FER+ majority-vote accuracy (8 classes)", lambda m: _pct(m["ferplus"]["accuracy"])),
         row("FER+ macro-F1", lambda m: _num(m["ferplus"]["macro_f1"])),
-        row("happy-vs-rest accuracy, FER2013 labels", lambda m: _pct(m["fer2013"].get("happy_vs_rest_accuracy"))),
-        row("happy-vs-rest accuracy, FER+ labels", lambda m: _pct(m["ferplus"].get("happy_vs_rest_accuracy"))),
+        row(
+            "happy-vs-rest accuracy, FER2013 labels",
+            lambda m: _pct(m["fer2013"].get("happy_vs_rest_accuracy")),
+        ),
+        row(
+            "happy-vs-rest accuracy, FER+ labels", lambda m: _pct(m["ferplus"].get("happy_vs_rest_accuracy"))
+        ),
         row("happy-vs-rest ROC AUC, FER2013 labels", lambda m: _num(m["fer2013"].get("happy_vs_rest_auc"))),
-        row("ECE (FER2013 / FER+ labels)", lambda m: f"{_num(m['fer2013'].get('ece'))} / {_num(m['ferplus'].get('ece'))}"),
+        row(
+            "ECE (FER2013 / FER+ labels)",
+            lambda m: f"{_num(m['fer2013'].get('ece'))} / {_num(m['ferplus'].get('ece'))}",
+        ),
         row("PublicTest FER2013 accuracy", lambda m: _pct(m["public"]["fer2013"]["accuracy"])),
         row("PublicTest FER+ accuracy", lambda m: _pct(m["public"]["ferplus"]["accuracy"])),
     ]
@@ -101,7 +113,9 @@ def measurement_section(metrics: dict[str, Any]) -> str:
     recall = [head, rule] + [
         row(
             f"{label}: recall FER2013 / FER+",
-            lambda m, label=label: f"{_pct(m['fer2013']['per_class_recall'].get(label))} / {_pct(m['ferplus']['per_class_recall'].get(label))}",
+            lambda m, label=label: (
+                f"{_pct(m['fer2013']['per_class_recall'].get(label))} / {_pct(m['ferplus']['per_class_recall'].get(label))}"
+            ),
         )
         for label in classes
     ]

@@ -218,8 +218,7 @@ def ad_pair_for_viewer(user, query: AdPairQuery) -> tuple[Ad | None, Ad | None]:
     return ad_a, ad_b
 
 
-def ad_pair_payload(user, query: AdPairQuery) -> dict:
-    ad_a, ad_b = ad_pair_for_viewer(user, query)
+def ad_pair_payload(ad_a: Ad | None, ad_b: Ad | None, query: AdPairQuery) -> dict:
     if ad_a and ad_b:
         return build_ad_comparison(ad_a, ad_b, query)
     return comparison_to_choose([ad_a, ad_b], query)
@@ -233,14 +232,14 @@ def ad_comparison_page(request: HttpRequest) -> HttpResponse:
     page from those the user may read (once one is chosen, its organisation's)."""
     query = parse_ad_pair_query(request.GET)
     ad_a, ad_b = ad_pair_for_viewer(request.user, query)
-    payload = (
-        build_ad_comparison(ad_a, ad_b, query) if ad_a and ad_b else comparison_to_choose([ad_a, ad_b], query)
-    )
     ads = Ad.objects.filter(study__in=studies_visible_to(request.user))
-    chosen = ad_a or ad_b
-    if chosen:
+    if chosen := ad_a or ad_b:
         ads = ads.filter(study__organization_id=chosen.study.organization_id)
-    context = {"payload": payload, "choices": ad_choices(ads), **live_context(request)}
+    context = {
+        "payload": ad_pair_payload(ad_a, ad_b, query),
+        "choices": ad_choices(ads),
+        **live_context(request),
+    }
     return render(request, "analytics/compare.html", context)
 
 
@@ -249,7 +248,8 @@ def ad_comparison_page(request: HttpRequest) -> HttpResponse:
 @refuses_bad_filters(filter_error_json)
 def ad_comparison_data(request: HttpRequest) -> JsonResponse:
     query = parse_ad_pair_query(request.GET)
-    return timed_json(lambda: ad_pair_payload(request.user, query))
+    ad_a, ad_b = ad_pair_for_viewer(request.user, query)
+    return timed_json(lambda: ad_pair_payload(ad_a, ad_b, query))
 
 
 @require_GET

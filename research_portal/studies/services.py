@@ -45,7 +45,7 @@ class VideoProbe:
 
 
 def sniff_container(path: str | Path) -> str | None:
-    """"mp4" (an ISO base media file: `ftyp` box first), "webm" (EBML header), else None."""
+    """ "mp4" (an ISO base media file: `ftyp` box first), "webm" (EBML header), else None."""
     with open(path, "rb") as handle:
         head = handle.read(12)
     if len(head) >= 8 and head[4:8] == b"ftyp":

@@ -322,9 +322,14 @@
     return [r.n_a, r.n_b, fmt(r.mean_a), fmt(r.mean_b), `${fmt(r.difference)} [${fmt(r.low)}, ${fmt(r.high)}]`,
       fmt(r.t, 2), fmt(r.df, 1), fmt(r.p, 4), fmt(r.p_adjusted, 4), r.significant ? "significant" : ""];
   }
+  // 1st, 2nd, 3rd, 4th... 11th-13th (as analytics/report.py prints it).
+  function ordinal(number) {
+    const teen = number % 100 >= 10 && number % 100 <= 20;
+    return `${number}${teen ? "th" : ({ 1: "st", 2: "nd", 3: "rd" }[number % 10] || "th")}`;
+  }
   const scorePercentile = (figure, norm) => (figure.percentile === null || figure.percentile === undefined
     ? (norm.enough || figure.value === null ? "—" : "too few ads")
-    : `${figure.percentile.toFixed(0)}th`);
+    : ordinal(Math.round(figure.percentile)));
   const scoreValue = (figure) => (figure.key === "smiled" || figure.key === "attention"
     ? pct(figure.value) : fmt(figure.value));
   // The ad's figures, each with its percentile in the organisation's norm (analytics/norms.py).

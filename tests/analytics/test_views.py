@@ -30,6 +30,11 @@ def protected_urls(acme) -> list[str]:
         reverse("analytics:ad-data", args=[ad]),
         reverse("analytics:ad-video", args=[ad]),
         *[reverse("analytics:ad-export", args=[ad, kind]) for kind in EXPORT_KINDS],
+        reverse("analytics:ad-report", args=[ad]),
+        *[
+            f"{reverse(name)}?a={ad}&b={acme.other_ad.pk}"
+            for name in ("analytics:compare", "analytics:compare-data", "analytics:compare-export")
+        ],
     ]
 
 

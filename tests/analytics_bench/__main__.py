@@ -110,6 +110,12 @@ def measure(data, runs: int) -> dict:
         "study overview page": (reverse("analytics:study", args=[data.study.pk]), {}),
         "aggregated traces CSV export": (reverse("analytics:ad-export", args=[ad.pk, "traces"]), {}),
     }  # fmt: skip
+    if len(data.ads) > 1:  # ad vs ad (analytics/ad_comparison.py): the first two ads, by share of length
+        pair = {"a": str(data.ads[0].pk), "b": str(data.ads[1].pk)}
+        scenarios["ad vs ad data.json, by share of length"] = (
+            reverse("analytics:compare-data"), {**pair, "axis": "share"})  # fmt: skip
+        scenarios["ad vs ad page (HTML), by second, baseline-corrected"] = (
+            reverse("analytics:compare"), {**pair, "baseline": "1"})  # fmt: skip
     results: dict = {"views": {}}
     for name, (url, query) in scenarios.items():
 

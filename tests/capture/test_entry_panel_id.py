@@ -107,4 +107,3 @@ def test_new_studies_refuse_links_without_an_id_unless_unticked(client, alice, a
     assert response.status_code == 302
     study.refresh_from_db()
     assert study.require_participant_id is True
-

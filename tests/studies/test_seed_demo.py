@@ -50,4 +50,3 @@ def test_the_seed_command_prints_no_opencv_notice(postgres, redis_url):
     assert "OpenCV" not in result.stderr and "not supported" not in result.stderr, result.stderr
     study = Study.objects.get(name="Demo study")
     assert study.ads.get().duration_ms == 10_000  # the notice went, the VP8 video did not
-
