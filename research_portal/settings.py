@@ -182,6 +182,9 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Each pool process loads the model at start (capture/tasks.load_the_model: 0.4 s on an idle core); the
+# default 4 s before a starting process counts as failed is too tight on a loaded machine.
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = 30.0
 CELERY_TASK_DEFAULT_QUEUE = "celery"  # its length in Redis is the queue depth flow control watches
 # A batch whose worker died without acking (kill -9, lost host) is handed to another worker after this long.
 # Batches take well under a second, so a minute never redelivers a batch that is still running.

@@ -58,6 +58,7 @@ def analyze_and_store_frames(frames: list[QueuedFrame], reply_to: str | None = N
 
     The JPEGs are dropped afterwards unless the frame's study opted in to keeping them (`store_frames`).
     """
+    busy_since = time.monotonic()
     stored_before = stored_frame_keys(frames)
     if stored_before:
         # Resends of frames stored meanwhile (their ack was late or lost): acked again, never analysed again.
@@ -90,4 +91,5 @@ def analyze_and_store_frames(frames: list[QueuedFrame], reply_to: str | None = N
         also_acked=sorted(stored_before),
         analysis_cpu_s=analysis_cpu_s,
         rejected=rejected_by_session(unbuildable),
+        busy_since=busy_since,
     )

@@ -3,9 +3,9 @@
 Web processes count the frames they queue, workers count the frames they store and say they are alive;
 every process reads the same numbers (flow_counters: Redis in production, this process's memory in embedded
 mode). read_capture_load() turns them and the analysis backend's queue depth into a CaptureLoad: queue
-depth, frames/s in and out, workers. From it, next_fps_scale() decides the capture rate every web process
-asks its browsers for, and queue_is_full() says when new frames are refused (the client keeps them and
-resends later).
+depth, frames/s in and out, the workers and what they can store. From it, next_fps_scale() decides the
+capture rate every web process asks its browsers for, and queue_is_full() says when new frames are refused
+(the client keeps them and resends later).
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ WORKER_HEARTBEAT_S = 5
 WORKER_STALE_AFTER_S = 3 * WORKER_HEARTBEAT_S
 # analysis_cpu_us: CPU the model pipeline itself used (decode, detect, align, classify) in the analysing
 # threads, so the share of the capture path's CPU that is not the model can be read in production.
-COUNTERS = ("queued_frames", "queued_batches", "stored_frames", "failed_frames", "analysis_cpu_us")
+# busy_us: wall time workers spent on batches (analysis and insert), so their capacity is known while they
+# idle part of the time.
+COUNTERS = ("queued_frames", "queued_batches", "stored_frames", "failed_frames", "analysis_cpu_us", "busy_us")
 # Up to this many batches per analysis process waiting is normal pipelining, not a backlog: the stored rate
 # only measures demand while workers keep up (at a run's start it is near 0 and made every short queue look
 # like seconds of backlog: throttled 20% of a 64-participant run the workers were keeping up with).
@@ -50,7 +52,11 @@ class CaptureLoad:
     failed_fps: float  # frames/s stored with an analysis error (corrupt image etc.)
     workers: int  # worker nodes alive (`celery worker` instances, heartbeats)
     worker_processes: int  # analysis processes (threads in embedded mode) across those nodes
-    backlog_s: float  # queue_frames / stored_fps: how long a new frame waits; inf when nothing is stored
+    backlog_s: float  # queue_frames / capacity_fps: how long a new frame waits; inf when nothing is stored
+    # Frames/s the workers store when all are busy: stored frames over the wall time they took, times the
+    # processes (never below stored_fps). The stored rate alone is the demand while workers keep up: a burst
+    # into idle workers looked like seconds of backlog and throttled every socket (CI, 2026-12-02).
+    capacity_fps: float = 0.0
     analysis_ms_per_frame: float | None = None  # model pipeline CPU per stored frame; None when none stored
 
     def as_dict(self) -> dict[str, Any]:
@@ -143,10 +149,17 @@ def record_queued(frames: int, batches: int) -> None:
     _count({"queued_frames": frames, "queued_batches": batches})
 
 
-def record_stored(frames: int, failed: int, analysis_cpu_s: float = 0.0) -> None:
-    """Workers, after a batch is stored (`analysis_cpu_s`: the pipeline's CPU for it). Counting must never
-    fail a stored batch."""
-    _count({"stored_frames": frames, "failed_frames": failed, "analysis_cpu_us": round(analysis_cpu_s * 1e6)})
+def record_stored(frames: int, failed: int, analysis_cpu_s: float = 0.0, busy_s: float = 0.0) -> None:
+    """Workers, after a batch is stored (`analysis_cpu_s`: the pipeline's CPU for it; `busy_s`: the wall
+    time the batch took). Counting must never fail a stored batch."""
+    _count(
+        {
+            "stored_frames": frames,
+            "failed_frames": failed,
+            "analysis_cpu_us": round(analysis_cpu_s * 1e6),
+            "busy_us": round(busy_s * 1e6),
+        }
+    )
 
 
 def _count(amounts: dict[str, int]) -> None:
@@ -171,10 +184,12 @@ def read_capture_load(queue: AnalysisQueue) -> CaptureLoad:
     queue_frames = round(queue_batches * frames_per_batch)
     stored_fps = sums["stored_frames"] / RATE_WINDOW_S
     workers, worker_processes = store.workers()
+    busy_s = sums["busy_us"] / 1e6
+    capacity_fps = worker_capacity_fps(stored_fps, sums["stored_frames"], busy_s, worker_processes)
     if queue_batches <= NORMAL_QUEUE_BATCHES_PER_PROCESS * max(1, worker_processes):
         backlog_s = 0.0
     else:
-        backlog_s = queue_frames / stored_fps if stored_fps > 0 else float("inf")
+        backlog_s = queue_frames / capacity_fps if capacity_fps > 0 else float("inf")
     return CaptureLoad(
         queue_batches=queue_batches,
         queue_frames=queue_frames,
@@ -184,6 +199,7 @@ def read_capture_load(queue: AnalysisQueue) -> CaptureLoad:
         workers=workers,
         worker_processes=worker_processes,
         backlog_s=backlog_s,
+        capacity_fps=capacity_fps,
         analysis_ms_per_frame=(
             round(sums["analysis_cpu_us"] / 1000 / sums["stored_frames"], 3)
             if sums["stored_frames"]
@@ -192,16 +208,26 @@ def read_capture_load(queue: AnalysisQueue) -> CaptureLoad:
     )
 
 
+def worker_capacity_fps(stored_fps: float, stored_frames: int, busy_s: float, processes: int) -> float:
+    """Frames/s the workers would store with every process busy: each process's rate while busy (the frames
+    stored over the busy wall time, summed over processes), times the processes. Never below the rate they
+    did store; that rate when they did not say how long they were busy."""
+    if busy_s <= 0 or stored_frames <= 0:
+        return stored_fps
+    return max(stored_fps, max(1, processes) * stored_frames / busy_s)
+
+
 def next_fps_scale(current: float, load: CaptureLoad) -> float:
     """The share of each study's frame rate clients should capture at, given the current one.
 
-    Above the high-water backlog the rate drops towards what the workers store (with 10% to drain the
+    Above the high-water backlog the rate drops towards what the workers can store (with 10% to drain the
     queue), by at most half per step; below the low-water mark it grows back by a quarter per step. In
     between it holds, so the rate does not oscillate around the workers' capacity.
     """
     minimum = settings.CAPTURE_MIN_FPS_SCALE
     if load.backlog_s > settings.CAPTURE_BACKLOG_HIGH_S:
-        capacity_share = load.stored_fps / load.queued_fps if load.queued_fps > 0 else 0.0
+        capacity = max(load.stored_fps, load.capacity_fps)
+        capacity_share = capacity / load.queued_fps if load.queued_fps > 0 else 0.0
         return max(minimum, current * min(0.9, max(0.5, 0.9 * capacity_share)))
     if load.backlog_s < settings.CAPTURE_BACKLOG_LOW_S:
         return min(1.0, current * 1.25)

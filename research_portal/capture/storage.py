@@ -9,6 +9,7 @@ while the rest of the batch is stored (failures.store_isolating_bad_data).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,13 +98,15 @@ def store_results(
     also_acked: Sequence[tuple[int, int]] = (),
     analysis_cpu_s: float = 0.0,
     rejected: Sequence[RejectedFrames] = (),
+    busy_since: float | None = None,
 ) -> int:
     """Bulk insert; a frame stored before (a resend, a redelivered task) is skipped, never duplicated, and
     rows whose values the database refuses (DataError, IntegrityError: e.g. their session was deleted
     meanwhile) are left out while the rest of the batch is stored (store_isolating_bad_data).
     Then ack the stored rows' frames, and `also_acked` (session id, seq) stored earlier, to the web process
     that queued them, with the frames refused (`rejected` and the rows left out), count them for flow
-    control (with the pipeline's CPU, `analysis_cpu_s`), and update the analytics rollups."""
+    control (with the pipeline's CPU, `analysis_cpu_s`, and the batch's wall time since `busy_since`, a
+    time.monotonic()), and update the analytics rollups."""
     written, failed = store_isolating_bad_data(rows, insert_frame_results)
     if failed:
         left_out = {id(row) for row, _ in failed}
@@ -120,7 +123,8 @@ def store_results(
     if reply_to:
         do_ack_stored([(row.session_id, row.seq) for row in rows] + list(also_acked), reply_to, rejected)
     # Frames stored before leave the queue too: flow control's service rate counts them.
-    record_stored(len(rows) + len(also_acked), sum(1 for row in rows if row.error), analysis_cpu_s)
+    busy_s = time.monotonic() - busy_since if busy_since is not None else 0.0
+    record_stored(len(rows) + len(also_acked), sum(1 for row in rows if row.error), analysis_cpu_s, busy_s)
     frames_stored.send(sender=FrameResult, rows=rows)  # analytics: rollups and live dashboards
     return written
 

@@ -1,13 +1,16 @@
+import logging
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 
-from research_portal.capture.analysis import analyze_and_store_batch
+from research_portal.capture.analysis import analysis_pipeline, analyze_and_store_batch
 from research_portal.capture.erasure import do_apply_retention
 from research_portal.capture.failures import TRANSIENT_ERRORS
 from research_portal.capture.flow import start_worker_heartbeat
 from research_portal.capture.validation import do_validate_due_sessions
+
+logger = logging.getLogger(__name__)
 
 BATCH_TASK_OPTIONS = dict(
     # The message carries only the batch's key and the ack inbox (the frames wait in batch_store.py).
@@ -44,6 +47,18 @@ def validate_due_sessions_task() -> int:
 def announce_worker(sender: Any = None, **kwargs: Any) -> None:
     """Workers say they are alive (with their pool size) for /metrics and flow control."""
     start_worker_heartbeat(processes=sender.controller.concurrency, worker=sender.hostname)
+
+
+@worker_process_init.connect
+def load_the_model(**kwargs: Any) -> None:
+    """Each analysis process loads the model before it takes a batch. Loaded by the first batch, it held
+    that batch for seconds on a busy machine, and flow control read the queue behind it, with nothing
+    stored yet, as an endless backlog: every socket was told to halve its rate."""
+    try:
+        pipeline = analysis_pipeline()
+        logger.info("analysis model %s loaded at process start", pipeline.model_version)
+    except Exception:  # the first batch raises it again, where it is reported (and /readyz says so)
+        logger.exception("the analysis model could not be loaded at process start")
 
 
 @shared_task(acks_late=True)

@@ -51,7 +51,7 @@ SNAPSHOT_METRICS = (
     SnapshotMetric(
         "portal_capture_backlog_seconds",
         ("capture", "backlog_s"),
-        "Queued frames over the store rate",
+        "Queued frames over the workers' capacity",
         if_none=math.inf,
     ),
     SnapshotMetric(
@@ -59,6 +59,11 @@ SNAPSHOT_METRICS = (
     ),
     SnapshotMetric(
         "portal_capture_stored_frames_per_second", ("capture", "stored_fps"), "Frames stored per second"
+    ),
+    SnapshotMetric(
+        "portal_capture_capacity_frames_per_second",
+        ("capture", "capacity_fps"),
+        "Frames per second the workers store with every process busy (estimated)",
     ),
     SnapshotMetric(
         "portal_capture_failed_frames_per_second",

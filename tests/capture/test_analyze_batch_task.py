@@ -53,7 +53,11 @@ def test_batch_queued_to_a_worker_lands_in_postgres(
     assert [row.seq for row in rows] == list(range(8))
     assert sum(row.face_found for row in rows) >= 7
     assert all(row.error == "" for row in rows)
-    assert "analyze_frame_batch_task" in celery_worker.log()
+    log = celery_worker.log()
+    # The pool process loaded the model when it started, before its first batch (flow control would read
+    # a first batch that loads it as a backlog).
+    assert "loaded at process start" in log
+    assert log.index("loaded at process start") < log.index("analyze_frame_batch_task")
     assert ParticipantSession.objects.get(pk=session.pk).last_enqueued_seq == 7
     # The frames travelled beside the message and are dropped once stored: no batch is left in Redis.
     assert wait_for_no_batches(redis_url) == []
@@ -145,18 +149,23 @@ def test_resent_frames_already_stored_are_acked_again_without_running_the_model(
     assert FrameResult.objects.filter(session=session).count() == 5
 
 
-def test_a_stored_batch_counts_its_frames_and_the_pipelines_cpu_for_flow_control(
+def test_a_stored_batch_counts_its_frames_the_pipelines_cpu_and_its_wall_time_for_flow_control(
     postgres, acme, face_jpegs, redis_flow
 ):
     from research_portal.capture import flow
 
     session = ParticipantSession.objects.create(study=acme.study, state="viewing")
     second = int(time.time())
+    started = time.monotonic()
     assert analyze_and_store_frames(make_frames(session.pk, acme.ad.pk, face_jpegs[:4])) == 4
+    took_us = (time.monotonic() - started) * 1e6
     counts = flow.flow_counters().window_sums(list(range(second, int(time.time()) + 1)))
     assert counts["stored_frames"] == 4
     # Thread CPU of the model pipeline: a face frame takes milliseconds, never nothing, never a minute.
     assert 4 * 200 < counts["analysis_cpu_us"] < 60_000_000
+    # Wall time of the whole batch (the capacity estimate's denominator): at least the pipeline's CPU, at
+    # most the call.
+    assert counts["analysis_cpu_us"] * 0.9 <= counts["busy_us"] <= took_us
 
 
 def test_dropping_a_stored_batch_while_redis_is_away_only_logs(deployment_mode, caplog):

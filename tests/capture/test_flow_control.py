@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 from channels.routing import URLRouter
@@ -96,6 +97,36 @@ def test_load_read_from_redis_counters_queue_and_heartbeats(redis_flow):
     # Two batches per worker process waiting is pipelining, not a backlog.
     redis_flow.ltrim("flow-test-queue", 0, 3)
     assert read_capture_load(analysis_backend()).backlog_s == 0.0
+
+
+def test_the_backlog_is_measured_against_what_busy_workers_store_not_the_demand(redis_flow):
+    """Workers keeping up with 40 frames/s were busy 1 s of every 10 (two processes, 0.5 s each): they
+    can store 2 x 400 frames / 1 s = 800 frames/s, so 5 batches of 20 frames wait 0.125 s, not 2.5 s."""
+    store = flow.flow_counters()
+    now = int(time.time())
+    for second in range(now - 10, now + 3):
+        store.add({"queued_frames": 60, "queued_batches": 3, "stored_frames": 40, "busy_us": 100_000}, second)
+    redis_flow.rpush("flow-test-queue", *[b"batch"] * 5)
+    store.heartbeat("node-a", 1, time.time())
+    store.heartbeat("node-b", 1, time.time())
+
+    current = read_capture_load(analysis_backend())
+
+    assert current.capacity_fps == pytest.approx(800.0)
+    assert current.backlog_s == pytest.approx(100 / 800)
+    assert next_fps_scale(1.0, current) == 1.0  # no throttle for a queue the workers drain in 0.1 s
+
+
+def test_saturated_workers_capacity_is_what_they_store():
+    assert flow.worker_capacity_fps(40.0, 400, busy_s=20.0, processes=2) == 40.0  # busy all 10 s, both
+    assert flow.worker_capacity_fps(40.0, 400, busy_s=25.0, processes=2) == 40.0  # never below the stored rate
+    assert flow.worker_capacity_fps(40.0, 400, busy_s=5.0, processes=2) == 160.0
+    assert flow.worker_capacity_fps(40.0, 400, busy_s=0.0, processes=2) == 40.0  # workers that do not say
+
+
+def test_a_throttle_steps_towards_the_workers_capacity_not_their_recent_demand():
+    idle_workers = replace(load(backlog_s=5.0, queued_fps=100, stored_fps=20), capacity_fps=80.0)
+    assert next_fps_scale(1.0, idle_workers) == pytest.approx(0.72)  # 0.9 x 80/100, as if they stored 80
 
 
 def test_a_real_worker_says_it_is_alive_and_counts_what_it_stores(

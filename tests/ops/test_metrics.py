@@ -24,6 +24,7 @@ GAUGES = (
     "portal_capture_backlog_seconds",
     "portal_capture_queued_frames_per_second",
     "portal_capture_stored_frames_per_second",
+    "portal_capture_capacity_frames_per_second",
     "portal_capture_failed_frames_per_second",
     "portal_capture_analysis_ms_per_frame",
     "portal_workers",
@@ -83,6 +84,7 @@ def test_queue_depth_rates_and_workers_from_redis(client, redis_counters):
         "workers": 1,
         "worker_processes": 2,
         "backlog_s": 7.5,
+        "capacity_fps": 20.0,  # the workers did not say how long they were busy: what they stored
         "analysis_ms_per_frame": 2.5,  # 50 ms of pipeline CPU for 20 frames each second
     }
     assert body["queue_bound_frames"] > 150 and body["queue_full"] is False
@@ -147,6 +149,7 @@ def test_each_scrape_is_its_own_snapshot(client, redis_counters, staff):
             "workers": 1,
             "worker_processes": 4,
             "backlog_s": 4.0,
+            "capacity_fps": 10.0,
             "analysis_ms_per_frame": 31.2,
         },
         "queue_bound_frames": 5000,
@@ -160,7 +163,7 @@ def test_each_scrape_is_its_own_snapshot(client, redis_counters, staff):
         },
     }
     text = prometheus_text(snapshot).decode()
-    assert "# HELP portal_capture_backlog_seconds Queued frames over the store rate\n" in text
+    assert "# HELP portal_capture_backlog_seconds Queued frames over the workers' capacity\n" in text
     assert "# TYPE portal_web_unstorable_frames_total counter\n" in text
     assert "\nportal_web_unstorable_frames_total 2.0\n" in text
     assert "portal_capture_analysis_ms_per_frame 31.2\n" in text and "portal_web_fps_scale 0.5\n" in text
