@@ -119,7 +119,7 @@ def test_the_backlog_is_measured_against_what_busy_workers_store_not_the_demand(
 
 def test_saturated_workers_capacity_is_what_they_store():
     assert flow.worker_capacity_fps(40.0, 400, busy_s=20.0, processes=2) == 40.0  # busy all 10 s, both
-    assert flow.worker_capacity_fps(40.0, 400, busy_s=25.0, processes=2) == 40.0  # never below the stored rate
+    assert flow.worker_capacity_fps(40.0, 400, busy_s=25.0, processes=2) == 40.0  # not below the stored rate
     assert flow.worker_capacity_fps(40.0, 400, busy_s=5.0, processes=2) == 160.0
     assert flow.worker_capacity_fps(40.0, 400, busy_s=0.0, processes=2) == 40.0  # workers that do not say
 
