@@ -647,7 +647,8 @@ def first_page(pages: Pages, data: ReportData) -> None:
     )
     pages.text(f"Norm: {norm['description']}.", 8, color=MUTED)
     pages.text(
-        "Each figure over this ad's validated participants (any face quality, this model version); the "
+        "Each figure over this ad's validated participants (any face quality, this model version), in raw "
+        "scores: never baseline-corrected, so every ad is placed alike; the "
         "percentile is the share of the organisation's other ads, read by the same model, that score lower "
         "(ties count half).",
         8,
@@ -823,7 +824,8 @@ def emotion_panels(pages: Pages, data: ReportData, measures: list[str]) -> None:
                 if column == 0:
                     axes.set_ylabel("minus baseline" if baseline else "Score", fontsize=7.5, fontfamily=FONT)
 
-        pages.chart(0.22 + panel_h + (gap_y if last_row else 0.12), draw)
+        # Between rows, room for the tick labels and then the next row's titles (they touched at 0.12).
+        pages.chart(0.22 + panel_h + (gap_y if last_row else 0.24), draw)
 
 
 def traces_pages(pages: Pages, data: ReportData) -> None:
