@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from inference.attention import PITCH_DOWN_LIMIT, PITCH_UP_LIMIT, YAW_LIMIT
 from research_portal.analytics.definitions import ATTENTION_THRESHOLD, CONFIDENCE, MEASURE_LABELS
 from research_portal.analytics.figures import (
     MEASURE_COLORS,
@@ -22,6 +23,10 @@ from research_portal.analytics.figures import (
 from research_portal.analytics.stats import MeanEstimate, estimate_means
 
 RETENTION_COLOR = "#882255"
+# "Turned to the screen" in words, for the ad page and the report (the limits are inference/attention.py's).
+TURNED_TO_SCREEN = (
+    f"head yaw within ±{YAW_LIMIT:g}°, pitch between −{-PITCH_DOWN_LIMIT:g}° and +{PITCH_UP_LIMIT:g}°"
+)
 
 
 def retention_estimate(retained_seconds: np.ndarray, participants: np.ndarray, seconds: int) -> MeanEstimate:

@@ -403,9 +403,35 @@ def compare_countries(traces: Traces, filters: Filters, ranking: list[str]) -> C
     )
 
 
-def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
-    """Everything the ad dashboard shows for these filters, from SecondCell and ParticipantAdSummary. Reads
-    only: the rollups are kept up to date by the writers and the periodic reconcile (rollups.py)."""
+@dataclass(frozen=True)
+class AdReadings:
+    """The ad's traces and statistics for these filters, before they become figures: the dashboard's payload
+    (ad_dashboard_payload) and the PDF report (report.py) are both drawn from one of these."""
+
+    ad: Ad
+    facets: AdFacets
+    filters: Filters  # settled: the model version shown, a measure that model can compare
+    compared: Filters  # what the country comparison and its moments use (attention: never baseline)
+    measures: list[str]
+    comparable: list[str]
+    traces: Traces
+    colors: dict[str, str]  # country code (and ALL) -> line colour
+    estimates: dict[str, MeanEstimate]  # every shown measure, expressiveness where the model reads neutral
+    attention: MeanEstimate
+    retention: MeanEstimate
+    participants: np.ndarray
+    summary: list[dict]
+    comparison: CountryComparison | None
+    countries: list[str]  # drawn in the country figure
+    country_estimates: dict[str, MeanEstimate]  # of the compared measure
+
+    @property
+    def model_version(self) -> str:
+        return self.filters.model_version
+
+
+def load_ad_readings(ad: Ad, filters: Filters) -> AdReadings:
+    """The readings build_ad_dashboard shows, from SecondCell and ParticipantAdSummary (reads only)."""
     facets = ad_facets(ad)
     model_version = facets.default_model(filters.model_version)
     measures = shown_measures(facets.measures_of(model_version))
@@ -418,21 +444,49 @@ def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
     traces = load_traces(ad, filters, model_version)
     colors = {country: country_color(index) for index, country in enumerate(facets.countries)}
     colors[ALL] = "#333333"
-    x = [second + 0.5 for second in range(traces.seconds)]
-    duration_s = float(traces.seconds)
     estimates = {measure: traces.estimate(measure, filters.baseline) for measure in measures}
     if EXPRESSIVENESS_SOURCE in measures:  # 1 - p(neutral): only a model that reads neutral has it
         estimates[EXPRESSIVENESS] = traces.estimate(EXPRESSIVENESS, filters.baseline)
-    attention = traces.estimate(ATTENTION, False)
-    participants = traces.participants()
-
     summary = country_summary(ad, filters, model_version, traces, colors)
     ranking = [row["country"] for row in sorted(summary[1:], key=lambda r: -r["participants"])]
     comparison = compare_countries(traces, compared, ranking)
     countries = [c for c in traces.countries if traces.participants(c).sum() > 0]
     if comparison:
         countries += [c for c in comparison.countries if c not in countries]
-    country_estimates = {c: traces.estimate(compared.measure, compared.baseline, c) for c in countries}
+    return AdReadings(
+        ad=ad,
+        facets=facets,
+        filters=filters,
+        compared=compared,
+        measures=measures,
+        comparable=comparable,
+        traces=traces,
+        colors=colors,
+        estimates=estimates,
+        attention=traces.estimate(ATTENTION, False),
+        retention=load_retention(ad, filters, model_version, traces.seconds),
+        participants=traces.participants(),
+        summary=summary,
+        comparison=comparison,
+        countries=countries,
+        country_estimates={c: traces.estimate(compared.measure, compared.baseline, c) for c in countries},
+    )
+
+
+def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
+    """Everything the ad dashboard shows for these filters, from SecondCell and ParticipantAdSummary. Reads
+    only: the rollups are kept up to date by the writers and the periodic reconcile (rollups.py)."""
+    return ad_dashboard_payload(load_ad_readings(ad, filters))
+
+
+def ad_dashboard_payload(readings: AdReadings) -> dict:
+    """The dashboard's JSON-ready payload (figures, moments, scorecard, options) of these readings."""
+    ad, facets, filters, compared = readings.ad, readings.facets, readings.filters, readings.compared
+    model_version, comparable, traces = readings.model_version, readings.comparable, readings.traces
+    estimates, attention, participants = readings.estimates, readings.attention, readings.participants
+    summary, comparison, countries = readings.summary, readings.comparison, readings.countries
+    x = [second + 0.5 for second in range(traces.seconds)]
+    duration_s = float(traces.seconds)
 
     figures = {
         "trace": trace_figure(
@@ -448,21 +502,21 @@ def build_ad_dashboard(ad: Ad, filters: Filters) -> dict:
             x,
             duration_s,
             countries,
-            country_estimates,
+            readings.country_estimates,
             compared.measure,
             compared.baseline,
             compared.layout,
             comparison.countries if comparison else None,
             comparison.significant_seconds if comparison else [],
             CORRECTION_LABELS[filters.correction],
-            colors,
+            readings.colors,
         ),
         "difference": None,
         "attention": attention_figure(
             x,
             duration_s,
             attention,
-            load_retention(ad, filters, model_version, traces.seconds),
+            readings.retention,
             traces.attention_participants(),
             f"{ad.title}: attention and retention per second across participants, 95% CI",
         ),

@@ -1,11 +1,11 @@
 """The ad's report as a PDF (docs/analytics.md, "Report (PDF)"): a file an analyst forwards to stakeholders
 who never sign in, for the dashboard's filters.
 
-Its numbers come from the dashboard's own functions: `build_ad_dashboard` for the scorecard, key moments,
-summary, comparison, totals and filters, and `ad_facets` / `load_traces` / `Traces.estimate` for the traces
-(dashboard.py), so the PDF and the page never disagree. Drawn with matplotlib's object API (a Figure per A4
-page, written by the PDF backend into memory: no pyplot, whose global state is not safe in a threaded web
-process, and no raster backend). Text is laid out here: wrapped to the page's width with the font's own
+Its numbers come from the dashboard's own functions (dashboard.py): `load_ad_readings` for the traces and
+statistics, `ad_dashboard_payload` of those readings for the scorecard, key moments, summary, comparison,
+totals and filters, so the PDF and the page never disagree. Drawn with matplotlib's object API (a Figure
+per A4 page, written by the PDF backend into memory: no pyplot, whose global state is not safe in a threaded
+web process, and no raster backend). Text is laid out here: wrapped to the page's width with the font's own
 metrics, tables continued on the next page, a footer with the page number on every page.
 """
 
@@ -16,7 +16,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
@@ -24,16 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from research_portal.analytics.attention import RETENTION_COLOR
-from research_portal.analytics.dashboard import (
-    ALL,
-    ad_facets,
-    build_ad_dashboard,
-    comparable_measures,
-    load_retention,
-    load_traces,
-    shown_measures,
-)
+from research_portal.analytics.attention import RETENTION_COLOR, TURNED_TO_SCREEN
+from research_portal.analytics.dashboard import AdReadings, ad_dashboard_payload, load_ad_readings
 from research_portal.analytics.definitions import (
     ATTENTION,
     ATTENTION_THRESHOLD,
@@ -41,7 +33,7 @@ from research_portal.analytics.definitions import (
     MEASURE_LABELS,
 )
 from research_portal.analytics.figures import MEASURE_COLORS, N_COLOR, country_color, shared_range
-from research_portal.analytics.services import Filters, parse_filters
+from research_portal.analytics.services import Filters
 from research_portal.analytics.stats import MeanEstimate
 from research_portal.countries import country_label
 from research_portal.studies.models import Ad
@@ -436,22 +428,24 @@ def nan_array(values: Sequence[float | None]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ReportData:
-    """The dashboard's payload and, for the charts, its traces as arrays: the same functions, the same
-    filters (the payload's own, after the dashboard settled the model version and measure)."""
+    """The dashboard's readings and its payload, from one read of the rollups: the PDF shows what the page
+    shows, for the same filters (the readings' own, once the dashboard settled the model version and
+    measure)."""
 
-    ad: Ad
+    readings: AdReadings
     payload: dict
-    filters: Filters
-    seconds: int
-    estimates: dict[str, MeanEstimate]  # every shown measure, expressiveness where the model reads neutral
-    participants: np.ndarray
-    attention: MeanEstimate
-    retention: MeanEstimate
-    attention_participants: np.ndarray
-    countries: list[str]  # drawn in the country chart
-    country_estimates: dict[str, MeanEstimate]  # of the compared measure
-    colors: dict[str, str]
-    read_by_any_model: bool
+
+    @property
+    def seconds(self) -> int:
+        return self.readings.traces.seconds
+
+    @property
+    def attention_participants(self) -> np.ndarray:
+        return self.readings.traces.attention_participants()
+
+    @property
+    def read_by_any_model(self) -> bool:
+        return bool(self.readings.facets.model_versions)
 
     @property
     def has_readings(self) -> bool:
@@ -459,40 +453,8 @@ class ReportData:
 
 
 def load_report_data(ad: Ad, filters: Filters) -> ReportData:
-    payload = build_ad_dashboard(ad, filters)
-    used = parse_filters(payload["filters"])
-    model_version = payload["model_version"]
-    facets = ad_facets(ad)
-    measures = shown_measures(facets.measures_of(model_version))
-    traces = load_traces(ad, used, model_version)
-    estimates = {measure: traces.estimate(measure, used.baseline) for measure in measures}
-    if EXPRESSIVENESS in comparable_measures(measures):
-        estimates[EXPRESSIVENESS] = traces.estimate(EXPRESSIVENESS, used.baseline)
-    # As the dashboard: attention is compared raw whatever the baseline switch.
-    compared = replace(used, baseline=False) if used.measure == ATTENTION else used
-    countries = [country for country in traces.countries if traces.participants(country).sum() > 0]
-    comparison = payload["comparison"]
-    if comparison:
-        countries += [country for country in comparison["countries"] if country not in countries]
-    colors = {country: country_color(index) for index, country in enumerate(facets.countries)}
-    colors[ALL] = "#333333"
-    return ReportData(
-        ad=ad,
-        payload=payload,
-        filters=used,
-        seconds=traces.seconds,
-        estimates=estimates,
-        participants=traces.participants(),
-        attention=traces.estimate(ATTENTION, False),
-        retention=load_retention(ad, used, model_version, traces.seconds),
-        attention_participants=traces.attention_participants(),
-        countries=countries,
-        country_estimates={
-            country: traces.estimate(compared.measure, compared.baseline, country) for country in countries
-        },
-        colors=colors,
-        read_by_any_model=bool(facets.model_versions),
-    )
+    readings = load_ad_readings(ad, filters)
+    return ReportData(readings, ad_dashboard_payload(readings))
 
 
 def filter_lines(filters: Filters, payload: dict) -> list[tuple[str, str]]:
@@ -591,7 +553,7 @@ def key_figures(pages: Pages, data: ReportData) -> None:
 
 
 def first_page(pages: Pages, data: ReportData) -> None:
-    payload, ad = data.payload, data.ad
+    payload, ad = data.payload, data.readings.ad
     generated = datetime.fromisoformat(payload["generated_at"]).astimezone(UTC)
     pages.new_page()
     pages.text(ad.title, 18, bold=True, after=0.04)
@@ -607,7 +569,7 @@ def first_page(pages: Pages, data: ReportData) -> None:
     pages.heading("Filters", 11, before=0.04)
     pages.table(
         [Column("Filter", 1.9), Column("Applied", CONTENT_W - 1.9)],
-        [Row([name, value]) for name, value in filter_lines(data.filters, payload)],
+        [Row([name, value]) for name, value in filter_lines(data.readings.filters, payload)],
         size=8,
         pad=0.028,
     )
@@ -801,11 +763,11 @@ def trace_section(
 
 def emotion_panels(pages: Pages, data: ReportData, measures: list[str]) -> None:
     """One small panel per other emotion the model reads, on one shared y range."""
-    baseline = data.filters.baseline
+    baseline = data.readings.filters.baseline
     seconds, columns = data.seconds, 3
     x = np.arange(seconds) + 0.5
     width, gap_x, panel_h, gap_y = (CONTENT_W - 0.55 - 2 * 0.35) / 3, 0.35, 1.25, 0.55
-    y_range = shared_range([data.estimates[m] for m in measures])
+    y_range = shared_range([data.readings.estimates[m] for m in measures])
     rows = [measures[i : i + columns] for i in range(0, len(measures), columns)]
     for row_index, row in enumerate(rows):
         last_row = row_index == len(rows) - 1
@@ -814,7 +776,12 @@ def emotion_panels(pages: Pages, data: ReportData, measures: list[str]) -> None:
             for column, measure in enumerate(row):
                 axes = axes_at(0.55 + column * (width + gap_x), 0.22, width, panel_h)
                 band(
-                    axes, x, data.estimates[measure], MEASURE_COLORS[measure], MEASURE_LABELS[measure], False
+                    axes,
+                    x,
+                    data.readings.estimates[measure],
+                    MEASURE_COLORS[measure],
+                    MEASURE_LABELS[measure],
+                    False,
                 )
                 axes.set_xlim(0, seconds)
                 if y_range:
@@ -829,24 +796,24 @@ def emotion_panels(pages: Pages, data: ReportData, measures: list[str]) -> None:
 
 
 def traces_pages(pages: Pages, data: ReportData) -> None:
-    baseline = data.filters.baseline
+    baseline = data.readings.filters.baseline
     suffix = " (minus each participant's baseline)" if baseline else ""
     pages.new_page()
     pages.heading("Traces: mean per second across participants, 95% CI" + suffix, 12.5, keep=0.5)
     how_to_read(pages)
-    shown = [m for m in ("smile", "valence") if m in data.estimates]
+    shown = [m for m in ("smile", "valence") if m in data.readings.estimates]
     trace_section(
         pages,
         data,
         " and ".join(MEASURE_LABELS[m] for m in shown),
         f"{' and '.join(MEASURE_LABELS[m] for m in shown)} per second; bars: the participants behind each "
         "second.",
-        [(MEASURE_LABELS[m], data.estimates[m], MEASURE_COLORS[m]) for m in shown],
+        [(MEASURE_LABELS[m], data.readings.estimates[m], MEASURE_COLORS[m]) for m in shown],
         "Score minus baseline" if baseline else "Score",
-        data.participants,
+        data.readings.participants,
         plot_h=3.2,
     )
-    if EXPRESSIVENESS in data.estimates:
+    if EXPRESSIVENESS in data.readings.estimates:
         trace_section(
             pages,
             data,
@@ -855,12 +822,12 @@ def traces_pages(pages: Pages, data: ReportData) -> None:
             [
                 (
                     MEASURE_LABELS[EXPRESSIVENESS],
-                    data.estimates[EXPRESSIVENESS],
+                    data.readings.estimates[EXPRESSIVENESS],
                     MEASURE_COLORS[EXPRESSIVENESS],
                 )
             ],
             "Expressiveness minus baseline" if baseline else "Expressiveness",
-            data.participants,
+            data.readings.participants,
             plot_h=1.5,
         )
     trace_section(
@@ -868,27 +835,46 @@ def traces_pages(pages: Pages, data: ReportData) -> None:
         data,
         "Attention and retention",
         "Attention: the share of each participant's analysed frames in the second whose face was found and "
-        "turned to the screen (head yaw within ±30°, pitch between −25° and +20°), averaged across "
+        f"turned to the screen ({TURNED_TO_SCREEN}), averaged across "
         f"participants. Retained: the share who attended (attention ≥ {ATTENTION_THRESHOLD:g}) in every "
         "second so far. Bars: participants with an analysed frame. Never baseline-corrected.",
         [
-            (MEASURE_LABELS[ATTENTION], data.attention, MEASURE_COLORS[ATTENTION]),
-            ("Retained", data.retention, RETENTION_COLOR),
+            (MEASURE_LABELS[ATTENTION], data.readings.attention, MEASURE_COLORS[ATTENTION]),
+            ("Retained", data.readings.retention, RETENTION_COLOR),
         ],
         "Share of participants",
         data.attention_participants,
         plot_h=1.7,
         percent_axis=True,
     )
-    others = [m for m in data.estimates if m not in ("smile", "valence", EXPRESSIVENESS)]
+    others = [m for m in data.readings.estimates if m not in ("smile", "valence", EXPRESSIVENESS)]
     if others:
         pages.heading("The other emotions the model reads" + suffix, 11, keep=2.2)
         pages.text("One panel each, on one shared scale; n as in the first chart.", 8, color=MUTED)
         emotion_panels(pages, data, others)
 
 
+def shade_significant(axes, significant: Sequence[int]) -> None:
+    """The significant seconds shaded, as figures._significance_shapes does on the page."""
+    for second in significant:
+        axes.axvspan(second, second + 1, color=SIGNIFICANT, linewidth=0)
+
+
+def star_significant(axes, significant: Sequence[int], values: np.ndarray, color: str) -> None:
+    """A star on `values` at the middle of each significant second."""
+    if significant:
+        axes.plot(
+            [second + 0.5 for second in significant],
+            [values[second] for second in significant],
+            linestyle="none",
+            marker="*",
+            markersize=8,
+            color=color,
+        )
+
+
 def country_pages(pages: Pages, data: ReportData) -> None:
-    payload, filters = data.payload, data.filters
+    payload, filters = data.payload, data.readings.filters
     comparison = payload["comparison"]
     measure = filters.measure
     baseline = filters.baseline and measure != ATTENTION
@@ -901,10 +887,10 @@ def country_pages(pages: Pages, data: ReportData) -> None:
     x = np.arange(seconds) + 0.5
     marked = seconds <= MAX_MARKED_SECONDS
     if not comparison:
-        drawn = ", ".join(country_label(c) for c in data.countries) or "none"
+        drawn = ", ".join(country_label(c) for c in data.readings.countries) or "none"
         pages.text(
             "No country comparison: it needs participants from at least two countries, and these filters "
-            f"select {len(data.countries)} ({drawn}).",
+            f"select {len(data.readings.countries)} ({drawn}).",
             10,
             bold=True,
         )
@@ -920,35 +906,29 @@ def country_pages(pages: Pages, data: ReportData) -> None:
         )
         y_label = f"{label} minus baseline" if baseline else label
         # Past MAX_LEGEND_COUNTRIES the legend names the compared two; the summary table's swatches the rest.
-        named = data.countries if len(data.countries) <= MAX_LEGEND_COUNTRIES else [a, b]
+        named = data.readings.countries if len(data.readings.countries) <= MAX_LEGEND_COUNTRIES else [a, b]
         legend_rows = math.ceil((len(named) + 2) / 3)
         legend_h = 0.18 * legend_rows
 
         def overlay(axes_at) -> None:
             axes = axes_at(0.55, 0.1, CONTENT_W - 0.7, 2.6)
-            for second in significant:
-                axes.axvspan(second, second + 1, color=SIGNIFICANT, linewidth=0)
-            for index, country in enumerate(data.countries):
-                color = data.colors.get(country, country_color(index))
-                band(axes, x, data.country_estimates[country], color, country_label(country), marked)
-            if significant:
-                means = data.country_estimates[a].mean
-                axes.plot(
-                    [s + 0.5 for s in significant],
-                    [means[s] for s in significant],
-                    linestyle="none",
-                    marker="*",
-                    markersize=8,
-                    color="#111111",
-                )
+            shade_significant(axes, significant)
+            for index, country in enumerate(data.readings.countries):
+                color = data.readings.colors.get(country, country_color(index))
+                band(axes, x, data.readings.country_estimates[country], color, country_label(country), marked)
+            star_significant(axes, significant, data.readings.country_estimates[a].mean, "#111111")
             axes.set_xlim(0, seconds)
             axes.set_ylabel(y_label, fontsize=8, fontfamily=FONT)
             style_axes(axes, x_label=True)
             handles = [
                 Line2D(
-                    [], [], color=data.colors.get(c, country_color(i)), linewidth=1.6, label=country_label(c)
+                    [],
+                    [],
+                    color=data.readings.colors.get(c, country_color(i)),
+                    linewidth=1.6,
+                    label=country_label(c),
                 )
-                for i, c in enumerate(data.countries)
+                for i, c in enumerate(data.readings.countries)
                 if c in named
             ]
             handles += [
@@ -966,7 +946,7 @@ def country_pages(pages: Pages, data: ReportData) -> None:
             )
 
         pages.chart(2.7 + 0.55 + legend_h, overlay)
-        if len(named) < len(data.countries):
+        if len(named) < len(data.readings.countries):
             pages.text("Each country's colour is beside its name in the summary table below.", 8, color=MUTED)
 
         rows = comparison["rows"]
@@ -981,8 +961,7 @@ def country_pages(pages: Pages, data: ReportData) -> None:
 
         def difference_chart(axes_at) -> None:
             axes = axes_at(0.55, 0.1, CONTENT_W - 0.7, 1.9)
-            for second in significant:
-                axes.axvspan(second, second + 1, color=SIGNIFICANT, linewidth=0)
+            shade_significant(axes, significant)
             axes.axhline(0, color="#8a96a3", linewidth=1.0)
             axes.fill_between(
                 x[: len(rows)], low, high, color=(90 / 255, 90 / 255, 90 / 255), alpha=0.18, linewidth=0
@@ -995,15 +974,7 @@ def country_pages(pages: Pages, data: ReportData) -> None:
                 marker="o" if marked else None,
                 markersize=2.6,
             )
-            if significant:
-                axes.plot(
-                    [s + 0.5 for s in significant],
-                    [difference[s] for s in significant],
-                    linestyle="none",
-                    marker="*",
-                    markersize=8,
-                    color="#b45309",
-                )
+            star_significant(axes, significant, difference, "#b45309")
             axes.set_xlim(0, seconds)
             axes.set_ylabel(f"{label} difference", fontsize=8, fontfamily=FONT)
             style_axes(axes, x_label=True)

@@ -30,7 +30,9 @@ from research_portal.analytics.ad_comparison import (
     comparison_to_choose,
     parse_ad_pair_query,
 )
+from research_portal.analytics.attention import TURNED_TO_SCREEN
 from research_portal.analytics.dashboard import build_ad_dashboard, build_study_overview
+from research_portal.analytics.definitions import ATTENTION_THRESHOLD
 from research_portal.analytics.exports import (
     EXPORTERS,
     Table,
@@ -134,7 +136,14 @@ def ad_dashboard(request: HttpRequest, ad_id: int) -> HttpResponse:
     filters = parse_filters(request.GET)
     started = time.perf_counter()
     payload = build_ad_dashboard(ad, filters)
-    response = render(request, "analytics/ad.html", {"ad": ad, "payload": payload, **live_context(request)})
+    context = {
+        "ad": ad,
+        "payload": payload,
+        "turned_to_screen": TURNED_TO_SCREEN,
+        "attention_threshold": ATTENTION_THRESHOLD,
+        **live_context(request),
+    }
+    response = render(request, "analytics/ad.html", context)
     response["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
     return response
 

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 import pypdf
 import pypdfium2
 from django.conf import settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from inference.resources import REPO_ROOT
@@ -25,6 +27,7 @@ from research_portal.analytics.report import (
     Row,
     build_ad_report,
     fixed,
+    load_report_data,
     percent,
     wrap,
 )
@@ -286,3 +289,15 @@ def test_build_ad_report_is_the_bytes_the_view_sends(acme):
     seed(acme.study, acme.ad, per_country=3)
     pdf = build_ad_report(acme.ad, parse_filters({"country": ["US"]}))
     assert pypdf.PdfReader(io.BytesIO(pdf)).pages and "Countries United States (US)" in pdf_pages(pdf)[0]
+
+
+def test_the_report_reads_the_rollups_once_as_the_dashboard_does(acme):
+    """The PDF is drawn from the dashboard's own readings (dashboard.load_ad_readings), not a second read."""
+    seed(acme.study, acme.ad, per_country=3)
+    filters = parse_filters({"baseline": ["1"]})
+    with CaptureQueriesContext(connection) as dashboard:
+        payload = build_ad_dashboard(acme.ad, filters)
+    with CaptureQueriesContext(connection) as report:
+        data = load_report_data(acme.ad, filters)
+    assert len(report.captured_queries) == len(dashboard.captured_queries)
+    assert {**data.payload, "generated_at": None} == {**payload, "generated_at": None}

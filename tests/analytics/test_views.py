@@ -14,6 +14,7 @@ from django.conf import settings
 from django.http import Http404
 from django.urls import reverse
 
+from research_portal.analytics.attention import TURNED_TO_SCREEN
 from research_portal.analytics.exports import EXPORT_KINDS
 from research_portal.studies.permissions import check_can_view_study, studies_visible_to
 
@@ -72,6 +73,8 @@ def test_an_analyst_of_the_organisation_sees_the_dashboards(client, analysts, ha
     assert 'id="fig-trace"' in html and 'id="dashboard-data"' in html
     assert reverse("analytics:plotly-js") in html and "cdn" not in html.lower()
     assert reverse("analytics:ad-video", args=[hand_fixture.ad.pk]) in html
+    # The attention limits in words come from inference/attention.py, as in the PDF report.
+    assert f"turned to the screen ({TURNED_TO_SCREEN}," in html and TURNED_TO_SCREEN.startswith("head yaw")
     assert "app;dur=" in page["Server-Timing"]
     overview = client.get(reverse("analytics:study", args=[hand_fixture.study.pk]))
     assert overview.status_code == 200 and b"Funnel by country" in overview.content
