@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -27,25 +28,37 @@ def embedded_env(var_dir: Path) -> dict[str, str]:
     return env
 
 
-def seeded_demo_link(env: dict[str, str], port: int) -> str:
-    """Migrate and seed the embedded installation of `env`; the demo study's participant link."""
+@pytest.fixture(scope="module")
+def seeded_installation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One embedded installation migrated and seeded as a newcomer's `make run` does (about 20 s), copied by
+    each test: its var folder and the demo participant link's path."""
+    var_dir = tmp_path_factory.mktemp("embedded-seeded")
+    env = embedded_env(var_dir)
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "--noinput"], cwd=REPO_ROOT, env=env, check=True, capture_output=True)
     seeded = subprocess.run(
-        [*manage, "seed_demo", "--base-url", f"http://127.0.0.1:{port}"],
+        [*manage, "seed_demo", "--base-url", "http://127.0.0.1"],
         cwd=REPO_ROOT,
         env=env,
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    return re.search(r"Participant link:\s+(\S+)", seeded).group(1)
+    return var_dir, re.search(r"Participant link:\s+http://127\.0\.0\.1(\S+)", seeded).group(1)
 
 
-def test_seeded_demo_works_without_postgres_or_redis(tmp_path, browser):
-    env = embedded_env(tmp_path)
+def seeded_demo(
+    seeded_installation: tuple[Path, str], var_dir: Path, port: int
+) -> tuple[dict[str, str], str]:
+    """A fresh copy of the seeded installation in `var_dir`: its environment and participant link."""
+    template, link_path = seeded_installation
+    shutil.copytree(template, var_dir)
+    return embedded_env(var_dir), f"http://127.0.0.1:{port}{link_path}"
+
+
+def test_seeded_demo_works_without_postgres_or_redis(seeded_installation, tmp_path, browser):
     port = free_port()
-    link = seeded_demo_link(env, port)
+    env, link = seeded_demo(seeded_installation, tmp_path / "var", port)
 
     server = start_daphne(env, port, tmp_path / "daphne-embedded.log")
     try:
@@ -53,7 +66,7 @@ def test_seeded_demo_works_without_postgres_or_redis(tmp_path, browser):
     finally:
         server.stop()
 
-    with sqlite3.connect(tmp_path / "portal.sqlite3") as database:
+    with sqlite3.connect(tmp_path / "var" / "portal.sqlite3") as database:
         state = database.execute("select state from capture_participantsession").fetchone()[0]
         rows, faces, first_ms, last_ms = database.execute(
             "select count(*), sum(face_found), min(media_time_ms), max(media_time_ms)"
@@ -66,12 +79,13 @@ def test_seeded_demo_works_without_postgres_or_redis(tmp_path, browser):
     assert first_ms <= 1000 and last_ms >= 9000
 
 
-def test_a_participant_who_closes_the_tab_at_the_end_is_validated_all_the_same(tmp_path, browser):
+def test_a_participant_who_closes_the_tab_at_the_end_is_validated_all_the_same(
+    seeded_installation, tmp_path, browser
+):
     """Nothing polls /outcome: the web process's periodic thread (research_portal/ops/periodic.py) validates
     the session within the bound, and the quota would count it."""
-    env = embedded_env(tmp_path)
     port = free_port()
-    link = seeded_demo_link(env, port)
+    env, link = seeded_demo(seeded_installation, tmp_path / "var", port)
     server = start_daphne(env, port, tmp_path / "daphne-embedded.log")
     try:
         walk_through_study(browser.new_page(), link, close_at_end=True)
@@ -79,7 +93,7 @@ def test_a_participant_who_closes_the_tab_at_the_end_is_validated_all_the_same(t
         state = "viewing"
         while state == "viewing" and time.monotonic() - closed_at < 60:
             time.sleep(0.5)
-            with sqlite3.connect(tmp_path / "portal.sqlite3", timeout=20) as database:
+            with sqlite3.connect(tmp_path / "var" / "portal.sqlite3", timeout=20) as database:
                 state = database.execute("select state from capture_participantsession").fetchone()[0]
         waited_s = time.monotonic() - closed_at
     finally:

@@ -125,14 +125,17 @@ def test_shipped_model_with_flip_averaging_is_mirror_invariant(real_model_path: 
 
 
 def test_finalize_add_flip_tta_restamps_version_flag_and_metrics(
-    tmp_path: Path, fer2013: dict, shared: Path
+    tmp_path: Path, fer2013: dict, shared_subset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`python -m inference.training.finalize --add-flip-tta`: new version and flag, metrics re-measured."""
+    """`python -m inference.training.finalize --add-flip-tta`: new version and flag, metrics re-measured (over
+    the shared subset's real faces: the metadata's shape is checked here, not the figures)."""
     from inference.training.finalize import add_flip_tta_cli
+
+    monkeypatch.setenv("PORTAL_SHARED_DIR", str(shared_subset))
 
     src, _, _ = _mirror_sensitive_model(tmp_path / "m.onnx")
     out = tmp_path / "out" / "flip.onnx"
-    report = add_flip_tta_cli(str(src), str(out), "logits", None, str(shared / "data"), speed=False)
+    report = add_flip_tta_cli(str(src), str(out), "logits", None, str(shared_subset / "data"), speed=False)
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     before = {p.key: p.value for p in onnx.load(str(src)).metadata_props}
     assert meta["version"] == "mirror-test-1-flip" == report["version"]
